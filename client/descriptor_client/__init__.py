@@ -1,0 +1,69 @@
+"""Python client for the blob descriptor service (``descriptor.v1.BlobDescriptorService``).
+
+from descriptor_client import DescriptorClient, BlobUnknownError
+
+with DescriptorClient("127.0.0.1:5051") as client:
+    desc = client.repository("library/ubuntu").stat("sha256:...")
+"""
+
+from ._wire import ClientTLS, Metrics
+from .aio import AsyncDescriptorClient, AsyncRepositoryClient
+from .client import DescriptorClient, RepositoryClient
+from .descriptor import OCTET_STREAM, Descriptor, validate_descriptor, validate_media_type
+from .digest import validate_digest, validate_repository
+from .errors import (
+    ERROR_TABLE,
+    BackendUnavailableError,
+    BatchTooLargeError,
+    BlobUnknownError,
+    DescriptorError,
+    DescriptorInvalidError,
+    DigestInvalidFormatError,
+    DigestInvalidLengthError,
+    DigestUnsupportedError,
+    InvalidArgumentError,
+    PermissionDeniedError,
+    RepositoryNameInvalidError,
+    RequestInvalidError,
+    ResourceExhaustedError,
+    ServerDrainingError,
+    UnauthenticatedError,
+    UnavailableError,
+    UnsupportedError,
+)
+from .protocol import BlobDescriptorService, SyncBlobDescriptorService
+
+__all__ = [
+    "ERROR_TABLE",
+    "OCTET_STREAM",
+    "AsyncDescriptorClient",
+    "AsyncRepositoryClient",
+    "BackendUnavailableError",
+    "BatchTooLargeError",
+    "BlobDescriptorService",
+    "BlobUnknownError",
+    "ClientTLS",
+    "Descriptor",
+    "DescriptorClient",
+    "DescriptorError",
+    "DescriptorInvalidError",
+    "DigestInvalidFormatError",
+    "DigestInvalidLengthError",
+    "DigestUnsupportedError",
+    "InvalidArgumentError",
+    "Metrics",
+    "PermissionDeniedError",
+    "RepositoryClient",
+    "RepositoryNameInvalidError",
+    "RequestInvalidError",
+    "ResourceExhaustedError",
+    "ServerDrainingError",
+    "SyncBlobDescriptorService",
+    "UnauthenticatedError",
+    "UnavailableError",
+    "UnsupportedError",
+    "validate_descriptor",
+    "validate_digest",
+    "validate_media_type",
+    "validate_repository",
+]

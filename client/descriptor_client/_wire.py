@@ -1,0 +1,139 @@
+"""Request encoding and response decoding shared by the sync and asyncio clients."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import grpc
+
+from ._proto.descriptor.v1 import descriptor_pb2 as pb
+from .descriptor import Descriptor
+from .errors import DescriptorError, from_status_proto
+
+SERVICE = "descriptor.v1.BlobDescriptorService"
+DEFAULT_TARGET = "127.0.0.1:5051"
+
+
+@dataclass(frozen=True, slots=True)
+class Metrics:
+    """The cached statter's counters (CONTRACT section 3)."""
+
+    requests: int
+    hits: int
+    misses: int
+    errors: int
+
+
+@dataclass(frozen=True, slots=True)
+class ClientTLS:
+    """TLS options: PEM bytes of the CA, and of a client certificate and key for mTLS."""
+
+    root_certificates: bytes | None = None
+    certificate_chain: bytes | None = None
+    private_key: bytes | None = None
+    server_name: str | None = None
+
+    @classmethod
+    def from_files(
+        cls,
+        ca: str | None = None,
+        cert: str | None = None,
+        key: str | None = None,
+        server_name: str | None = None,
+    ) -> ClientTLS:
+        """Read the PEM files named (each optional)."""
+
+        def read(path: str | None) -> bytes | None:
+            if path is None:
+                return None
+            with open(path, "rb") as f:
+                return f.read()
+
+        return cls(read(ca), read(cert), read(key), server_name)
+
+    def credentials(self) -> grpc.ChannelCredentials:
+        return grpc.ssl_channel_credentials(self.root_certificates, self.private_key, self.certificate_chain)
+
+
+# Round robin over every address a target resolves to, and transparent retries of
+# UNAVAILABLE (a draining or restarting replica) for every method.
+SERVICE_CONFIG = (
+    '{"loadBalancingConfig": [{"round_robin": {}}],'
+    ' "methodConfig": [{"name": [{"service": "descriptor.v1.BlobDescriptorService"}],'
+    ' "retryPolicy": {"maxAttempts": 3, "initialBackoff": "0.05s", "maxBackoff": "1s",'
+    ' "backoffMultiplier": 2, "retryableStatusCodes": ["UNAVAILABLE"]}}]}'
+)
+
+
+def normalize_target(target: str) -> str:
+    """Accept ``host:port``, any gRPC target URI, or several ``host:port`` joined by ``,``."""
+    if "," in target and "://" not in target and not target.startswith(("ipv4:", "ipv6:")):
+        parts = [p.strip() for p in target.split(",") if p.strip()]
+        scheme = "ipv6:" if any(p.startswith("[") for p in parts) else "ipv4:"
+        return scheme + ",".join(parts)
+    return target
+
+
+def channel_options(tls: ClientTLS | None, extra: Sequence[tuple[str, Any]] = ()) -> list[tuple[str, Any]]:
+    opts: list[tuple[str, Any]] = [
+        ("grpc.service_config", SERVICE_CONFIG),
+        ("grpc.enable_retries", 1),
+        ("grpc.max_receive_message_length", 64 * 1024 * 1024),
+    ]
+    if tls is not None and tls.server_name:
+        opts.append(("grpc.ssl_target_name_override", tls.server_name))
+    opts.extend(extra)
+    return opts
+
+
+def call_metadata(token: str | None) -> tuple[tuple[str, str], ...] | None:
+    if token is None:
+        token = os.environ.get("DESCRIPTOR_TOKEN") or None
+    return (("authorization", f"Bearer {token}"),) if token else None
+
+
+def descriptor_of(msg: pb.Descriptor) -> Descriptor:
+    return Descriptor(msg.media_type, msg.digest, msg.size)
+
+
+def to_pb(desc: Descriptor) -> pb.Descriptor:
+    return pb.Descriptor(media_type=desc.media_type, digest=desc.digest, size=desc.size)
+
+
+def batch_results(resp: pb.BatchStatResponse) -> list[Descriptor | DescriptorError]:
+    out: list[Descriptor | DescriptorError] = []
+    for item in resp.results:
+        if item.WhichOneof("result") == "descriptor":
+            out.append(descriptor_of(item.descriptor))
+        else:
+            out.append(from_status_proto(item.status))
+    return out
+
+
+def metrics_of(resp: pb.GetMetricsResponse) -> Metrics:
+    return Metrics(resp.requests, resp.hits, resp.misses, resp.errors)
+
+
+#: (method name, request class, response class) for each RPC.
+METHODS: dict[str, tuple[type[Any], type[Any]]] = {
+    "Stat": (pb.StatRequest, pb.StatResponse),
+    "SetDescriptor": (pb.SetDescriptorRequest, pb.SetDescriptorResponse),
+    "Clear": (pb.ClearRequest, pb.ClearResponse),
+    "BatchStat": (pb.BatchStatRequest, pb.BatchStatResponse),
+    "GetMetrics": (pb.GetMetricsRequest, pb.GetMetricsResponse),
+}
+
+
+def bind_methods(channel: Any) -> dict[str, Callable[..., Any]]:
+    """unary_unary callables for every RPC on a sync or aio channel."""
+    return {
+        name: channel.unary_unary(
+            f"/{SERVICE}/{name}",
+            request_serializer=req.SerializeToString,
+            response_deserializer=resp.FromString,
+        )
+        for name, (req, resp) in METHODS.items()
+    }

@@ -1,0 +1,134 @@
+"""The asyncio client: ``AsyncDescriptorClient`` (CONTRACT section 6)."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable, Sequence
+from types import TracebackType
+from typing import Any
+
+import grpc
+
+from ._proto.descriptor.v1 import descriptor_pb2 as pb
+from ._wire import (
+    DEFAULT_TARGET,
+    ClientTLS,
+    Metrics,
+    batch_results,
+    bind_methods,
+    call_metadata,
+    channel_options,
+    descriptor_of,
+    metrics_of,
+    normalize_target,
+    to_pb,
+)
+from .descriptor import Descriptor
+from .errors import DescriptorError, from_rpc_error
+
+
+class AsyncDescriptorClient:
+    """An asyncio client for ``descriptor.v1.BlobDescriptorService``.
+
+    ``target`` is ``host:port``, a gRPC target URI (``dns:///registry-cache:5051``)
+    or several ``host:port`` joined by ``,``; calls are balanced round robin over the
+    addresses and retried on UNAVAILABLE. ``timeout`` is the default deadline in
+    seconds for every call; each verb also takes ``timeout=``. ``token`` (default
+    ``$DESCRIPTOR_TOKEN``) is sent as a bearer token; ``tls`` turns on TLS or mTLS.
+    Errors are raised as the typed exceptions of :mod:`descriptor_client.errors`.
+    """
+
+    def __init__(
+        self,
+        target: str | None = None,
+        *,
+        timeout: float | None = 10.0,
+        token: str | None = None,
+        tls: ClientTLS | None = None,
+        options: Sequence[tuple[str, Any]] = (),
+    ) -> None:
+        self.target = normalize_target(target or os.environ.get("DESCRIPTOR_TARGET") or DEFAULT_TARGET)
+        self.timeout = timeout
+        self._metadata = call_metadata(token)
+        opts = channel_options(tls, options)
+        if tls is not None:
+            self._channel = grpc.aio.secure_channel(self.target, tls.credentials(), options=opts)
+        else:
+            self._channel = grpc.aio.insecure_channel(self.target, options=opts)
+        self._methods = bind_methods(self._channel)
+
+    async def _call(self, name: str, request: Any, timeout: float | None) -> Any:
+        try:
+            return await self._methods[name](
+                request,
+                timeout=self.timeout if timeout is None else timeout,
+                metadata=self._metadata,
+            )
+        except grpc.RpcError as err:
+            raise from_rpc_error(err) from None
+
+    async def stat(self, digest: str, repository: str = "", *, timeout: float | None = None) -> Descriptor:
+        """The descriptor of ``digest`` (in ``repository``, or globally)."""
+        resp = await self._call("Stat", pb.StatRequest(digest=digest, repository=repository), timeout)
+        return descriptor_of(resp.descriptor)
+
+    async def set_descriptor(
+        self, digest: str, descriptor: Descriptor, repository: str = "", *, timeout: float | None = None
+    ) -> None:
+        """Prime the cache with ``descriptor`` under ``digest``."""
+        req = pb.SetDescriptorRequest(digest=digest, descriptor=to_pb(descriptor), repository=repository)
+        await self._call("SetDescriptor", req, timeout)
+
+    async def clear(self, digest: str, repository: str = "", *, timeout: float | None = None) -> None:
+        """Remove ``digest`` from the cache and the backend."""
+        await self._call("Clear", pb.ClearRequest(digest=digest, repository=repository), timeout)
+
+    async def batch_stat(
+        self, digests: Iterable[str], repository: str = "", *, timeout: float | None = None
+    ) -> list[Descriptor | DescriptorError]:
+        """Stat many digests: a Descriptor or the typed error of each, in request order."""
+        req = pb.BatchStatRequest(digests=list(digests), repository=repository)
+        return batch_results(await self._call("BatchStat", req, timeout))
+
+    async def metrics(self, *, timeout: float | None = None) -> Metrics:
+        """The server's cached-statter counters."""
+        return metrics_of(await self._call("GetMetrics", pb.GetMetricsRequest(), timeout))
+
+    def repository(self, name: str) -> AsyncRepositoryClient:
+        """A view of this client bound to one repository scope."""
+        return AsyncRepositoryClient(self, name)
+
+    async def close(self) -> None:
+        await self._channel.close()
+
+    async def __aenter__(self) -> AsyncDescriptorClient:
+        return self
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        await self.close()
+
+
+class AsyncRepositoryClient:
+    """``AsyncDescriptorClient`` bound to one repository: the same verbs without ``repository``."""
+
+    def __init__(self, client: AsyncDescriptorClient, name: str) -> None:
+        self.client = client
+        self.name = name
+
+    async def stat(self, digest: str, repository: str = "", *, timeout: float | None = None) -> Descriptor:
+        return await self.client.stat(digest, repository or self.name, timeout=timeout)
+
+    async def set_descriptor(
+        self, digest: str, descriptor: Descriptor, repository: str = "", *, timeout: float | None = None
+    ) -> None:
+        await self.client.set_descriptor(digest, descriptor, repository or self.name, timeout=timeout)
+
+    async def clear(self, digest: str, repository: str = "", *, timeout: float | None = None) -> None:
+        await self.client.clear(digest, repository or self.name, timeout=timeout)
+
+    async def batch_stat(
+        self, digests: Iterable[str], *, timeout: float | None = None
+    ) -> list[Descriptor | DescriptorError]:
+        return await self.client.batch_stat(digests, self.name, timeout=timeout)

@@ -1,0 +1,132 @@
+"""The blocking client: ``DescriptorClient`` (CONTRACT section 6)."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable, Sequence
+from types import TracebackType
+from typing import Any
+
+import grpc
+
+from ._proto.descriptor.v1 import descriptor_pb2 as pb
+from ._wire import (
+    DEFAULT_TARGET,
+    ClientTLS,
+    Metrics,
+    batch_results,
+    bind_methods,
+    call_metadata,
+    channel_options,
+    descriptor_of,
+    metrics_of,
+    normalize_target,
+    to_pb,
+)
+from .descriptor import Descriptor
+from .errors import DescriptorError, from_rpc_error
+
+
+class DescriptorClient:
+    """A blocking client for ``descriptor.v1.BlobDescriptorService``.
+
+    ``target`` is ``host:port``, a gRPC target URI (``dns:///registry-cache:5051``)
+    or several ``host:port`` joined by ``,``; calls are balanced round robin over the
+    addresses and retried on UNAVAILABLE. ``timeout`` is the default deadline in
+    seconds for every call; each verb also takes ``timeout=``. ``token`` (default
+    ``$DESCRIPTOR_TOKEN``) is sent as a bearer token; ``tls`` turns on TLS or mTLS.
+    Errors are raised as the typed exceptions of :mod:`descriptor_client.errors`.
+    """
+
+    def __init__(
+        self,
+        target: str | None = None,
+        *,
+        timeout: float | None = 10.0,
+        token: str | None = None,
+        tls: ClientTLS | None = None,
+        options: Sequence[tuple[str, Any]] = (),
+    ) -> None:
+        self.target = normalize_target(target or os.environ.get("DESCRIPTOR_TARGET") or DEFAULT_TARGET)
+        self.timeout = timeout
+        self._metadata = call_metadata(token)
+        opts = channel_options(tls, options)
+        if tls is not None:
+            self._channel = grpc.secure_channel(self.target, tls.credentials(), options=opts)
+        else:
+            self._channel = grpc.insecure_channel(self.target, options=opts)
+        self._methods = bind_methods(self._channel)
+
+    def _call(self, name: str, request: Any, timeout: float | None) -> Any:
+        try:
+            return self._methods[name](
+                request,
+                timeout=self.timeout if timeout is None else timeout,
+                metadata=self._metadata,
+            )
+        except grpc.RpcError as err:
+            raise from_rpc_error(err) from None
+
+    def stat(self, digest: str, repository: str = "", *, timeout: float | None = None) -> Descriptor:
+        """The descriptor of ``digest`` (in ``repository``, or globally)."""
+        resp = self._call("Stat", pb.StatRequest(digest=digest, repository=repository), timeout)
+        return descriptor_of(resp.descriptor)
+
+    def set_descriptor(
+        self, digest: str, descriptor: Descriptor, repository: str = "", *, timeout: float | None = None
+    ) -> None:
+        """Prime the cache with ``descriptor`` under ``digest``."""
+        req = pb.SetDescriptorRequest(digest=digest, descriptor=to_pb(descriptor), repository=repository)
+        self._call("SetDescriptor", req, timeout)
+
+    def clear(self, digest: str, repository: str = "", *, timeout: float | None = None) -> None:
+        """Remove ``digest`` from the cache and the backend."""
+        self._call("Clear", pb.ClearRequest(digest=digest, repository=repository), timeout)
+
+    def batch_stat(
+        self, digests: Iterable[str], repository: str = "", *, timeout: float | None = None
+    ) -> list[Descriptor | DescriptorError]:
+        """Stat many digests: a Descriptor or the typed error of each, in request order."""
+        req = pb.BatchStatRequest(digests=list(digests), repository=repository)
+        return batch_results(self._call("BatchStat", req, timeout))
+
+    def metrics(self, *, timeout: float | None = None) -> Metrics:
+        """The server's cached-statter counters."""
+        return metrics_of(self._call("GetMetrics", pb.GetMetricsRequest(), timeout))
+
+    def repository(self, name: str) -> RepositoryClient:
+        """A view of this client bound to one repository scope."""
+        return RepositoryClient(self, name)
+
+    def close(self) -> None:
+        self._channel.close()
+
+    def __enter__(self) -> DescriptorClient:
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.close()
+
+
+class RepositoryClient:
+    """``DescriptorClient`` bound to one repository: the same verbs without ``repository``."""
+
+    def __init__(self, client: DescriptorClient, name: str) -> None:
+        self.client = client
+        self.name = name
+
+    def stat(self, digest: str, repository: str = "", *, timeout: float | None = None) -> Descriptor:
+        return self.client.stat(digest, repository or self.name, timeout=timeout)
+
+    def set_descriptor(
+        self, digest: str, descriptor: Descriptor, repository: str = "", *, timeout: float | None = None
+    ) -> None:
+        self.client.set_descriptor(digest, descriptor, repository or self.name, timeout=timeout)
+
+    def clear(self, digest: str, repository: str = "", *, timeout: float | None = None) -> None:
+        self.client.clear(digest, repository or self.name, timeout=timeout)
+
+    def batch_stat(self, digests: Iterable[str], *, timeout: float | None = None) -> list[Descriptor | DescriptorError]:
+        return self.client.batch_stat(digests, self.name, timeout=timeout)

@@ -1,0 +1,165 @@
+"""The ``filesystem`` backend: distribution's storage layout under a root directory.
+
+- global Stat: ``docker/registry/v2/blobs/<alg>/<hex[:2]>/<hex>/data``; size is the
+  file size, media type ``application/octet-stream``.
+- repository Stat: the link file
+  ``docker/registry/v2/repositories/<name>/_layers/<alg>/<hex>/link`` holds the
+  canonical digest; that blob is then stat'ed.
+- repository Clear deletes the link (distribution's soft delete); global Clear
+  deletes the blob's data.
+
+Every path is built from a validated digest and repository name, and resolved
+against the real root before use: nothing outside the root is read or deleted,
+symbolic links included. Disk I/O runs in a thread pool, off the event loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import stat
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from typing import TypeVar
+
+from descriptor_client.descriptor import OCTET_STREAM, Descriptor
+from descriptor_client.digest import algorithm_of, hex_of, is_valid_digest, validate_digest, validate_repository
+from descriptor_client.errors import BackendUnavailableError, BlobUnknownError, UnsupportedError
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+V2 = os.path.join("docker", "registry", "v2")
+MAX_LINK_SIZE = 4096
+
+
+class PathEscapeError(Exception):
+    """A path resolved outside the root directory."""
+
+
+class FilesystemBackend:
+    """Blob descriptors read from (and cleared in) distribution's on-disk layout."""
+
+    def __init__(self, rootdirectory: str, *, max_workers: int = 8) -> None:
+        self.root = os.path.abspath(rootdirectory)
+        self._executor = ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix="fs-backend")
+        if not os.path.isdir(self.root):
+            log.warning("storage root %s does not exist: every Stat is BLOB_UNKNOWN until it does", self.root)
+
+    # -- paths ---------------------------------------------------------------
+
+    def blob_dir(self, digest: str) -> str:
+        hexpart = hex_of(digest)
+        return os.path.join(self.root, V2, "blobs", algorithm_of(digest), hexpart[:2], hexpart)
+
+    def blob_data_path(self, digest: str) -> str:
+        return os.path.join(self.blob_dir(digest), "data")
+
+    def link_path(self, repository: str, digest: str) -> str:
+        return os.path.join(
+            self.root,
+            V2,
+            "repositories",
+            *repository.split("/"),
+            "_layers",
+            algorithm_of(digest),
+            hex_of(digest),
+            "link",
+        )
+
+    def _confined(self, path: str) -> str:
+        """``path`` with every symbolic link resolved, if that stays inside the root."""
+        real_root = os.path.realpath(self.root)
+        real = os.path.realpath(path)
+        if real != real_root and not real.startswith(real_root + os.sep):
+            raise PathEscapeError(path)
+        return real
+
+    # -- blocking operations (run in the pool) --------------------------------
+
+    def _stat_blob(self, digest: str) -> Descriptor:
+        try:
+            st = os.stat(self._confined(self.blob_data_path(digest)))
+        except (FileNotFoundError, NotADirectoryError, PathEscapeError):
+            raise BlobUnknownError(f"blob {digest} unknown") from None
+        if not _is_regular(st.st_mode):
+            raise BlobUnknownError(f"blob {digest} unknown")
+        return Descriptor(OCTET_STREAM, digest, st.st_size)
+
+    def _read_link(self, repository: str, digest: str) -> str:
+        try:
+            path = self._confined(self.link_path(repository, digest))
+            with open(path, "rb") as f:
+                content = f.read(MAX_LINK_SIZE + 1)
+        except (FileNotFoundError, NotADirectoryError, IsADirectoryError, PathEscapeError):
+            raise BlobUnknownError(f"blob {digest} unknown in {repository}") from None
+        target = content.decode("utf-8", "replace").strip()
+        if len(content) > MAX_LINK_SIZE or not is_valid_digest(target):
+            log.warning("corrupt link file for %s in %s", digest, repository)
+            raise BackendUnavailableError(f"corrupt link file for {digest} in {repository}")
+        return target
+
+    def _stat(self, digest: str, repository: str) -> Descriptor:
+        if not repository:
+            return self._stat_blob(digest)
+        canonical = self._read_link(repository, digest)
+        try:
+            return self._stat_blob(canonical)
+        except BlobUnknownError:
+            raise BlobUnknownError(f"blob {digest} unknown in {repository}") from None
+
+    def _clear(self, digest: str, repository: str) -> None:
+        if repository:
+            path = self.link_path(repository, digest)
+            what = f"blob {digest} unknown in {repository}"
+        else:
+            path = self.blob_data_path(digest)
+            what = f"blob {digest} unknown"
+        try:
+            real = self._confined(path)
+            if os.path.isdir(real):
+                raise BlobUnknownError(what)
+            os.unlink(real)
+        except (FileNotFoundError, NotADirectoryError, PathEscapeError):
+            raise BlobUnknownError(what) from None
+        # Remove the now-empty directory, as distribution's driver does.
+        with contextlib.suppress(OSError):
+            os.rmdir(os.path.dirname(real))
+
+    async def _run(self, fn: Callable[[str, str], T], digest: str, repository: str) -> T:
+        loop = asyncio.get_running_loop()
+        try:
+            return await loop.run_in_executor(self._executor, fn, digest, repository)
+        except (BlobUnknownError, BackendUnavailableError):
+            raise
+        except OSError as err:
+            log.warning("filesystem backend: %s", err)
+            raise BackendUnavailableError(f"storage error: {err.strerror or err}") from None
+
+    # -- protocol ------------------------------------------------------------
+
+    async def stat(self, digest: str, repository: str = "") -> Descriptor:
+        validate_digest(digest)
+        validate_repository(repository)
+        return await self._run(self._stat, digest, repository)
+
+    async def set_descriptor(self, digest: str, descriptor: Descriptor, repository: str = "") -> None:
+        raise UnsupportedError("the filesystem backend is written by the registry, not by this service")
+
+    async def clear(self, digest: str, repository: str = "") -> None:
+        validate_digest(digest)
+        validate_repository(repository)
+        await self._run(self._clear, digest, repository)
+
+    def supports_clear(self, repository: str) -> bool:
+        return True
+
+    async def close(self) -> None:
+        self._executor.shutdown(wait=False, cancel_futures=True)
+
+
+def _is_regular(mode: int) -> bool:
+    return stat.S_ISREG(mode)

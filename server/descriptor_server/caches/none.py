@@ -1,0 +1,26 @@
+"""The ``none`` cache: remembers nothing, so every Stat is answered by the backend."""
+
+from __future__ import annotations
+
+from descriptor_client.descriptor import Descriptor
+from descriptor_client.errors import BlobUnknownError
+
+from .validation import check_key, check_set
+
+
+class NoneCache:
+    """A cache that holds nothing; it still validates its input like every cache."""
+
+    async def stat(self, digest: str, repository: str = "") -> Descriptor:
+        check_key(digest, repository)
+        raise BlobUnknownError(f"blob {digest} unknown")
+
+    async def set_descriptor(self, digest: str, descriptor: Descriptor, repository: str = "") -> None:
+        check_set(digest, descriptor, repository)
+
+    async def clear(self, digest: str, repository: str = "") -> None:
+        check_key(digest, repository)
+        raise BlobUnknownError(f"blob {digest} unknown")
+
+    async def close(self) -> None:
+        return None

@@ -1,0 +1,450 @@
+"""Server configuration: YAML shaped like distribution's, plus ``DESCRIPTOR_*`` overrides.
+
+Every section is a small frozen dataclass. :func:`load` reads a YAML file (or the
+embedded default), applies environment overrides (``DESCRIPTOR_`` + the key path in
+upper case joined by ``_``, values parsed as YAML) for paths under ``storage``,
+``redis``, ``grpc``, ``http``, ``log`` and ``auth``, and validates everything. A bad
+value or an unknown key raises :class:`ConfigError` naming the key.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import re
+import types
+import typing
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Annotated, Any, Union
+
+import yaml
+
+#: Markers for fields that need more than their Python type says.
+DURATION = "duration"
+SECRET = "secret"
+
+Duration = Annotated[float, DURATION]
+Secret = Annotated[str, SECRET]
+
+OVERRIDABLE = ("storage", "redis", "grpc", "http", "log", "auth")
+ENV_PREFIX = "DESCRIPTOR_"
+
+
+class ConfigError(Exception):
+    """A configuration problem: ``key`` is the dotted path, ``reason`` what is wrong."""
+
+    def __init__(self, key: str, reason: str) -> None:
+        super().__init__(f"{key}: {reason}" if key else reason)
+        self.key = key
+        self.reason = reason
+
+
+# -- sections ---------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class FilesystemConfig:
+    rootdirectory: str = "./data"
+
+
+@dataclass(frozen=True)
+class RegistryBackendConfig:
+    url: str = ""
+    username: str = ""
+    password: Secret = ""
+    timeout: Duration = 10.0
+    insecureskipverify: bool = False
+    rootcas: list[str] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class ClientTLSConfig:
+    enabled: bool = False
+    ca: str = ""
+    certificate: str = ""
+    key: str = ""
+    servername: str = ""
+
+
+@dataclass(frozen=True)
+class DescriptorServiceBackendConfig:
+    target: str = ""
+    token: Secret = ""
+    timeout: Duration = 5.0
+    tls: ClientTLSConfig = field(default_factory=ClientTLSConfig)
+
+
+@dataclass(frozen=True)
+class S3Config:
+    bucket: str = ""
+    region: str = "us-east-1"
+    regionendpoint: str = ""
+    accesskey: str = ""
+    secretkey: Secret = ""
+    rootdirectory: str = ""
+    forcepathstyle: bool = False
+
+
+@dataclass(frozen=True)
+class CacheConfig:
+    blobdescriptor: str = "inmemory"
+    blobdescriptorsize: int = 10000
+
+
+@dataclass(frozen=True)
+class DeleteConfig:
+    enabled: bool = False
+
+
+BACKENDS = ("filesystem", "registry", "descriptorservice", "s3")
+CACHES = ("inmemory", "redis", "none")
+
+
+@dataclass(frozen=True)
+class StorageConfig:
+    filesystem: FilesystemConfig | None = None
+    registry: RegistryBackendConfig | None = None
+    descriptorservice: DescriptorServiceBackendConfig | None = None
+    s3: S3Config | None = None
+    cache: CacheConfig = field(default_factory=CacheConfig)
+    delete: DeleteConfig = field(default_factory=DeleteConfig)
+
+    @property
+    def backend(self) -> str:
+        """The one backend configured (``filesystem`` when none is)."""
+        for name in BACKENDS:
+            if getattr(self, name) is not None:
+                return name
+        return "filesystem"
+
+
+@dataclass(frozen=True)
+class RedisTLSConfig:
+    enabled: bool = False
+    certificate: str = ""
+    key: str = ""
+    rootcas: list[str] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class RedisConfig:
+    addrs: list[str] = field(default_factory=lambda: ["127.0.0.1:6379"])
+    db: int = 0
+    username: str = ""
+    password: Secret = ""
+    mastername: str = ""
+    dialtimeout: Duration = 1.0
+    readtimeout: Duration = 0.5
+    writetimeout: Duration = 0.5
+    poolsize: int = 32
+    tls: RedisTLSConfig = field(default_factory=RedisTLSConfig)
+
+
+@dataclass(frozen=True)
+class GrpcTLSConfig:
+    certificate: str = ""
+    key: str = ""
+    clientcas: list[str] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class GrpcConfig:
+    addr: str = "127.0.0.1:5051"
+    maxbatch: int = 1000
+    maxrecvmsgsize: int = 4 * 1024 * 1024
+    maxconcurrentcalls: int = 0
+    drain: Duration = 30.0
+    healthaddr: str = ""
+    workers: int = 1
+    tls: GrpcTLSConfig = field(default_factory=GrpcTLSConfig)
+
+
+@dataclass(frozen=True)
+class AuthToken:
+    name: str = ""
+    scope: str = "read"
+    sha256: Secret = ""
+
+
+@dataclass(frozen=True)
+class AuthConfig:
+    tokens: list[AuthToken] = field(default_factory=list)
+    tokensfile: str = ""
+
+
+@dataclass(frozen=True)
+class PrometheusConfig:
+    enabled: bool = False
+    path: str = "/metrics"
+
+
+@dataclass(frozen=True)
+class DebugConfig:
+    addr: str = ""
+    prometheus: PrometheusConfig = field(default_factory=PrometheusConfig)
+
+
+@dataclass(frozen=True)
+class HttpConfig:
+    debug: DebugConfig = field(default_factory=DebugConfig)
+
+
+@dataclass(frozen=True)
+class LogConfig:
+    level: str = "info"
+    formatter: str = "text"
+
+
+@dataclass(frozen=True)
+class Config:
+    storage: StorageConfig = field(default_factory=StorageConfig)
+    redis: RedisConfig = field(default_factory=RedisConfig)
+    grpc: GrpcConfig = field(default_factory=GrpcConfig)
+    auth: AuthConfig = field(default_factory=AuthConfig)
+    http: HttpConfig = field(default_factory=HttpConfig)
+    log: LogConfig = field(default_factory=LogConfig)
+
+
+# -- loading --------------------------------------------------------------------------
+
+
+def load(path: str | None = None, environ: Mapping[str, str] | None = None) -> Config:
+    """The effective configuration: the file (or defaults), then the environment."""
+    data: Any = {}
+    if path is not None:
+        try:
+            with open(path, encoding="utf-8") as f:
+                data = yaml.safe_load(f)
+        except OSError as err:
+            raise ConfigError("", f"cannot read config file {path}: {err.strerror}") from None
+        except yaml.YAMLError as err:
+            raise ConfigError("", f"config file {path} is not valid YAML: {_first_line(err)}") from None
+        if data is None:
+            data = {}
+    if not isinstance(data, dict):
+        raise ConfigError("", "the config file must hold a mapping at the top level")
+    apply_environment(data, os.environ if environ is None else environ)
+    return from_dict(data)
+
+
+def from_dict(data: Mapping[str, Any]) -> Config:
+    """Build and validate a Config from a plain mapping."""
+    config: Config = _build(Config, data, "")
+    validate(config)
+    return config
+
+
+def apply_environment(data: dict[str, Any], environ: Mapping[str, str]) -> None:
+    """Apply ``DESCRIPTOR_*`` overrides in place (values parsed as YAML)."""
+    for name in sorted(environ):
+        if not name.startswith(ENV_PREFIX):
+            continue
+        parts = name[len(ENV_PREFIX) :].lower().split("_")
+        if parts[0] not in OVERRIDABLE or not all(parts):
+            continue
+        key = ".".join(parts)
+        try:
+            value = yaml.safe_load(environ[name])
+        except yaml.YAMLError as err:
+            raise ConfigError(key, f"{name} is not valid YAML: {_first_line(err)}") from None
+        node = data
+        for i, part in enumerate(parts[:-1]):
+            child = node.get(part)
+            if child is None:
+                child = node[part] = {}
+            if not isinstance(child, dict):
+                raise ConfigError(".".join(parts[: i + 1]), f"{name} sets a key under a value that is not a mapping")
+            node = child
+        node[parts[-1]] = value
+
+
+def _build(cls: type[Any], data: Any, path: str) -> Any:
+    if data is None:
+        data = {}
+    if not isinstance(data, Mapping):
+        raise ConfigError(path, f"want a mapping, got {_kind(data)}")
+    hints = typing.get_type_hints(cls, include_extras=True)
+    names = {f.name for f in dataclasses.fields(cls)}
+    kwargs: dict[str, Any] = {}
+    for key, value in data.items():
+        sub = f"{path}.{key}" if path else str(key)
+        if not isinstance(key, str) or key not in names:
+            raise ConfigError(sub, "unknown key")
+        kwargs[key] = _convert(hints[key], value, sub)
+    return cls(**kwargs)
+
+
+def _convert(hint: Any, value: Any, path: str) -> Any:
+    origin = typing.get_origin(hint)
+    if origin is Annotated:
+        base, *marks = typing.get_args(hint)
+        if DURATION in marks:
+            return parse_duration(value, path)
+        return _convert(base, value, path)
+    if origin in (Union, types.UnionType):
+        args = [a for a in typing.get_args(hint) if a is not type(None)]
+        return _convert(args[0], value, path)
+    if origin is list:
+        (item,) = typing.get_args(hint)
+        if value is None:
+            return []
+        if isinstance(value, str) and item is str:
+            value = [value]
+        if not isinstance(value, list):
+            raise ConfigError(path, f"want a list, got {_kind(value)}")
+        return [_convert(item, v, f"{path}[{i}]") for i, v in enumerate(value)]
+    if dataclasses.is_dataclass(hint):
+        return _build(typing.cast(type[Any], hint), value, path)
+    if hint is bool:
+        if isinstance(value, bool):
+            return value
+        raise ConfigError(path, f"want true or false, got {_kind(value)}")
+    if hint is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        raise ConfigError(path, f"want an integer, got {_kind(value)}")
+    if hint is float:
+        if isinstance(value, int | float) and not isinstance(value, bool):
+            return float(value)
+        raise ConfigError(path, f"want a number, got {_kind(value)}")
+    if hint is str:
+        if value is None:
+            return ""
+        if isinstance(value, str | int | float) and not isinstance(value, bool):
+            return str(value)
+        raise ConfigError(path, f"want a string, got {_kind(value)}")
+    raise ConfigError(path, f"unsupported type {hint!r}")  # pragma: no cover
+
+
+_DURATION_PART = re.compile(r"(\d+(?:\.\d*)?|\.\d+)(ns|us|µs|ms|s|m|h)")
+_UNITS = {"ns": 1e-9, "us": 1e-6, "µs": 1e-6, "ms": 1e-3, "s": 1.0, "m": 60.0, "h": 3600.0}
+
+
+def parse_duration(value: Any, path: str) -> float:
+    """Seconds from a Go duration (``1s``, ``500ms``, ``1m30s``) or a number of seconds."""
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        seconds = float(value)
+    elif isinstance(value, str) and value.strip():
+        text = value.strip()
+        pos, seconds = 0, 0.0
+        for m in _DURATION_PART.finditer(text):
+            if m.start() != pos:
+                break
+            seconds += float(m.group(1)) * _UNITS[m.group(2)]
+            pos = m.end()
+        if pos != len(text) or pos == 0:
+            raise ConfigError(path, f"invalid duration {value!r} (want e.g. 500ms, 1s, 1m30s)")
+    else:
+        raise ConfigError(path, f"want a duration such as 1s, got {_kind(value)}")
+    if seconds < 0:
+        raise ConfigError(path, "duration must not be negative")
+    return seconds
+
+
+_HOSTPORT = re.compile(r"(?:\[[0-9a-fA-F:.]+\]|[A-Za-z0-9.-]*):(\d{1,5})")
+
+
+def check_address(value: str, path: str, *, allow_empty: bool = False) -> None:
+    """Refuse anything but ``host:port`` (``[v6]:port``; port 0 picks a free one)."""
+    if allow_empty and not value:
+        return
+    m = _HOSTPORT.fullmatch(value)
+    if m is None or int(m.group(1)) > 65535:
+        raise ConfigError(path, f"invalid address {value!r} (want host:port)")
+
+
+def validate(config: Config) -> None:
+    """Cross-field and value checks, each naming its key."""
+    storage = config.storage
+    configured = [name for name in BACKENDS if getattr(storage, name) is not None]
+    if len(configured) > 1:
+        raise ConfigError("storage", f"more than one backend configured: {', '.join(configured)}")
+    cache = storage.cache
+    if cache.blobdescriptor not in CACHES:
+        raise ConfigError(
+            "storage.cache.blobdescriptor",
+            f"unknown cache type {cache.blobdescriptor!r} (want {', '.join(CACHES)})",
+        )
+    if cache.blobdescriptorsize < 0:
+        raise ConfigError("storage.cache.blobdescriptorsize", "must be >= 0 (0 = unbounded)")
+    if storage.registry is not None and not storage.registry.url:
+        raise ConfigError("storage.registry.url", "required")
+    if storage.descriptorservice is not None and not storage.descriptorservice.target:
+        raise ConfigError("storage.descriptorservice.target", "required")
+    if storage.s3 is not None and not storage.s3.bucket:
+        raise ConfigError("storage.s3.bucket", "required")
+    if cache.blobdescriptor == "redis":
+        if not config.redis.addrs:
+            raise ConfigError("redis.addrs", "at least one address is required for the redis cache")
+        for i, addr in enumerate(config.redis.addrs):
+            check_address(addr, f"redis.addrs[{i}]")
+    if config.redis.db < 0:
+        raise ConfigError("redis.db", "must be >= 0")
+    if config.redis.poolsize < 1:
+        raise ConfigError("redis.poolsize", "must be >= 1")
+    grpc = config.grpc
+    check_address(grpc.addr, "grpc.addr")
+    check_address(grpc.healthaddr, "grpc.healthaddr", allow_empty=True)
+    if grpc.maxbatch < 1:
+        raise ConfigError("grpc.maxbatch", "must be >= 1")
+    if grpc.maxrecvmsgsize < 1024:
+        raise ConfigError("grpc.maxrecvmsgsize", "must be >= 1024")
+    if grpc.maxconcurrentcalls < 0:
+        raise ConfigError("grpc.maxconcurrentcalls", "must be >= 0 (0 = unlimited)")
+    if grpc.workers < 1:
+        raise ConfigError("grpc.workers", "must be >= 1")
+    if bool(grpc.tls.certificate) != bool(grpc.tls.key):
+        raise ConfigError("grpc.tls", "certificate and key go together")
+    if grpc.tls.clientcas and not grpc.tls.certificate:
+        raise ConfigError("grpc.tls.clientcas", "needs grpc.tls.certificate and grpc.tls.key")
+    for i, token in enumerate(config.auth.tokens):
+        if token.scope not in ("read", "write"):
+            raise ConfigError(f"auth.tokens[{i}].scope", f"unknown scope {token.scope!r} (want read or write)")
+        if not re.fullmatch(r"[0-9a-f]{64}", token.sha256):
+            raise ConfigError(f"auth.tokens[{i}].sha256", "want the 64 lowercase hex of the token's SHA-256")
+    check_address(config.http.debug.addr, "http.debug.addr", allow_empty=True)
+    if not config.http.debug.prometheus.path.startswith("/"):
+        raise ConfigError("http.debug.prometheus.path", "must start with /")
+    if config.log.level.lower() not in ("debug", "info", "warn", "warning", "error"):
+        raise ConfigError("log.level", f"unknown level {config.log.level!r} (want debug, info, warn or error)")
+    if config.log.formatter not in ("text", "json"):
+        raise ConfigError("log.formatter", f"unknown formatter {config.log.formatter!r} (want text or json)")
+
+
+def to_dict(config: Any, *, mask: bool = True) -> Any:
+    """A plain-data view of a config, with secrets masked (for --check-config)."""
+    if not dataclasses.is_dataclass(config) or isinstance(config, type):
+        return config
+    hints = typing.get_type_hints(type(config), include_extras=True)
+    out: dict[str, Any] = {}
+    for f in dataclasses.fields(config):
+        value = getattr(config, f.name)
+        if mask and SECRET in getattr(hints[f.name], "__metadata__", ()) and value:
+            out[f.name] = "*****"
+        elif isinstance(value, list):
+            out[f.name] = [to_dict(v, mask=mask) for v in value]
+        elif value is None:
+            continue
+        else:
+            out[f.name] = to_dict(value, mask=mask)
+    return out
+
+
+def _kind(value: Any) -> str:
+    if value is None:
+        return "nothing"
+    return {
+        bool: "a boolean",
+        int: "an integer",
+        float: "a number",
+        str: "a string",
+        list: "a list",
+        dict: "a mapping",
+    }.get(type(value), type(value).__name__) + (
+        f" {value!r}" if isinstance(value, int | float | str) and len(repr(value)) < 60 else ""
+    )
+
+
+def _first_line(err: Exception) -> str:
+    return str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__

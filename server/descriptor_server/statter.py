@@ -1,0 +1,227 @@
+"""The cached blob statter: a cache in front of a backend (CONTRACT section 3).
+
+This is distribution's ``cachedBlobStatter`` as a service: Stat asks the cache, falls
+back to the backend on a miss and fills the cache, counting requests, hits, misses
+and errors. It validates every input before any cache or backend sees it, in the
+contract's order: key digest, repository, descriptor, deletion switch.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import logging
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+from descriptor_client.descriptor import Descriptor, validate_descriptor
+from descriptor_client.digest import validate_digest, validate_repository
+from descriptor_client.errors import (
+    BackendUnavailableError,
+    BatchTooLargeError,
+    BlobUnknownError,
+    DescriptorError,
+    UnsupportedError,
+)
+from descriptor_client.protocol import BlobDescriptorService
+
+from .backends import Backend
+
+log = logging.getLogger(__name__)
+
+DEFAULT_MAX_BATCH = 1000
+
+
+@dataclass
+class StatterMetrics:
+    """Counters since start; read by GetMetrics and by the Prometheus collector."""
+
+    requests: int = 0
+    hits: int = 0
+    misses: int = 0
+    errors: int = 0
+
+
+class RateLimitedLog:
+    """Logs at most one line per ``interval`` seconds, saying how many were suppressed."""
+
+    def __init__(self, logger: logging.Logger, interval: float = 10.0) -> None:
+        self.logger = logger
+        self.interval = interval
+        self._last = float("-inf")
+        self._suppressed = 0
+
+    def warning(self, msg: str, *args: object) -> None:
+        now = time.monotonic()
+        if now - self._last < self.interval:
+            self._suppressed += 1
+            return
+        if self._suppressed:
+            msg += " (%d similar messages suppressed)"
+            args = (*args, self._suppressed)
+        self._last, self._suppressed = now, 0
+        self.logger.warning(msg, *args)
+
+
+@dataclass
+class _Flight:
+    """A backend Stat in flight, shared by every concurrent miss on the same key."""
+
+    task: asyncio.Future[Descriptor]
+    write: bool
+    waiters: int = field(default=1)
+
+
+class CachedBlobStatter:
+    """Answers Stat from ``cache``, falling back to ``backend``; primes and clears both."""
+
+    def __init__(
+        self,
+        cache: BlobDescriptorService,
+        backend: Backend,
+        *,
+        delete_enabled: bool = False,
+        max_batch: int = DEFAULT_MAX_BATCH,
+    ) -> None:
+        self.cache = cache
+        self.backend = backend
+        self.delete_enabled = delete_enabled
+        self.max_batch = max_batch
+        self.metrics = StatterMetrics()
+        self._inflight: dict[tuple[str, str], _Flight] = {}
+        self._cache_log = RateLimitedLog(log)
+
+    # -- Stat ------------------------------------------------------------------
+
+    async def stat(self, digest: str, repository: str = "") -> Descriptor:
+        validate_digest(digest)
+        validate_repository(repository)
+        return await self._stat(digest, repository)
+
+    async def _stat(self, digest: str, repository: str) -> Descriptor:
+        metrics = self.metrics
+        metrics.requests += 1
+        try:
+            desc = await self.cache.stat(digest, repository)
+        except BlobUnknownError:
+            cache_ok = True
+        except Exception as err:  # any other cache failure: answer from the backend
+            metrics.errors += 1
+            self._cache_log.warning("cache stat failed, answering from the backend: %s", _describe(err))
+            cache_ok = False
+        else:
+            metrics.hits += 1
+            return desc
+        metrics.misses += 1
+        key = (digest, repository)
+        flight = self._inflight.get(key)
+        if flight is None:
+            # The fetch runs as its own task so that a caller that gives up (deadline,
+            # cancellation) does not fail the other callers waiting on it.
+            task = asyncio.ensure_future(self._fetch(digest, repository))
+            flight = self._inflight[key] = _Flight(task, write=cache_ok, waiters=1)
+            task.add_done_callback(functools.partial(self._landed, key))
+        else:
+            flight.waiters += 1
+        return await asyncio.shield(flight.task)
+
+    def _landed(self, key: tuple[str, str], task: asyncio.Future[Descriptor]) -> None:
+        if self._inflight.get(key) is not None and self._inflight[key].task is task:
+            del self._inflight[key]
+        if not task.cancelled():
+            task.exception()  # retrieved here, so an unawaited failure never warns
+
+    async def _fetch(self, digest: str, repository: str) -> Descriptor:
+        try:
+            desc = await self.backend.stat(digest, repository)
+        except DescriptorError:
+            raise
+        except Exception as err:
+            log.warning("backend stat of %s failed: %s", digest, _describe(err))
+            raise BackendUnavailableError(f"backend failed: {_describe(err)}") from err
+        flight = self._inflight.get((digest, repository))
+        if flight is not None and flight.write:
+            try:
+                await self.cache.set_descriptor(digest, desc, repository)
+            except Exception as err:  # best effort: logged, never returned
+                self.metrics.errors += 1
+                self._cache_log.warning("cache write after a miss failed: %s", _describe(err))
+        return desc
+
+    async def batch_stat(self, digests: Sequence[str], repository: str = "") -> list[Descriptor | DescriptorError]:
+        """Stat each digest; a bad or unknown digest fails its item, not the call."""
+        validate_repository(repository)
+        if len(digests) > self.max_batch:
+            raise BatchTooLargeError(f"{len(digests)} digests in one batch, at most {self.max_batch} allowed")
+        results: list[Descriptor | DescriptorError] = []
+        for digest in digests:
+            try:
+                validate_digest(digest)
+                results.append(await self._stat(digest, repository))
+            except DescriptorError as err:
+                results.append(err)
+        return results
+
+    # -- SetDescriptor -------------------------------------------------------------
+
+    async def set_descriptor(self, digest: str, descriptor: Descriptor, repository: str = "") -> None:
+        validate_digest(digest)
+        validate_repository(repository)
+        validate_descriptor(digest, descriptor)
+        try:
+            await self.cache.set_descriptor(digest, descriptor, repository)
+        except Exception as err:  # the cache is best effort
+            self.metrics.errors += 1
+            self._cache_log.warning("cache set_descriptor failed: %s", _describe(err))
+
+    # -- Clear ---------------------------------------------------------------------
+
+    async def clear(self, digest: str, repository: str = "") -> None:
+        validate_digest(digest)
+        validate_repository(repository)
+        if not self.delete_enabled:
+            raise UnsupportedError("deletion is disabled (storage.delete.enabled is false)")
+        if not self.backend.supports_clear(repository):
+            scope = "repository scope" if repository else "global scope"
+            raise UnsupportedError(f"the backend cannot clear in the {scope}")
+        # A Stat in flight must not write back what is being cleared.
+        for key in ((digest, repository), (digest, "")):
+            flight = self._inflight.get(key)
+            if flight is not None:
+                flight.write = False
+        held = False
+        try:
+            await self.cache.clear(digest, repository)
+            held = True
+        except BlobUnknownError:
+            pass
+        except Exception as err:
+            self.metrics.errors += 1
+            self._cache_log.warning("cache clear failed: %s", _describe(err))
+        try:
+            await self.backend.clear(digest, repository)
+            held = True
+        except BlobUnknownError:
+            pass
+        except DescriptorError:
+            raise
+        except Exception as err:
+            log.warning("backend clear of %s failed: %s", digest, _describe(err))
+            raise BackendUnavailableError(f"backend failed: {_describe(err)}") from err
+        if not held:
+            where = f" in {repository}" if repository else ""
+            raise BlobUnknownError(f"blob {digest} unknown{where}")
+
+    async def close(self) -> None:
+        for closer in (getattr(self.cache, "close", None), self.backend.close):
+            if closer is not None:
+                try:
+                    await closer()
+                except Exception as err:  # closing must not mask shutdown
+                    log.warning("close failed: %s", _describe(err))
+
+
+def _describe(err: BaseException) -> str:
+    text = str(err)
+    return f"{type(err).__name__}: {text}" if text else type(err).__name__

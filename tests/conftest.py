@@ -1,0 +1,32 @@
+"""Shared fixtures. Conformance targets are registered in ``targets.py``."""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).parent))
+
+from support import Layout, ServerProcess, base_config  # noqa: E402
+
+pytest_plugins = ["targets"]
+
+
+@pytest.fixture
+def layout(tmp_path: Path) -> Layout:
+    root = tmp_path / "registry"
+    root.mkdir()
+    return Layout(root)
+
+
+@pytest.fixture
+def server(tmp_path: Path, layout: Layout) -> Iterator[ServerProcess]:
+    """The real server command over ``layout``, deletion enabled, in-memory cache."""
+    proc = ServerProcess(base_config(layout.root), tmp_path).start()
+    try:
+        yield proc
+    finally:
+        proc.stop()

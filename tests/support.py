@@ -1,0 +1,181 @@
+"""Test support: distribution's on-disk layout, and the server started as a user starts it."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+A384 = "sha384:abc" + "1" * 93
+A256 = "sha256:abc" + "1" * 61
+OCT = "application/octet-stream"
+REPO = "foo/bar"
+
+V2 = Path("docker") / "registry" / "v2"
+READY = re.compile(r"listening on (\S+):(\d+)")
+
+
+def digest_of(content: bytes, algorithm: str = "sha256") -> str:
+    return f"{algorithm}:{hashlib.new(algorithm, content).hexdigest()}"
+
+
+class Layout:
+    """Writes blobs and repository links exactly as distribution's filesystem driver does."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+
+    def blob_data(self, digest: str) -> Path:
+        alg, hexpart = digest.split(":", 1)
+        return self.root / V2 / "blobs" / alg / hexpart[:2] / hexpart / "data"
+
+    def link(self, repository: str, digest: str) -> Path:
+        alg, hexpart = digest.split(":", 1)
+        return self.root / V2 / "repositories" / repository / "_layers" / alg / hexpart / "link"
+
+    def put_blob(self, content: bytes, algorithm: str = "sha256") -> str:
+        digest = digest_of(content, algorithm)
+        path = self.blob_data(digest)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(content)
+        return digest
+
+    def put_link(self, repository: str, digest: str, target: str | None = None) -> Path:
+        path = self.link(repository, digest)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(target or digest)
+        return path
+
+    def push(self, repository: str, content: bytes) -> str:
+        """A blob and its repository link, as a push leaves them."""
+        digest = self.put_blob(content)
+        self.put_link(repository, digest)
+        return digest
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+def server_command() -> list[str]:
+    return [sys.executable, "-m", "descriptor_server"]
+
+
+class ServerProcess:
+    """``descriptor-server --config FILE`` as a subprocess; ``target`` once it is ready."""
+
+    def __init__(
+        self,
+        config: Mapping[str, Any],
+        workdir: Path,
+        *,
+        env: Mapping[str, str] | None = None,
+        args: list[str] | None = None,
+    ) -> None:
+        self.config_path = workdir / f"config-{id(self)}.yml"
+        self.config_path.write_text(yaml.safe_dump(dict(config)))
+        self.workdir = workdir
+        self.env = {**os.environ, **(env or {})}
+        self.args = args if args is not None else ["--config", str(self.config_path)]
+        self.proc: subprocess.Popen[str] | None = None
+        self.target = ""
+        self.port = 0
+        self.lines: list[str] = []
+        self._ready = threading.Event()
+
+    def start(self, timeout: float = 30.0) -> ServerProcess:
+        self.proc = subprocess.Popen(
+            [*server_command(), *self.args],
+            cwd=self.workdir,
+            env=self.env,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+        threading.Thread(target=self._read, daemon=True).start()
+        if not self._ready.wait(timeout) or not self.port:
+            self.stop()
+            raise RuntimeError("server did not become ready:\n" + "".join(self.lines))
+        return self
+
+    def _read(self) -> None:
+        assert self.proc is not None and self.proc.stdout is not None
+        for line in self.proc.stdout:
+            self.lines.append(line)
+            m = READY.search(line)
+            if m and not self.port:
+                self.port = int(m.group(2))
+                self.target = f"127.0.0.1:{self.port}"
+                self._ready.set()
+        self._ready.set()
+
+    @property
+    def output(self) -> str:
+        return "".join(self.lines)
+
+    def signal(self, sig: int = signal.SIGTERM) -> None:
+        assert self.proc is not None
+        self.proc.send_signal(sig)
+
+    def wait(self, timeout: float = 30.0) -> int:
+        assert self.proc is not None
+        return self.proc.wait(timeout)
+
+    def stop(self, timeout: float = 30.0) -> int | None:
+        if self.proc is None or self.proc.poll() is not None:
+            return None if self.proc is None else self.proc.returncode
+        self.proc.send_signal(signal.SIGTERM)
+        try:
+            return self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+            raise
+
+
+@contextmanager
+def running_server(
+    config: Mapping[str, Any], workdir: Path, *, env: Mapping[str, str] | None = None
+) -> Iterator[ServerProcess]:
+    server = ServerProcess(config, workdir, env=env).start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+def base_config(root: Path, *, delete: bool = True, cache: str = "inmemory", **grpc: Any) -> dict[str, Any]:
+    """A config serving ``root`` on a free loopback port (port 0: the server picks)."""
+    return {
+        "storage": {
+            "filesystem": {"rootdirectory": str(root)},
+            "cache": {"blobdescriptor": cache},
+            "delete": {"enabled": delete},
+        },
+        "grpc": {"addr": "127.0.0.1:0", **grpc},
+        "log": {"level": "info"},
+    }
+
+
+def wait_for(predicate: Any, timeout: float = 10.0, interval: float = 0.02) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise TimeoutError("condition not met in time")
+        time.sleep(interval)
