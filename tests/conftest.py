@@ -10,9 +10,9 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-from support import Layout, ServerProcess, base_config  # noqa: E402
+from support import Layout, ServerProcess, base_config
 
-pytest_plugins = ["targets"]
+pytest_plugins = ["targets", "redis_servers", "targets_redis", "targets_backends"]
 
 
 @pytest.fixture

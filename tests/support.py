@@ -115,7 +115,8 @@ class ServerProcess:
         return self
 
     def _read(self) -> None:
-        assert self.proc is not None and self.proc.stdout is not None
+        assert self.proc is not None
+        assert self.proc.stdout is not None
         for line in self.proc.stdout:
             self.lines.append(line)
             m = READY.search(line)

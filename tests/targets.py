@@ -11,21 +11,26 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
-from support import ServerProcess, base_config
-
 from descriptor_client import AsyncDescriptorClient
 from descriptor_client.protocol import BlobDescriptorService
 from descriptor_server.caches.inmemory import InMemoryCache
+from support import ServerProcess, base_config
 
 TARGETS = [
     "target_inmemory",
     "target_server_inmemory",
+    "target_redis_standalone",
+    "target_redis_cluster",
+    "target_redis_sentinel",
+    "target_server_redis",
+    "target_server_s3",
+    "target_server_chained",
 ]
 
 
 @pytest.fixture
-async def target_inmemory() -> AsyncIterator[BlobDescriptorService]:
-    yield InMemoryCache(100)
+async def target_inmemory() -> BlobDescriptorService:
+    return InMemoryCache(100)
 
 
 @pytest.fixture

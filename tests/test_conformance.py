@@ -3,9 +3,6 @@
 from __future__ import annotations
 
 import pytest
-from support import A256, A384, OCT, REPO
-from targets import TARGETS
-
 from descriptor_client import (
     BlobUnknownError,
     Descriptor,
@@ -14,6 +11,8 @@ from descriptor_client import (
     DigestInvalidFormatError,
 )
 from descriptor_client.protocol import BlobDescriptorService
+from support import A256, A384, OCT, REPO
+from targets import TARGETS
 
 
 @pytest.fixture(params=TARGETS)

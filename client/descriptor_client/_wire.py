@@ -85,8 +85,9 @@ def channel_options(tls: ClientTLS | None, extra: Sequence[tuple[str, Any]] = ()
     ]
     if tls is not None and tls.server_name:
         opts.append(("grpc.ssl_target_name_override", tls.server_name))
-    opts.extend(extra)
-    return opts
+    # gRPC honours the first occurrence of a key, so a caller's option replaces ours.
+    overridden = {key for key, _ in extra}
+    return [opt for opt in opts if opt[0] not in overridden] + list(extra)
 
 
 def call_metadata(token: str | None) -> tuple[tuple[str, str], ...] | None:

@@ -118,6 +118,17 @@ class ServerDrainingError(UnavailableError):
     reason = "SERVER_DRAINING"
 
 
+class DeadlineExceededError(UnavailableError):
+    """The call's deadline passed before an answer (client side; no server sends it).
+
+    An :class:`UnavailableError`, so ``except UnavailableError`` covers it (retrying
+    later may succeed), with the true code ``DEADLINE_EXCEEDED`` in ``err.code``.
+    """
+
+    code = grpc.StatusCode.DEADLINE_EXCEEDED
+    reason = "DEADLINE_EXCEEDED"
+
+
 class UnauthenticatedError(DescriptorError):
     """Missing or bad credentials."""
 
@@ -166,7 +177,7 @@ _BY_CODE: dict[grpc.StatusCode, type[DescriptorError]] = {
     grpc.StatusCode.INVALID_ARGUMENT: InvalidArgumentError,
     grpc.StatusCode.UNIMPLEMENTED: UnsupportedError,
     grpc.StatusCode.UNAVAILABLE: UnavailableError,
-    grpc.StatusCode.DEADLINE_EXCEEDED: UnavailableError,
+    grpc.StatusCode.DEADLINE_EXCEEDED: DeadlineExceededError,
     grpc.StatusCode.UNAUTHENTICATED: UnauthenticatedError,
     grpc.StatusCode.PERMISSION_DENIED: PermissionDeniedError,
     grpc.StatusCode.RESOURCE_EXHAUSTED: ResourceExhaustedError,
@@ -239,6 +250,7 @@ __all__ = [
     "BackendUnavailableError",
     "BatchTooLargeError",
     "BlobUnknownError",
+    "DeadlineExceededError",
     "DescriptorError",
     "DescriptorInvalidError",
     "DigestInvalidFormatError",

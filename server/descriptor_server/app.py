@@ -10,10 +10,14 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
+import dataclasses
+import errno
 import logging
+import os
 import signal
+import socket
 import sys
+import threading
 import time
 from collections.abc import Sequence
 from typing import Any
@@ -25,15 +29,17 @@ from descriptor_client.protocol import BlobDescriptorService
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
+from . import security
 from .backends import Backend
 from .config import Config, ConfigError, load, to_dict
+from .observability import Operations, RedisObserver, setup_logging
 from .service import SERVICE_NAME, DescriptorServicer
 from .statter import CachedBlobStatter
 
 log = logging.getLogger("descriptor_server")
 
 
-def build_cache(config: Config) -> BlobDescriptorService:
+def build_cache(config: Config, *, observe: RedisObserver | None = None) -> BlobDescriptorService:
     kind = config.storage.cache.blobdescriptor
     if kind == "inmemory":
         from .caches.inmemory import InMemoryCache
@@ -43,7 +49,7 @@ def build_cache(config: Config) -> BlobDescriptorService:
         import importlib
 
         redis_cache: BlobDescriptorService = importlib.import_module("descriptor_server.caches.redis").from_config(
-            config.redis
+            config.redis, observe=observe
         )
         return redis_cache
     from .caches.none import NoneCache
@@ -67,43 +73,39 @@ def build_backend(config: Config) -> Backend:
     return backend
 
 
-def build_statter(config: Config) -> CachedBlobStatter:
+def build_statter(config: Config, *, observe: RedisObserver | None = None) -> CachedBlobStatter:
     return CachedBlobStatter(
-        build_cache(config),
+        build_cache(config, observe=observe),
         build_backend(config),
         delete_enabled=config.storage.delete.enabled,
         max_batch=config.grpc.maxbatch,
     )
 
 
-class JsonFormatter(logging.Formatter):
-    """One JSON object per line, with any ``extra=`` fields of the record."""
+def check_bindable(addr: str, key: str, *, reuseport: bool = False) -> None:
+    """Refuse an address already in use with one clear line (gRPC core would also log its own).
 
-    _skip = set(vars(logging.makeLogRecord({}))) | {"message", "asctime"}
-
-    def format(self, record: logging.LogRecord) -> str:
-        out: dict[str, Any] = {
-            "time": self.formatTime(record, "%Y-%m-%dT%H:%M:%S"),
-            "level": record.levelname.lower(),
-            "logger": record.name,
-            "msg": record.getMessage(),
-        }
-        out.update({k: v for k, v in vars(record).items() if k not in self._skip})
-        if record.exc_info:
-            out["error"] = self.formatException(record.exc_info)
-        return json.dumps(out, default=str)
-
-
-def setup_logging(config: Config) -> None:
-    handler = logging.StreamHandler(sys.stderr)
-    if config.log.formatter == "json":
-        handler.setFormatter(JsonFormatter())
-    else:
-        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
-    root = logging.getLogger()
-    root.handlers[:] = [handler]
-    level = config.log.level.upper()
-    root.setLevel("WARNING" if level == "WARN" else level)
+    Only a definite EADDRINUSE is reported here; anything else is left to the server's bind.
+    """
+    host, _, port = addr.rpartition(":")
+    if port == "0":
+        return
+    try:
+        infos = socket.getaddrinfo(
+            host.strip("[]") or None, int(port), type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
+        )
+    except (OSError, ValueError):
+        return
+    for family, kind, proto, _, sockaddr in infos:
+        with socket.socket(family, kind, proto) as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            if reuseport and hasattr(socket, "SO_REUSEPORT"):
+                probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+            try:
+                probe.bind(sockaddr)
+            except OSError as err:
+                if err.errno == errno.EADDRINUSE:
+                    raise ConfigError(key, f"cannot listen on {addr}: address already in use") from None
 
 
 class DescriptorServer:
@@ -111,11 +113,17 @@ class DescriptorServer:
 
     def __init__(self, config: Config, statter: CachedBlobStatter | None = None) -> None:
         self.config = config
-        self.statter = statter if statter is not None else build_statter(config)
-        self.servicer = DescriptorServicer(self.statter)
+        self.ops = Operations(config, lambda: self.statter.metrics)
+        self.statter = statter if statter is not None else build_statter(config, observe=self.ops.metrics.observe_redis)
+        self.servicer = DescriptorServicer(
+            self.statter, authorizer=security.build_authorizer(config.auth), observer=self.ops.observe
+        )
+        self.ops.metrics.track_inflight(lambda: self.servicer.inflight)
         self.health = health.aio.HealthServicer()
         self.server: grpc.aio.Server | None = None
         self.port = 0
+        self.health_server: grpc.aio.Server | None = None
+        self.health_port = 0
         self._stopping = asyncio.Event()
 
     def server_options(self) -> list[tuple[str, Any]]:
@@ -123,6 +131,7 @@ class DescriptorServer:
         return [
             ("grpc.so_reuseport", 1 if g.workers > 1 else 0),
             ("grpc.max_receive_message_length", g.maxrecvmsgsize),
+            *security.limit_options(g),
         ]
 
     async def start(self) -> int:
@@ -141,14 +150,23 @@ class DescriptorServer:
             ),
             server,
         )
+        credentials = security.server_credentials(g.tls)
+        check_bindable(g.addr, "grpc.addr", reuseport=g.workers > 1)
         try:
-            self.port = server.add_insecure_port(g.addr)
+            if credentials is not None:
+                self.port = server.add_secure_port(g.addr, credentials)
+            else:
+                self.port = server.add_insecure_port(g.addr)
         except RuntimeError as err:
             raise ConfigError("grpc.addr", f"cannot listen on {g.addr}: {err}") from None
+        self.ops.start()  # the metrics endpoint first: a bad http.debug.addr fails before serving
+        if g.healthaddr:
+            self.health_server, self.health_port = security.health_server(self.health, g.healthaddr)
+            await self.health_server.start()
         await server.start()
         self.server = server
         await self.health.set("", health_pb2.HealthCheckResponse.SERVING)
-        await self.health.set(SERVICE_NAME, health_pb2.HealthCheckResponse.SERVING)
+        await self.start_health_probe()
         host = g.addr.rsplit(":", 1)[0]
         log.info(
             "descriptor-server listening on %s:%d (cache %s, backend %s)",
@@ -157,7 +175,28 @@ class DescriptorServer:
             self.config.storage.cache.blobdescriptor,
             self.config.storage.backend,
         )
+        if self.health_server is not None:
+            log.info("health-only listener at %s:%d (plaintext)", g.healthaddr.rsplit(":", 1)[0], self.health_port)
+        authorizer = self.servicer.authorizer
+        log.info(
+            "security: tls %s, bearer tokens %s",
+            ("mutual" if g.tls.clientcas else "on") if credentials is not None else "off",
+            f"on ({len(authorizer)} configured)" if isinstance(authorizer, security.TokenAuthorizer) else "off",
+        )
         return self.port
+
+    async def set_service_serving(self, serving: bool) -> None:
+        status = health_pb2.HealthCheckResponse.SERVING if serving else health_pb2.HealthCheckResponse.NOT_SERVING
+        await self.health.set(SERVICE_NAME, status)
+
+    async def start_health_probe(self) -> None:
+        """The service is NOT_SERVING while the backend fails its probe (if it has one)."""
+        probe = getattr(self.statter.backend, "probe", None)
+        interval = self.config.grpc.healthprobeinterval
+        if probe is None or interval <= 0:
+            await self.set_service_serving(True)
+            return
+        await self.ops.start_probe(probe, self.set_service_serving, interval)
 
     def request_stop(self) -> None:
         self._stopping.set()
@@ -170,13 +209,17 @@ class DescriptorServer:
         grace = self.config.grpc.drain if grace is None else grace
         log.info("draining: refusing new calls, waiting for %d in flight", self.servicer.inflight)
         self.servicer.draining = True
+        await self.ops.stop_probe()
         await self.health.enter_graceful_shutdown()
         deadline = time.monotonic() + grace
         while self.servicer.inflight and time.monotonic() < deadline:  # noqa: ASYNC110 - a counter, not an event
             await asyncio.sleep(0.01)
         if self.server is not None:
             await self.server.stop(max(0.0, deadline - time.monotonic()))
+        if self.health_server is not None:
+            await self.health_server.stop(0)
         await self.statter.close()
+        await self.ops.stop()
         log.info("stopped")
 
 
@@ -201,6 +244,12 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         metavar="FILE",
         help="validate FILE, print the effective config (secrets masked) and exit",
     )
+    parser.add_argument(
+        "--workers",
+        type=int,
+        metavar="N",
+        help="serve from N processes sharing the port with SO_REUSEPORT (overrides grpc.workers)",
+    )
     return parser.parse_args(argv)
 
 
@@ -208,13 +257,27 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     try:
         config = load(args.check_config or args.config)
+        security.check_files(config)
     except ConfigError as err:
         print(f"descriptor-server: config error: {err}", file=sys.stderr)
         return 2
     if args.check_config:
         print(yaml.safe_dump(to_dict(config), sort_keys=False), end="")
         return 0
-    setup_logging(config)
+    if args.workers is not None:
+        if args.workers < 1:
+            print("descriptor-server: config error: grpc.workers: must be >= 1 (--workers)", file=sys.stderr)
+            return 2
+        config = dataclasses.replace(config, grpc=dataclasses.replace(config.grpc, workers=args.workers))
+    setup_logging(config.log)
+    if config.grpc.workers > 1:
+        from .workers import run_workers
+
+        try:
+            return run_workers(config, serve)
+        except ConfigError as err:
+            print(f"descriptor-server: config error: {err}", file=sys.stderr)
+            return 2
     try:
         asyncio.run(serve(config))
     except ConfigError as err:
@@ -222,4 +285,25 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     except KeyboardInterrupt:  # pragma: no cover - signal handlers catch SIGINT
         pass
+    exit_past_stuck_threads()
     return 0
+
+
+def exit_past_stuck_threads(timeout: float = 2.0) -> None:
+    """Exit 0 now if a worker thread is still blocked after the drain.
+
+    A backend call stuck in a thread for good (a hung NFS mount, a FIFO as a link
+    file) would otherwise keep the interpreter from exiting, which joins every
+    worker thread without a timeout: a drained server must still exit.
+    """
+    deadline = time.monotonic() + timeout
+    others = [t for t in threading.enumerate() if t is not threading.current_thread() and not t.daemon]
+    for thread in others:
+        thread.join(max(0.0, deadline - time.monotonic()))
+    stuck = [t.name for t in others if t.is_alive()]
+    if stuck:
+        log.warning("exiting with %d threads still blocked: %s", len(stuck), ", ".join(stuck))
+        logging.shutdown()
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(0)

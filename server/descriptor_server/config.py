@@ -149,15 +149,31 @@ class GrpcTLSConfig:
 
 
 @dataclass(frozen=True)
+class GrpcKeepaliveConfig:
+    time: Duration = 7200.0
+    timeout: Duration = 20.0
+    minpinginterval: Duration = 300.0
+    permitwithoutcalls: bool = False
+    maxpingstrikes: int = 2
+    maxconnectionidle: Duration = 0.0
+    maxconnectionage: Duration = 0.0
+    maxconnectionagegrace: Duration = 30.0
+
+
+@dataclass(frozen=True)
 class GrpcConfig:
     addr: str = "127.0.0.1:5051"
     maxbatch: int = 1000
     maxrecvmsgsize: int = 4 * 1024 * 1024
+    maxmetadatasize: int = 8 * 1024
     maxconcurrentcalls: int = 0
     drain: Duration = 30.0
     healthaddr: str = ""
+    #: How often the backend is probed for the service's health status (0 = never).
+    healthprobeinterval: Duration = 10.0
     workers: int = 1
     tls: GrpcTLSConfig = field(default_factory=GrpcTLSConfig)
+    keepalive: GrpcKeepaliveConfig = field(default_factory=GrpcKeepaliveConfig)
 
 
 @dataclass(frozen=True)
@@ -354,6 +370,20 @@ def check_address(value: str, path: str, *, allow_empty: bool = False) -> None:
         raise ConfigError(path, f"invalid address {value!r} (want host:port)")
 
 
+def validate_redis(redis: RedisConfig) -> None:
+    """The ``redis`` section's cross-field checks (also run by the redis cache itself)."""
+    if len(redis.addrs) > 1 and not redis.mastername and redis.db != 0:
+        raise ConfigError("redis.db", "must be 0 with Redis Cluster (several addrs)")
+    for key in ("dialtimeout", "readtimeout", "writetimeout"):
+        if getattr(redis, key) <= 0:
+            raise ConfigError(f"redis.{key}", "must be > 0")
+    tls = redis.tls
+    if not tls.enabled and (tls.certificate or tls.key or tls.rootcas):
+        raise ConfigError("redis.tls.enabled", "must be true when certificate, key or rootcas are set")
+    if bool(tls.certificate) != bool(tls.key):
+        raise ConfigError("redis.tls", "certificate and key go together")
+
+
 def validate(config: Config) -> None:
     """Cross-field and value checks, each naming its key."""
     storage = config.storage
@@ -379,6 +409,7 @@ def validate(config: Config) -> None:
             raise ConfigError("redis.addrs", "at least one address is required for the redis cache")
         for i, addr in enumerate(config.redis.addrs):
             check_address(addr, f"redis.addrs[{i}]")
+        validate_redis(config.redis)
     if config.redis.db < 0:
         raise ConfigError("redis.db", "must be >= 0")
     if config.redis.poolsize < 1:
@@ -392,6 +423,14 @@ def validate(config: Config) -> None:
         raise ConfigError("grpc.maxrecvmsgsize", "must be >= 1024")
     if grpc.maxconcurrentcalls < 0:
         raise ConfigError("grpc.maxconcurrentcalls", "must be >= 0 (0 = unlimited)")
+    if grpc.maxmetadatasize < 1024:
+        raise ConfigError("grpc.maxmetadatasize", "must be >= 1024")
+    if grpc.keepalive.time <= 0:
+        raise ConfigError("grpc.keepalive.time", "must be > 0")
+    if grpc.keepalive.timeout <= 0:
+        raise ConfigError("grpc.keepalive.timeout", "must be > 0")
+    if grpc.keepalive.maxpingstrikes < 0:
+        raise ConfigError("grpc.keepalive.maxpingstrikes", "must be >= 0 (0 = no strike allowed)")
     if grpc.workers < 1:
         raise ConfigError("grpc.workers", "must be >= 1")
     if bool(grpc.tls.certificate) != bool(grpc.tls.key):

@@ -55,6 +55,22 @@ def _pb_descriptor(desc: Descriptor) -> pb.Descriptor:
     return pb.Descriptor(media_type=desc.media_type, digest=desc.digest, size=desc.size)
 
 
+#: Serialized responses kept per descriptor (bounded; cleared when full).
+MEMO_MAX = 16384
+
+
+def _result_field(result: pb.BatchStatResult) -> bytes:
+    """``result`` as field 1 of a BatchStatResponse: tag, varint length, message."""
+    body = result.SerializeToString()
+    n = len(body)
+    head = bytearray(b"\x0a")
+    while n > 0x7F:
+        head.append((n & 0x7F) | 0x80)
+        n >>= 7
+    head.append(n)
+    return bytes(head) + body
+
+
 class DescriptorServicer:
     """Serves ``descriptor.v1.BlobDescriptorService`` from a :class:`CachedBlobStatter`."""
 
@@ -70,12 +86,27 @@ class DescriptorServicer:
         self.observer = observer
         self.draining = False
         self.inflight = 0
+        # digest -> (descriptor, its serialized StatResponse / BatchStatResponse field);
+        # used only when the answer is that very descriptor (same object, or equal),
+        # so an entry can never go stale.
+        self._stat_memo: dict[str, tuple[Descriptor, bytes]] = {}
+        self._result_memo: dict[str, tuple[Descriptor, bytes]] = {}
 
     # -- handlers (request bytes -> response bytes) -------------------------------
 
     async def stat(self, request: pb.StatRequest) -> bytes:
         desc = await self.statter.stat(request.digest, request.repository)
-        return pb.StatResponse(descriptor=_pb_descriptor(desc)).SerializeToString()
+        memo = self._stat_memo
+        known = memo.get(desc.digest)
+        if known is not None and (known[0] is desc or known[0] == desc):
+            if known[0] is not desc:
+                memo[desc.digest] = (desc, known[1])  # the next hit is an identity check
+            return known[1]
+        if len(memo) >= MEMO_MAX:
+            memo.clear()
+        wire = pb.StatResponse(descriptor=_pb_descriptor(desc)).SerializeToString()
+        memo[desc.digest] = (desc, wire)
+        return wire
 
     async def set_descriptor(self, request: pb.SetDescriptorRequest) -> bytes:
         d = request.descriptor
@@ -89,15 +120,32 @@ class DescriptorServicer:
         return b""
 
     async def batch_stat(self, request: pb.BatchStatRequest) -> bytes:
-        results = await self.statter.batch_stat(request.digests, request.repository)
-        resp = pb.BatchStatResponse()
-        items = resp.results
-        for digest, result in zip(request.digests, results, strict=True):
-            if isinstance(result, Descriptor):
-                items.add(digest=digest, descriptor=_pb_descriptor(result))
+        # The response is the concatenation of its length-delimited ``results``
+        # fields (protobuf wire format), so a hit whose descriptor carries the
+        # requested digest reuses the bytes memoised for that descriptor.
+        digests = request.digests
+        results = await self.statter.batch_stat(digests, request.repository)
+        memo = self._result_memo
+        parts: list[bytes] = []
+        append = parts.append
+        for digest, result, known in zip(digests, results, map(memo.get, digests), strict=True):
+            if known is not None and known[0] is result:
+                append(known[1])
+            elif type(result) is Descriptor and result.digest == digest:
+                if known is not None and known[0] == result:
+                    memo[digest] = (result, known[1])  # the next hit is an identity check
+                    append(known[1])
+                    continue
+                if len(memo) >= MEMO_MAX:
+                    memo.clear()
+                wire = _result_field(pb.BatchStatResult(digest=digest, descriptor=_pb_descriptor(result)))
+                memo[digest] = (result, wire)
+                append(wire)
+            elif isinstance(result, Descriptor):
+                append(_result_field(pb.BatchStatResult(digest=digest, descriptor=_pb_descriptor(result))))
             else:
-                items.add(digest=digest, status=to_status_proto(result))
-        return resp.SerializeToString()
+                append(_result_field(pb.BatchStatResult(digest=digest, status=to_status_proto(result))))
+        return b"".join(parts)
 
     async def get_metrics(self, request: pb.GetMetricsRequest) -> bytes:
         m = self.statter.metrics

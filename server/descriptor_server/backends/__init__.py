@@ -2,6 +2,9 @@
 
 Every backend implements the BlobDescriptorService protocol plus
 ``supports_clear(repository)`` (whether Clear can work in that scope) and ``close()``.
+A backend may also have ``async def probe(self) -> None`` (see :class:`Probed`): the
+server calls it every ``grpc.healthprobeinterval`` and reports the service
+NOT_SERVING while it raises.
 """
 
 from __future__ import annotations
@@ -21,4 +24,13 @@ class Backend(BlobDescriptorService, Protocol):
 
     async def close(self) -> None:
         """Release connections and threads."""
+        ...
+
+
+@runtime_checkable
+class Probed(Protocol):
+    """An optional backend capability: a cheap health check."""
+
+    async def probe(self) -> None:
+        """Return when the backend can serve; raise (BackendUnavailableError) when not."""
         ...

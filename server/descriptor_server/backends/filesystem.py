@@ -25,14 +25,16 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import TypeVar
 
 from descriptor_client.descriptor import OCTET_STREAM, Descriptor
-from descriptor_client.digest import algorithm_of, hex_of, is_valid_digest, validate_digest, validate_repository
+from descriptor_client.digest import is_valid_digest, validate_digest, validate_repository
 from descriptor_client.errors import BackendUnavailableError, BlobUnknownError, UnsupportedError
+
+from . import layout
 
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 
-V2 = os.path.join("docker", "registry", "v2")
+V2 = os.path.join(*layout.V2)
 MAX_LINK_SIZE = 4096
 
 
@@ -52,29 +54,20 @@ class FilesystemBackend:
     # -- paths ---------------------------------------------------------------
 
     def blob_dir(self, digest: str) -> str:
-        hexpart = hex_of(digest)
-        return os.path.join(self.root, V2, "blobs", algorithm_of(digest), hexpart[:2], hexpart)
+        return os.path.join(self.root, *layout.blob_dir(digest))
 
     def blob_data_path(self, digest: str) -> str:
-        return os.path.join(self.blob_dir(digest), "data")
+        return os.path.join(self.root, *layout.blob_data(digest))
 
     def link_path(self, repository: str, digest: str) -> str:
-        return os.path.join(
-            self.root,
-            V2,
-            "repositories",
-            *repository.split("/"),
-            "_layers",
-            algorithm_of(digest),
-            hex_of(digest),
-            "link",
-        )
+        return os.path.join(self.root, *layout.link(repository, digest))
 
     def _confined(self, path: str) -> str:
         """``path`` with every symbolic link resolved, if that stays inside the root."""
         real_root = os.path.realpath(self.root)
         real = os.path.realpath(path)
-        if real != real_root and not real.startswith(real_root + os.sep):
+        prefix = real_root if real_root.endswith(os.sep) else real_root + os.sep
+        if real != real_root and not real.startswith(prefix):
             raise PathEscapeError(path)
         return real
 
@@ -119,15 +112,18 @@ class FilesystemBackend:
             path = self.blob_data_path(digest)
             what = f"blob {digest} unknown"
         try:
-            real = self._confined(path)
-            if os.path.isdir(real):
+            # The entry must resolve inside the root (as for Stat); what is removed is
+            # the entry itself, in its resolved directory: a symbolic link is
+            # unlinked, never the file it points to.
+            if os.path.isdir(self._confined(path)):
                 raise BlobUnknownError(what)
-            os.unlink(real)
+            parent = self._confined(os.path.dirname(path))
+            os.unlink(os.path.join(parent, os.path.basename(path)))
         except (FileNotFoundError, NotADirectoryError, PathEscapeError):
             raise BlobUnknownError(what) from None
         # Remove the now-empty directory, as distribution's driver does.
         with contextlib.suppress(OSError):
-            os.rmdir(os.path.dirname(real))
+            os.rmdir(parent)
 
     async def _run(self, fn: Callable[[str, str], T], digest: str, repository: str) -> T:
         loop = asyncio.get_running_loop()
@@ -156,6 +152,20 @@ class FilesystemBackend:
 
     def supports_clear(self, repository: str) -> bool:
         return True
+
+    def _probe(self) -> None:
+        try:
+            st = os.stat(self.root)
+            if not stat.S_ISDIR(st.st_mode):
+                raise BackendUnavailableError(f"storage root {self.root} is not a directory")
+            with os.scandir(self.root) as entries:
+                next(entries, None)
+        except OSError as err:
+            raise BackendUnavailableError(f"storage root {self.root}: {err.strerror or err}") from None
+
+    async def probe(self) -> None:
+        """Health: the root is a readable directory (BackendUnavailableError otherwise)."""
+        await asyncio.get_running_loop().run_in_executor(self._executor, self._probe)
 
     async def close(self) -> None:
         self._executor.shutdown(wait=False, cancel_futures=True)

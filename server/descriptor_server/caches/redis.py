@@ -1,0 +1,356 @@
+"""The ``redis`` cache: distribution's Redis layout, shared with registries and replicas.
+
+Keys (exactly distribution's ``registry/storage/cache/redis``, so one Redis or Valkey
+deployment can be shared with distribution registries):
+
+- hash ``blobs::<digest>`` with fields ``digest``, ``size`` (decimal) and ``mediatype``;
+- set ``repository::<name>::blobs`` of the digests the repository holds;
+- hash ``repository::<name>::blobs::<digest>`` with field ``mediatype``.
+
+No TTLs are set (operators configure ``maxmemory-policy allkeys-lru``).
+
+Topology follows go-redis's universal rule: ``mastername`` means Sentinel, several
+``addrs`` mean Cluster, one means a single server. Every call to Redis is bounded as a
+whole (Stat by ``readtimeout``, SetDescriptor and Clear by ``writetimeout``), is never
+retried, and after a connection failure or timeout the cache fails fast for
+``RETRY_AFTER`` seconds before one call probes Redis again, so a stopped or hung Redis
+costs callers at most one timeout per probe. Failures raise :class:`RedisCacheError`;
+the statter counts and logs them and answers from the backend.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Awaitable, Callable, Sequence
+from pathlib import Path
+from typing import Any, TypeVar
+
+from descriptor_client.descriptor import OCTET_STREAM, Descriptor
+from descriptor_client.digest import validate_digest
+from descriptor_client.errors import BackendUnavailableError, BlobUnknownError, DescriptorError
+from redis.asyncio import Redis, RedisCluster
+from redis.asyncio.cluster import ClusterNode
+from redis.asyncio.connection import ConnectionPool
+from redis.asyncio.retry import Retry
+from redis.asyncio.sentinel import Sentinel
+from redis.backoff import NoBackoff
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import RedisError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+
+from ..config import ConfigError, RedisConfig, validate_redis
+from .validation import check_key, check_set
+
+T = TypeVar("T")
+
+#: Seconds the cache fails fast after Redis was unreachable or timed out.
+RETRY_AFTER = 1.0
+
+Observer = Callable[[str, float], None]
+Closer = Callable[[], Awaitable[None]]
+_Client = Redis | RedisCluster
+
+
+class RedisCacheError(BackendUnavailableError):
+    """Redis could not answer (unreachable, timed out, or failing)."""
+
+
+def blob_key(digest: str) -> str:
+    return f"blobs::{digest}"
+
+
+def repository_set_key(repository: str) -> str:
+    return f"repository::{repository}::blobs"
+
+
+def repository_blob_key(repository: str, digest: str) -> str:
+    return f"repository::{repository}::blobs::{digest}"
+
+
+def _descriptor(reply: Sequence[Any]) -> Descriptor | None:
+    """A descriptor from ``HMGET blobs::<d> digest size mediatype``, or None if unknown.
+
+    As distribution does, a hash without ``digest`` or ``size`` is unknown (a miss that
+    the backend repairs); a missing media type reads as ``application/octet-stream``.
+    Malformed values (a size that is not a decimal >= 0, an invalid digest) are
+    treated as unknown too, so the statter overwrites them from the backend.
+    """
+    digest, size, media_type = reply
+    if not digest or size is None:
+        return None
+    try:
+        n = int(size)
+        validate_digest(digest)
+    except (ValueError, DescriptorError):
+        return None
+    if n < 0:
+        return None
+    return Descriptor(media_type or OCTET_STREAM, digest, n)
+
+
+def _scoped(member: Any, reply: Sequence[Any], media_type: Any) -> Descriptor | None:
+    """A repository-scoped answer: membership, global hash, per-repository media type."""
+    if not member:
+        return None
+    desc = _descriptor(reply)
+    if desc is None:
+        return None
+    if media_type and media_type != desc.media_type:
+        return Descriptor(media_type, desc.digest, desc.size)
+    return desc
+
+
+class RedisCache:
+    """Blob descriptors in Redis with the in-memory cache's semantics and distribution's keys."""
+
+    def __init__(
+        self,
+        client: _Client,
+        *,
+        cluster: bool = False,
+        read_timeout: float = 0.5,
+        write_timeout: float = 0.5,
+        pool_size: int = 32,
+        retry_after: float = RETRY_AFTER,
+        observe: Observer | None = None,
+        closers: Sequence[Closer] = (),
+    ) -> None:
+        self.client = client
+        self.cluster = cluster
+        self.read_timeout = read_timeout
+        self.write_timeout = write_timeout
+        self.retry_after = retry_after
+        self.observe = observe
+        self._slots = asyncio.Semaphore(pool_size)
+        self._closers = tuple(closers)
+        self._down = False
+        self._retry_at = 0.0
+
+    # -- the one path every Redis round trip takes ----------------------------------
+
+    async def _run(self, operation: str, budget: float, call: Callable[[], Awaitable[T]], *, gate: bool = True) -> T:
+        if gate and self._down:
+            now = time.monotonic()
+            if now < self._retry_at:
+                raise RedisCacheError("redis unavailable (waiting before the next attempt)")
+            self._retry_at = now + self.retry_after  # this call probes; the others keep failing fast
+        acquired = False
+        try:
+            async with asyncio.timeout(budget):
+                async with self._slots:
+                    acquired = True
+                    start = time.perf_counter()
+                    result = await call()
+                    if self.observe is not None:
+                        self.observe(operation, time.perf_counter() - start)
+        except (TimeoutError, RedisTimeoutError, RedisConnectionError, OSError) as err:
+            if acquired:  # a wait for a free connection is not Redis failing
+                self._down = True
+                self._retry_at = time.monotonic() + self.retry_after
+            raise RedisCacheError(f"redis {operation} failed: {_describe(err, budget)}") from err
+        except RedisError as err:
+            raise RedisCacheError(f"redis {operation} failed: {_describe(err, budget)}") from err
+        self._down = False
+        return result
+
+    def _pipeline(self, *, atomic: bool) -> Any:
+        # Cluster: the keys of one call live in different slots, so no MULTI; the
+        # pipeline sends each node its commands in one round trip.
+        return self.client.pipeline(transaction=atomic and not self.cluster)
+
+    # -- Stat -------------------------------------------------------------------------
+
+    async def stat(self, digest: str, repository: str = "") -> Descriptor:
+        check_key(digest, repository)
+        if repository:
+            desc = (await self._stat_replies([digest], repository))[0]
+        else:
+            reply = await self._run("stat", self.read_timeout, lambda: self._hmget(digest))
+            desc = _descriptor(reply)
+        if desc is None:
+            where = f" in {repository}" if repository else ""
+            raise BlobUnknownError(f"blob {digest} unknown{where}")
+        return desc
+
+    async def _hmget(self, digest: str) -> Any:
+        return await self.client.hmget(blob_key(digest), ["digest", "size", "mediatype"])
+
+    async def stat_many(self, digests: Sequence[str], repository: str = "") -> list[Descriptor | None]:
+        """Stat already validated ``digests`` in one round trip; None for unknown ones."""
+        if not digests:
+            return []
+        return await self._stat_replies(digests, repository, operation="stat_many")
+
+    async def _stat_replies(
+        self, digests: Sequence[str], repository: str, operation: str = "stat"
+    ) -> list[Descriptor | None]:
+        async def call() -> list[Any]:
+            pipe = self._pipeline(atomic=False)
+            for digest in digests:
+                if repository:
+                    pipe.sismember(repository_set_key(repository), digest)
+                pipe.hmget(blob_key(digest), ["digest", "size", "mediatype"])
+                if repository:
+                    pipe.hget(repository_blob_key(repository, digest), "mediatype")
+            replies: list[Any] = await pipe.execute()
+            return replies
+
+        replies = await self._run(operation, self.read_timeout, call)
+        if not repository:
+            return [_descriptor(r) for r in replies]
+        return [_scoped(*replies[i : i + 3]) for i in range(0, len(replies), 3)]
+
+    # -- SetDescriptor ----------------------------------------------------------------
+
+    async def set_descriptor(self, digest: str, descriptor: Descriptor, repository: str = "") -> None:
+        alias = check_set(digest, descriptor, repository)
+        keys = (digest, alias) if alias else (digest,)
+        fields = {"digest": descriptor.digest, "size": str(descriptor.size)}
+
+        async def call() -> None:
+            pipe = self._pipeline(atomic=True)
+            for key in keys:
+                if repository:
+                    pipe.sadd(repository_set_key(repository), key)
+                pipe.hset(blob_key(key), mapping=fields)
+                pipe.hsetnx(blob_key(key), "mediatype", descriptor.media_type)  # first write wins
+                if repository:
+                    pipe.hset(repository_blob_key(repository, key), "mediatype", descriptor.media_type)
+            await pipe.execute()
+
+        await self._run("set_descriptor", self.write_timeout, call)
+
+    # -- Clear ------------------------------------------------------------------------
+
+    async def clear(self, digest: str, repository: str = "") -> None:
+        """Remove ``digest`` in this scope; BlobUnknownError if the scope did not hold it.
+
+        A repository-scoped Clear removes the membership, the per-repository media type
+        and the global hash together (MULTI/EXEC on a single server or Sentinel; on
+        Cluster, where the keys live in different slots, one pipelined round trip).
+        Clear is never skipped by the fail-fast window: a stale entry left behind
+        would outlive the deletion.
+        """
+        check_key(digest, repository)
+
+        async def call() -> list[Any]:
+            pipe = self._pipeline(atomic=True)
+            if repository:
+                pipe.srem(repository_set_key(repository), digest)
+                pipe.delete(repository_blob_key(repository, digest))
+            pipe.delete(blob_key(digest))
+            replies: list[Any] = await pipe.execute()
+            return replies
+
+        replies = await self._run("clear", self.write_timeout, call, gate=False)
+        if not replies[0]:
+            where = f" in {repository}" if repository else ""
+            raise BlobUnknownError(f"blob {digest} unknown{where}")
+
+    async def close(self) -> None:
+        await self.client.aclose()
+        for closer in self._closers:
+            await closer()
+
+
+def _describe(err: BaseException, budget: float) -> str:
+    if isinstance(err, TimeoutError) and not str(err):
+        return f"no answer within {budget:g}s"
+    text = str(err)
+    return f"{type(err).__name__}: {text}" if text else type(err).__name__
+
+
+# -- configuration --------------------------------------------------------------------
+
+
+def _host_port(addr: str, key: str) -> tuple[str, int]:
+    host, sep, port = addr.rpartition(":")
+    if not sep or not port.isdigit() or not 0 < int(port) < 65536:
+        raise ConfigError(key, f"invalid address {addr!r} (want host:port)")
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+    return host or "127.0.0.1", int(port)
+
+
+def _tls_kwargs(cfg: RedisConfig) -> dict[str, Any]:
+    tls = cfg.tls
+    if not tls.enabled:
+        return {}
+    out: dict[str, Any] = {"ssl": True}
+    for name, path in (("certificate", tls.certificate), ("key", tls.key)):
+        if path and not Path(path).is_file():
+            raise ConfigError(f"redis.tls.{name}", f"no such file: {path}")
+    if tls.certificate:
+        out["ssl_certfile"] = tls.certificate
+        out["ssl_keyfile"] = tls.key
+    if tls.rootcas:
+        pems = []
+        for i, path in enumerate(tls.rootcas):
+            try:
+                pems.append(Path(path).read_text())
+            except OSError as err:
+                raise ConfigError(f"redis.tls.rootcas[{i}]", f"cannot read {path}: {err.strerror}") from None
+        out["ssl_ca_data"] = "\n".join(pems)
+    return out
+
+
+def from_config(cfg: RedisConfig, observe: Observer | None = None) -> RedisCache:
+    """A :class:`RedisCache` for the ``redis:`` section (CONTRACT sections 4 and 5)."""
+    if not cfg.addrs:
+        raise ConfigError("redis.addrs", "at least one address is required for the redis cache")
+    nodes = [_host_port(addr, f"redis.addrs[{i}]") for i, addr in enumerate(cfg.addrs)]
+    validate_redis(cfg)
+    common: dict[str, Any] = {
+        "username": cfg.username or None,
+        "password": cfg.password or None,
+        "socket_connect_timeout": cfg.dialtimeout,
+        "socket_timeout": max(cfg.readtimeout, cfg.writetimeout),
+        "decode_responses": True,
+        "retry": Retry(NoBackoff(), 0),
+        **_tls_kwargs(cfg),
+    }
+
+    def make(client: _Client, *, cluster: bool = False, closers: Sequence[Closer] = ()) -> RedisCache:
+        return RedisCache(
+            client,
+            cluster=cluster,
+            read_timeout=cfg.readtimeout,
+            write_timeout=cfg.writetimeout,
+            pool_size=cfg.poolsize,
+            observe=observe,
+            closers=closers,
+        )
+
+    if cfg.mastername:
+        sentinel_kwargs = {k: v for k, v in common.items() if k not in ("username", "password", "decode_responses")}
+        sentinel = Sentinel(  # type: ignore[no-untyped-call]
+            nodes, sentinel_kwargs=sentinel_kwargs, db=cfg.db, **common
+        )
+        master = sentinel.master_for(cfg.mastername, max_connections=cfg.poolsize)
+
+        async def close_sentinels() -> None:
+            for s in sentinel.sentinels:
+                await s.aclose()
+
+        return make(master, closers=(close_sentinels,))
+    if len(nodes) > 1:
+        client = RedisCluster(
+            startup_nodes=[ClusterNode(host, port) for host, port in nodes],
+            max_connections=cfg.poolsize,
+            **common,
+        )
+        return make(client, cluster=True)
+    host, port = nodes[0]
+    pool = ConnectionPool(host=host, port=port, db=cfg.db, max_connections=cfg.poolsize, **_pool_kwargs(common))
+    return make(Redis(connection_pool=pool))
+
+
+def _pool_kwargs(common: dict[str, Any]) -> dict[str, Any]:
+    """Connection-pool keyword arguments: TLS is a connection class, not a flag, there."""
+    kwargs = dict(common)
+    if kwargs.pop("ssl", False):
+        from redis.asyncio.connection import SSLConnection
+
+        kwargs["connection_class"] = SSLConnection
+    return kwargs

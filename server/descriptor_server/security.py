@@ -1,0 +1,289 @@
+"""Transport security and access control: TLS / mTLS, scoped bearer tokens, limits.
+
+- :func:`server_credentials` builds gRPC server credentials from ``grpc.tls``:
+  ``certificate`` + ``key`` turn on TLS; ``clientcas`` (one or more PEM files) turns on
+  mutual TLS, where a client certificate signed by one of those CAs is required.
+- :class:`TokenAuthorizer` is the servicer's ``authorizer`` hook: it reads
+  ``authorization: Bearer <token>`` from the call's metadata, hashes the token with
+  SHA-256 and compares the hash with every configured one in constant time
+  (:func:`hmac.compare_digest`); the server never holds a token in clear. ``read``
+  tokens may call Stat, BatchStat and GetMetrics; ``write`` tokens also SetDescriptor
+  and Clear. No tokens configured means authentication is off.
+- :func:`limit_options` turns the ``grpc`` limits (metadata size, keepalive policy)
+  into grpcio server options.
+- :func:`health_server` is the plaintext, health-only listener on ``grpc.healthaddr``
+  that lets probes in when the main port requires TLS client certificates.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import grpc
+import yaml
+from descriptor_client.errors import PermissionDeniedError, UnauthenticatedError
+from grpc_health.v1 import health, health_pb2_grpc
+
+from .config import AuthConfig, AuthToken, Config, ConfigError, GrpcConfig, GrpcTLSConfig, _build
+
+READ = "read"
+WRITE = "write"
+
+#: The scope each RPC needs. A method not listed needs ``write`` (deny by default).
+METHOD_SCOPES: dict[str, str] = {
+    "Stat": READ,
+    "BatchStat": READ,
+    "GetMetrics": READ,
+    "SetDescriptor": WRITE,
+    "Clear": WRITE,
+}
+
+#: What each scope grants.
+SCOPE_GRANTS: dict[str, frozenset[str]] = {
+    READ: frozenset({READ}),
+    WRITE: frozenset({READ, WRITE}),
+}
+
+_BEARER = "bearer"
+
+
+# -- TLS ----------------------------------------------------------------------------
+
+
+def _read_pem(path: str, key: str) -> bytes:
+    try:
+        with open(path, "rb") as f:
+            data = f.read()
+    except OSError as err:
+        raise ConfigError(key, f"cannot read {path}: {err.strerror or err}") from None
+    if b"-----BEGIN " not in data:
+        raise ConfigError(key, f"{path} holds no PEM data")
+    return data
+
+
+def server_credentials(tls: GrpcTLSConfig) -> grpc.ServerCredentials | None:
+    """Server credentials for ``grpc.tls``, or None when TLS is off.
+
+    With ``clientcas`` the server requires a client certificate and verifies it
+    against those CAs (mutual TLS); without, any client that trusts the server's
+    certificate may connect.
+    """
+    if not tls.certificate:
+        return None
+    chain = _read_pem(tls.certificate, "grpc.tls.certificate")
+    key = _read_pem(tls.key, "grpc.tls.key")
+    roots = b"".join(
+        _read_pem(path, f"grpc.tls.clientcas[{i}]").rstrip(b"\n") + b"\n" for i, path in enumerate(tls.clientcas)
+    )
+    try:
+        return grpc.ssl_server_credentials(
+            [(key, chain)],
+            root_certificates=roots or None,
+            require_client_auth=bool(roots),
+        )
+    except Exception as err:  # grpcio raises plain errors for unusable key material
+        raise ConfigError("grpc.tls", f"unusable certificate or key: {err}") from None
+
+
+# -- tokens ---------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class _Token:
+    name: str
+    scope: str
+    digest: bytes  # SHA-256 of the token
+
+
+def token_hash(token: str) -> str:
+    """The hex SHA-256 of a token: what ``auth.tokens[].sha256`` holds."""
+    return hashlib.sha256(token.encode("utf-8")).hexdigest()
+
+
+def load_tokens(auth: AuthConfig) -> list[AuthToken]:
+    """The configured tokens: ``auth.tokens`` plus those in ``auth.tokensfile``.
+
+    The file holds the same list as ``auth.tokens`` (a YAML or JSON list of
+    ``{name, scope, sha256}``), or a mapping with a ``tokens`` key holding it.
+    """
+    tokens = list(auth.tokens)
+    if auth.tokensfile:
+        key = "auth.tokensfile"
+        try:
+            with open(auth.tokensfile, encoding="utf-8") as f:
+                data: Any = yaml.safe_load(f)
+        except OSError as err:
+            raise ConfigError(key, f"cannot read {auth.tokensfile}: {err.strerror or err}") from None
+        except yaml.YAMLError as err:
+            first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+            raise ConfigError(key, f"{auth.tokensfile} is not valid YAML: {first}") from None
+        if isinstance(data, dict) and set(data) == {"tokens"}:
+            data = data["tokens"]
+        if data is None:
+            data = []
+        if not isinstance(data, list):
+            raise ConfigError(key, f"{auth.tokensfile} must hold a list of {{name, scope, sha256}}")
+        for i, item in enumerate(data):
+            path = f"{key}[{i}]"
+            token: AuthToken = _build(AuthToken, item, path)
+            check_token(token, path)
+            tokens.append(token)
+    return tokens
+
+
+def check_token(token: AuthToken, path: str) -> None:
+    """Refuse a token entry with an unknown scope or a hash that is not SHA-256 hex."""
+    if token.scope not in SCOPE_GRANTS:
+        raise ConfigError(f"{path}.scope", f"unknown scope {token.scope!r} (want read or write)")
+    sha = token.sha256
+    if len(sha) != 64 or any(c not in "0123456789abcdef" for c in sha):
+        raise ConfigError(f"{path}.sha256", "want the 64 lowercase hex of the token's SHA-256")
+
+
+def bearer_token(metadata: Iterable[tuple[str, Any]] | None) -> str | None:
+    """The token of the first ``authorization: Bearer <token>`` entry, if any."""
+    for key, value in metadata or ():
+        if key.lower() != "authorization":
+            continue
+        text = value.decode("utf-8", "replace") if isinstance(value, bytes) else str(value)
+        scheme, _, token = text.strip().partition(" ")
+        token = token.strip()
+        if scheme.lower() != _BEARER or not token:
+            return None
+        return token
+    return None
+
+
+class TokenAuthorizer:
+    """The servicer's ``authorizer``: bearer tokens with ``read`` / ``write`` scopes.
+
+    Missing, malformed or unknown token: UNAUTHENTICATED. A known token whose scope
+    does not grant the method's: PERMISSION_DENIED.
+    """
+
+    def __init__(self, tokens: Sequence[AuthToken]) -> None:
+        self._tokens = [_Token(t.name, t.scope, bytes.fromhex(t.sha256)) for t in tokens]
+
+    def __len__(self) -> int:
+        return len(self._tokens)
+
+    def match(self, token: str) -> _Token | None:
+        """The configured entry whose hash is the token's, compared in constant time.
+
+        Every entry is compared (no early exit), so the time taken does not tell
+        which entry, if any, matched.
+        """
+        presented = hashlib.sha256(token.encode("utf-8", "surrogateescape")).digest()
+        found: _Token | None = None
+        for entry in self._tokens:
+            if hmac.compare_digest(presented, entry.digest) and found is None:
+                found = entry
+        return found
+
+    def authorize(self, method: str, metadata: Iterable[tuple[str, Any]] | None) -> str:
+        """The name of the token allowed to call ``method``, or raise the contract error."""
+        token = bearer_token(metadata)
+        if token is None:
+            raise UnauthenticatedError("missing bearer token (send authorization: Bearer <token>)")
+        entry = self.match(token)
+        if entry is None:
+            raise UnauthenticatedError("unknown bearer token")
+        need = METHOD_SCOPES.get(method, WRITE)
+        if need not in SCOPE_GRANTS.get(entry.scope, frozenset()):
+            raise PermissionDeniedError(
+                f"token {entry.name!r} has scope {entry.scope!r}; {method} needs {need!r}",
+                metadata={"token": entry.name, "scope": entry.scope, "needs": need},
+            )
+        return entry.name
+
+    def __call__(self, method: str, context: grpc.aio.ServicerContext[Any, Any]) -> None:
+        self.authorize(method, context.invocation_metadata())
+
+
+def build_authorizer(auth: AuthConfig) -> TokenAuthorizer | None:
+    """The token authorizer for ``auth``, or None (auth off) when no token is configured."""
+    tokens = load_tokens(auth)
+    if not tokens:
+        if auth.tokensfile:
+            raise ConfigError("auth.tokensfile", f"{auth.tokensfile} holds no token")
+        return None
+    return TokenAuthorizer(tokens)
+
+
+def check_files(config: Config) -> None:
+    """Read the files the config names (token list, TLS material), as start will.
+
+    Lets ``--check-config`` and a multi-worker start refuse a bad file up front, with
+    one line naming the key.
+    """
+    if config.auth.tokensfile and not load_tokens(config.auth):
+        raise ConfigError("auth.tokensfile", f"{config.auth.tokensfile} holds no token")
+    server_credentials(config.grpc.tls)
+
+
+# -- limits ---------------------------------------------------------------------------
+
+
+def _ms(seconds: float) -> int:
+    return max(1, round(seconds * 1000))
+
+
+def limit_options(g: GrpcConfig) -> list[tuple[str, Any]]:
+    """grpcio server options for the metadata-size limit and the keepalive policy."""
+    ka = g.keepalive
+    opts: list[tuple[str, Any]] = [
+        # Soft and hard limit equal: a call over it is refused every time with
+        # RESOURCE_EXHAUSTED, never "sometimes".
+        ("grpc.max_metadata_size", g.maxmetadatasize),
+        ("grpc.absolute_max_metadata_size", g.maxmetadatasize),
+        ("grpc.keepalive_time_ms", _ms(ka.time)),
+        ("grpc.keepalive_timeout_ms", _ms(ka.timeout)),
+        # Enforcement: a client pinging more often than this (or at all on an idle
+        # connection, unless permitwithoutcalls) is sent GOAWAY ENHANCE_YOUR_CALM.
+        ("grpc.http2.min_recv_ping_interval_without_data_ms", _ms(ka.minpinginterval)),
+        ("grpc.keepalive_permit_without_calls", 1 if ka.permitwithoutcalls else 0),
+        ("grpc.http2.max_ping_strikes", ka.maxpingstrikes),
+    ]
+    if ka.maxconnectionidle > 0:
+        opts.append(("grpc.max_connection_idle_ms", _ms(ka.maxconnectionidle)))
+    if ka.maxconnectionage > 0:
+        opts.append(("grpc.max_connection_age_ms", _ms(ka.maxconnectionage)))
+        opts.append(("grpc.max_connection_age_grace_ms", _ms(ka.maxconnectionagegrace)))
+    return opts
+
+
+# -- the health-only listener -----------------------------------------------------------
+
+
+def health_server(servicer: health.aio.HealthServicer, addr: str) -> tuple[grpc.aio.Server, int]:
+    """A plaintext server on ``addr`` serving only ``grpc.health.v1.Health``.
+
+    It shares the main server's HealthServicer, so it turns NOT_SERVING on drain too.
+    Returns the (not yet started) server and the port it bound. (With ``grpc.workers``,
+    only worker 0 serves it.)
+    """
+    server = grpc.aio.server(options=[("grpc.so_reuseport", 0)])
+    health_pb2_grpc.add_HealthServicer_to_server(servicer, server)
+    try:
+        port = server.add_insecure_port(addr)
+    except RuntimeError as err:
+        raise ConfigError("grpc.healthaddr", f"cannot listen on {addr}: {err}") from None
+    return server, port
+
+
+__all__ = [
+    "METHOD_SCOPES",
+    "TokenAuthorizer",
+    "bearer_token",
+    "build_authorizer",
+    "check_files",
+    "health_server",
+    "limit_options",
+    "load_tokens",
+    "server_credentials",
+    "token_hash",
+]

@@ -1,0 +1,369 @@
+"""Real peers for the backend tests: moto's S3 server, Debian's distribution registry.
+
+Each is a real process on a free loopback port, stopped by the fixture that started
+it (also on failure).
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import shutil
+import ssl
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Mapping
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+from urllib.parse import parse_qs, urlparse
+
+import httpx
+import yaml
+from support import digest_of, free_port
+
+# No credential lookup may ever leave the machine (boto3 would ask the EC2 metadata
+# address when no keys are given).
+S3_ENV = {"AWS_EC2_METADATA_DISABLED": "true", "AWS_CONFIG_FILE": os.devnull, "AWS_SHARED_CREDENTIALS_FILE": os.devnull}
+S3_ACCESS = "testing-access"
+S3_SECRET = "testing-secret"
+REGION = "us-east-1"
+
+
+def stop_process(proc: subprocess.Popen[bytes], timeout: float = 10.0) -> None:
+    if proc.poll() is not None:
+        return
+    proc.terminate()
+    try:
+        proc.wait(timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+
+
+def wait_http(
+    url: str, proc: subprocess.Popen[bytes], timeout: float = 30.0, verify: ssl.SSLContext | bool = True
+) -> None:
+    """Wait until ``url`` answers anything over HTTP (or fail if the process died)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        if proc.poll() is not None:
+            raise RuntimeError(f"{proc.args!r} exited with {proc.returncode} before serving")
+        try:
+            httpx.get(url, timeout=1.0, verify=verify)
+            return
+        except httpx.HTTPError:
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"{url} did not answer in {timeout}s") from None
+            time.sleep(0.05)
+
+
+def health_of(target: str) -> str:
+    """The server's health for the descriptor service (SERVING / NOT_SERVING)."""
+    import grpc
+    from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+    with grpc.insecure_channel(target) as channel:
+        resp = health_pb2_grpc.HealthStub(channel).Check(
+            health_pb2.HealthCheckRequest(service="descriptor.v1.BlobDescriptorService"), timeout=10
+        )
+    return str(health_pb2.HealthCheckResponse.ServingStatus.Name(resp.status))
+
+
+# -- S3 (moto's stand-alone server) ------------------------------------------------------
+
+
+class MotoServer:
+    """``python -m moto.server`` on a free loopback port."""
+
+    def __init__(self, workdir: Path) -> None:
+        self.port = free_port()
+        self.endpoint = f"http://127.0.0.1:{self.port}"
+        self.log = (workdir / "moto.log").open("wb")
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(self.port)],
+            stdin=subprocess.DEVNULL,
+            stdout=self.log,
+            stderr=subprocess.STDOUT,
+            env={**os.environ, **S3_ENV},
+        )
+        try:
+            wait_http(self.endpoint + "/moto-api/", self.proc)
+        except BaseException:
+            self.stop()
+            raise
+
+    def client(self) -> Any:
+        import boto3
+
+        return boto3.session.Session().client(
+            "s3",
+            endpoint_url=self.endpoint,
+            region_name=REGION,
+            aws_access_key_id=S3_ACCESS,
+            aws_secret_access_key=S3_SECRET,
+        )
+
+    def stop(self) -> None:
+        stop_process(self.proc)
+        self.log.close()
+
+
+def s3_storage(endpoint: str, bucket: str, rootdirectory: str = "") -> dict[str, Any]:
+    """``storage.s3`` as a user writes it for an S3-compatible server."""
+    return {
+        "bucket": bucket,
+        "region": REGION,
+        "regionendpoint": endpoint,
+        "accesskey": S3_ACCESS,
+        "secretkey": S3_SECRET,
+        "rootdirectory": rootdirectory,
+        "forcepathstyle": True,
+    }
+
+
+class S3Layout:
+    """Writes distribution's layout into a bucket, as its s3 storage driver does."""
+
+    def __init__(self, client: Any, bucket: str, rootdirectory: str = "") -> None:
+        self.client = client
+        self.bucket = bucket
+        root = rootdirectory.strip("/")
+        self.prefix = f"{root}/" if root else ""
+
+    def data_key(self, digest: str) -> str:
+        alg, hexpart = digest.split(":", 1)
+        return f"{self.prefix}docker/registry/v2/blobs/{alg}/{hexpart[:2]}/{hexpart}/data"
+
+    def link_key(self, repository: str, digest: str) -> str:
+        alg, hexpart = digest.split(":", 1)
+        return f"{self.prefix}docker/registry/v2/repositories/{repository}/_layers/{alg}/{hexpart}/link"
+
+    def put_blob(self, content: bytes, algorithm: str = "sha256") -> str:
+        digest = digest_of(content, algorithm)
+        self.client.put_object(Bucket=self.bucket, Key=self.data_key(digest), Body=content)
+        return digest
+
+    def put_link(self, repository: str, digest: str, target: str | None = None) -> None:
+        self.client.put_object(Bucket=self.bucket, Key=self.link_key(repository, digest), Body=(target or digest))
+
+    def _exists(self, key: str) -> bool:
+        resp = self.client.list_objects_v2(Bucket=self.bucket, Prefix=key)
+        return any(obj["Key"] == key for obj in resp.get("Contents", []))
+
+    def has_blob(self, digest: str) -> bool:
+        return self._exists(self.data_key(digest))
+
+    def has_link(self, repository: str, digest: str) -> bool:
+        return self._exists(self.link_key(repository, digest))
+
+
+# -- distribution registry (Debian's docker-registry) --------------------------------------
+
+REGISTRY_BINARY = shutil.which("docker-registry") or "/usr/bin/docker-registry"
+
+
+def registry_available() -> bool:
+    return os.access(REGISTRY_BINARY, os.X_OK)
+
+
+class RegistryProcess:
+    """distribution's registry with filesystem storage on a free loopback port."""
+
+    def __init__(
+        self,
+        workdir: Path,
+        *,
+        delete: bool = True,
+        auth: Mapping[str, Any] | None = None,
+        tls: tuple[Path, Path, Path] | None = None,
+    ) -> None:
+        """``tls`` is (certificate, key, CA that signed it): serve https:// with them."""
+        workdir.mkdir(parents=True, exist_ok=True)
+        self.port = free_port()
+        self.url = f"{'https' if tls else 'http'}://127.0.0.1:{self.port}"
+        self.verify: ssl.SSLContext | bool = ssl.create_default_context(cafile=str(tls[2])) if tls else True
+        config: dict[str, Any] = {
+            "version": 0.1,
+            "log": {"level": "warn", "accesslog": {"disabled": True}},
+            "storage": {
+                "filesystem": {"rootdirectory": str(workdir / "storage")},
+                "delete": {"enabled": delete},
+                "maintenance": {"uploadpurging": {"enabled": False}},
+            },
+            "http": {"addr": f"127.0.0.1:{self.port}", "secret": "test-secret"},
+        }
+        if auth:
+            config["auth"] = dict(auth)
+        if tls:
+            config["http"]["tls"] = {"certificate": str(tls[0]), "key": str(tls[1])}
+        self.config_path = workdir / "registry.yml"
+        self.config_path.write_text(yaml.safe_dump(config))
+        self.log = (workdir / "registry.log").open("wb")
+        self.proc = subprocess.Popen(
+            [REGISTRY_BINARY, "serve", str(self.config_path)],
+            stdin=subprocess.DEVNULL,
+            stdout=self.log,
+            stderr=subprocess.STDOUT,
+            env={k: v for k, v in os.environ.items() if not k.startswith("REGISTRY_")},
+        )
+        try:
+            wait_http(self.url + "/v2/", self.proc, verify=self.verify)
+        except BaseException:
+            self.stop()
+            raise
+
+    def stop(self) -> None:
+        stop_process(self.proc)
+        self.log.close()
+
+
+def push_blob(
+    url: str,
+    repository: str,
+    content: bytes,
+    headers: Mapping[str, str] | None = None,
+    verify: ssl.SSLContext | bool = True,
+) -> str:
+    """Push a blob with the distribution API: POST an upload, then PUT it with ?digest=."""
+    digest = digest_of(content)
+    with httpx.Client(timeout=10.0, headers=dict(headers or {}), verify=verify) as http:
+        resp = http.post(f"{url}/v2/{repository}/blobs/uploads/")
+        assert resp.status_code == 202, (resp.status_code, resp.text)
+        location = resp.headers["Location"]
+        if location.startswith("/"):
+            location = url + location
+        resp = http.put(
+            httpx.URL(location).copy_merge_params({"digest": digest}),
+            content=content,
+            headers={"Content-Type": "application/octet-stream"},
+        )
+        assert resp.status_code == 201, (resp.status_code, resp.text)
+    return digest
+
+
+def htpasswd_line(user: str, password: str) -> str:
+    import bcrypt
+
+    return f"{user}:{bcrypt.hashpw(password.encode(), bcrypt.gensalt(rounds=5)).decode()}"
+
+
+# -- a token server for distribution's `token` auth ---------------------------------------
+
+
+def _b64(data: bytes) -> str:
+    return base64.urlsafe_b64encode(data).rstrip(b"=").decode("ascii")
+
+
+class TokenServer:
+    """A Docker token server: issues JWTs signed by a self-signed certificate.
+
+    distribution's ``auth.token`` verifies them against ``rootcertbundle`` (the
+    certificate written to ``cert_path``) through the ``x5c`` header. The server
+    grants the actions asked for in ``scope`` to ``user``/``password`` (HTTP basic)
+    and records every request it served.
+    """
+
+    def __init__(self, workdir: Path, *, user: str, password: str, service: str = "test-registry") -> None:
+        import datetime
+
+        from cryptography import x509
+        from cryptography.hazmat.primitives import hashes, serialization
+        from cryptography.hazmat.primitives.asymmetric import rsa
+        from cryptography.x509.oid import NameOID
+
+        self.user, self.password, self.service, self.issuer = user, password, service, "test-token-issuer"
+        self.key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+        name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "test token signer")])
+        now = datetime.datetime.now(datetime.UTC)
+        cert = (
+            x509.CertificateBuilder()
+            .subject_name(name)
+            .issuer_name(name)
+            .public_key(self.key.public_key())
+            .serial_number(x509.random_serial_number())
+            .not_valid_before(now - datetime.timedelta(minutes=5))
+            .not_valid_after(now + datetime.timedelta(days=1))
+            .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+            .sign(self.key, hashes.SHA256())
+        )
+        self.cert_der = cert.public_bytes(serialization.Encoding.DER)
+        self.cert_path = workdir / "token-signer.pem"
+        self.cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+        self.requests: list[dict[str, Any]] = []
+        self.port = free_port()
+        self.realm = f"http://127.0.0.1:{self.port}/token"
+        self.httpd = ThreadingHTTPServer(("127.0.0.1", self.port), self._handler())
+        self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
+        self.thread.start()
+
+    def registry_auth(self) -> dict[str, Any]:
+        """The registry's ``auth`` section trusting this server."""
+        return {
+            "token": {
+                "realm": self.realm,
+                "service": self.service,
+                "issuer": self.issuer,
+                "rootcertbundle": str(self.cert_path),
+            }
+        }
+
+    def issue(self, scopes: list[str]) -> str:
+        from cryptography.hazmat.primitives import hashes
+        from cryptography.hazmat.primitives.asymmetric import padding
+
+        access = []
+        for scope in scopes:
+            kind, _, rest = scope.partition(":")
+            name, _, actions = rest.rpartition(":")
+            access.append({"type": kind, "name": name, "actions": [a for a in actions.split(",") if a]})
+        now = int(time.time())
+        header = {"typ": "JWT", "alg": "RS256", "x5c": [base64.b64encode(self.cert_der).decode("ascii")]}
+        claims = {
+            "iss": self.issuer,
+            "sub": self.user,
+            "aud": self.service,
+            "exp": now + 300,
+            "nbf": now - 10,
+            "iat": now,
+            "jti": _b64(os.urandom(12)),
+            "access": access,
+        }
+        signing_input = f"{_b64(json.dumps(header).encode())}.{_b64(json.dumps(claims).encode())}"
+        signature = self.key.sign(signing_input.encode("ascii"), padding.PKCS1v15(), hashes.SHA256())
+        return f"{signing_input}.{_b64(signature)}"
+
+    def _handler(self) -> type[BaseHTTPRequestHandler]:
+        server = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_GET(self) -> None:
+                query = parse_qs(urlparse(self.path).query)
+                auth = self.headers.get("Authorization", "")
+                want = "Basic " + base64.b64encode(f"{server.user}:{server.password}".encode()).decode()
+                server.requests.append({"query": query, "authorized": auth == want})
+                if auth != want:
+                    self.send_response(401)
+                    self.send_header("Content-Length", "0")
+                    self.end_headers()
+                    return
+                token = server.issue(query.get("scope", []))
+                body = json.dumps({"token": token, "expires_in": 300}).encode()
+                self.send_response(200)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, format: str, *args: Any) -> None:
+                pass
+
+        return Handler
+
+    def stop(self) -> None:
+        self.httpd.shutdown()
+        self.httpd.server_close()
+        self.thread.join(5)

@@ -1,0 +1,116 @@
+"""The files operators deploy from: the reference config and the Grafana dashboard."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import re
+import types
+import typing
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from descriptor_server import config as cfg
+from descriptor_server.observability import ServerMetrics, metric_names
+from descriptor_server.statter import StatterMetrics
+
+DEPLOY = Path(__file__).resolve().parent.parent / "deploy"
+REFERENCE = DEPLOY / "reference-config.yml"
+DASHBOARD = DEPLOY / "grafana-dashboard.json"
+ALTERNATIVE = "#| "
+
+
+def key_paths(cls: type[Any], prefix: str = "") -> dict[str, Any]:
+    """Every leaf key of a config dataclass, dotted (``[]`` for list items), with its default."""
+    out: dict[str, Any] = {}
+    hints = typing.get_type_hints(cls, include_extras=True)
+    for f in dataclasses.fields(cls):
+        hint = hints[f.name]
+        if typing.get_origin(hint) is typing.Annotated:
+            hint = typing.get_args(hint)[0]
+        if typing.get_origin(hint) in (typing.Union, types.UnionType):
+            hint = next(a for a in typing.get_args(hint) if a is not type(None))
+        path = f"{prefix}{f.name}"
+        if typing.get_origin(hint) is list and dataclasses.is_dataclass(typing.get_args(hint)[0]):
+            out.update(key_paths(typing.get_args(hint)[0], f"{path}[]."))
+        elif dataclasses.is_dataclass(hint):
+            out.update(key_paths(typing.cast(type[Any], hint), f"{path}."))
+        else:
+            out[path] = f.default if f.default is not dataclasses.MISSING else f.default_factory()  # type: ignore[misc]
+    return out
+
+
+def data_paths(data: Any, prefix: str = "") -> set[str]:
+    paths: set[str] = set()
+    if isinstance(data, dict):
+        for key, value in data.items():
+            sub = f"{prefix}{key}"
+            if isinstance(value, dict) or (isinstance(value, list) and value and isinstance(value[0], dict)):
+                paths |= data_paths(value, f"{sub}.") if isinstance(value, dict) else data_paths(value[0], f"{sub}[].")
+            paths.add(sub)
+    return paths
+
+
+def uncommented() -> dict[str, Any]:
+    """The reference config with every ``#| `` alternative switched on."""
+    text = "\n".join(line.replace(ALTERNATIVE, "", 1) for line in REFERENCE.read_text().splitlines())
+    data: dict[str, Any] = yaml.safe_load(text)
+    return data
+
+
+def test_reference_config_loads_as_is() -> None:
+    config = cfg.load(str(REFERENCE), environ={})
+    assert config == cfg.Config(storage=cfg.StorageConfig(filesystem=cfg.FilesystemConfig()))
+
+
+def test_reference_config_documents_every_key() -> None:
+    documented = data_paths(uncommented())
+    missing = sorted(set(key_paths(cfg.Config)) - documented)
+    assert not missing, f"keys of config.py missing from {REFERENCE.name}: {missing}"
+
+
+def test_reference_config_shows_the_defaults() -> None:
+    data = uncommented()
+    defaults = key_paths(cfg.Config)
+    examples = {"storage.registry.url", "storage.descriptorservice.target", "storage.s3.bucket"}
+    for path, default in defaults.items():
+        if path in examples or path.startswith("auth.tokens[]"):
+            continue
+        node: Any = data
+        for part in path.split("."):
+            node = node[part]
+        if isinstance(default, float):
+            node = cfg.parse_duration(node, path)
+        assert node == default, f"{path}: reference shows {node!r}, default is {default!r}"
+
+
+@pytest.mark.parametrize("backend", cfg.BACKENDS)
+def test_each_alternative_backend_is_valid(backend: str) -> None:
+    data = uncommented()
+    data["storage"] = {k: v for k, v in data["storage"].items() if k not in cfg.BACKENDS or k == backend}
+    config = cfg.from_dict(data)
+    assert config.storage.backend == backend
+    assert config.auth.tokens[0].scope == "read"
+
+
+def test_dashboard_queries_only_metrics_the_server_exposes() -> None:
+    dashboard = json.loads(DASHBOARD.read_text())
+    exprs = [t["expr"] for p in dashboard["panels"] for t in p.get("targets", [])]
+    assert len(exprs) >= 10
+    used = {name for expr in exprs for name in re.findall(r"\b(?:registry|grpc_server)_[a-z_]+\b", expr)}
+    metrics = ServerMetrics(StatterMetrics, redis=True)
+    metrics.track_inflight(lambda: 0)
+    exposed = set(metric_names(metrics.registry))
+    assert used <= exposed, sorted(used - exposed)
+    for family in (
+        "registry_storage_cache_requests_total",
+        "registry_storage_cache_hits_total",
+        "registry_storage_cache_misses_total",
+        "registry_storage_cache_errors_total",
+        "registry_storage_cache_redis_seconds_bucket",
+        "grpc_server_handled_total",
+        "grpc_server_handling_seconds_bucket",
+    ):
+        assert family in used, f"the dashboard has no panel for {family}"
