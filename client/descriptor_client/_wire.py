@@ -138,3 +138,34 @@ def bind_methods(channel: Any) -> dict[str, Callable[..., Any]]:
         )
         for name, (req, resp) in METHODS.items()
     }
+
+
+class ClientBase:
+    """What the sync and asyncio clients share: target, default deadline, token, TLS, methods.
+
+    ``channels`` is the module whose ``secure_channel``/``insecure_channel`` make the
+    channel: ``grpc`` for the blocking client, ``grpc.aio`` for the asyncio one.
+    """
+
+    def __init__(
+        self,
+        target: str | None,
+        *,
+        timeout: float | None,
+        token: str | None,
+        tls: ClientTLS | None,
+        options: Sequence[tuple[str, Any]],
+        channels: Any,
+    ) -> None:
+        self.target = normalize_target(target or os.environ.get("DESCRIPTOR_TARGET") or DEFAULT_TARGET)
+        self.timeout = timeout
+        self._metadata = call_metadata(token)
+        opts = channel_options(tls, options)
+        if tls is not None:
+            self._channel = channels.secure_channel(self.target, tls.credentials(), options=opts)
+        else:
+            self._channel = channels.insecure_channel(self.target, options=opts)
+        self._methods = bind_methods(self._channel)
+
+    def _deadline(self, timeout: float | None) -> float | None:
+        return self.timeout if timeout is None else timeout

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 from collections.abc import Iterable, Sequence
 from types import TracebackType
 from typing import Any
@@ -11,23 +10,19 @@ import grpc
 
 from ._proto.descriptor.v1 import descriptor_pb2 as pb
 from ._wire import (
-    DEFAULT_TARGET,
+    ClientBase,
     ClientTLS,
     Metrics,
     batch_results,
-    bind_methods,
-    call_metadata,
-    channel_options,
     descriptor_of,
     metrics_of,
-    normalize_target,
     to_pb,
 )
 from .descriptor import Descriptor
 from .errors import DescriptorError, from_rpc_error
 
 
-class AsyncDescriptorClient:
+class AsyncDescriptorClient(ClientBase):
     """An asyncio client for ``descriptor.v1.BlobDescriptorService``.
 
     ``target`` is ``host:port``, a gRPC target URI (``dns:///registry-cache:5051``)
@@ -47,21 +42,13 @@ class AsyncDescriptorClient:
         tls: ClientTLS | None = None,
         options: Sequence[tuple[str, Any]] = (),
     ) -> None:
-        self.target = normalize_target(target or os.environ.get("DESCRIPTOR_TARGET") or DEFAULT_TARGET)
-        self.timeout = timeout
-        self._metadata = call_metadata(token)
-        opts = channel_options(tls, options)
-        if tls is not None:
-            self._channel = grpc.aio.secure_channel(self.target, tls.credentials(), options=opts)
-        else:
-            self._channel = grpc.aio.insecure_channel(self.target, options=opts)
-        self._methods = bind_methods(self._channel)
+        super().__init__(target, timeout=timeout, token=token, tls=tls, options=options, channels=grpc.aio)
 
     async def _call(self, name: str, request: Any, timeout: float | None) -> Any:
         try:
             return await self._methods[name](
                 request,
-                timeout=self.timeout if timeout is None else timeout,
+                timeout=self._deadline(timeout),
                 metadata=self._metadata,
             )
         except grpc.RpcError as err:

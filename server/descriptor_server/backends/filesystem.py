@@ -15,18 +15,15 @@ symbolic links included. Disk I/O runs in a thread pool, off the event loop.
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import logging
 import os
 import stat
-from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from typing import TypeVar
 
 from descriptor_client.descriptor import OCTET_STREAM, Descriptor
-from descriptor_client.digest import is_valid_digest, validate_digest, validate_repository
-from descriptor_client.errors import BackendUnavailableError, BlobUnknownError, UnsupportedError
+from descriptor_client.digest import is_valid_digest
+from descriptor_client.errors import BackendUnavailableError, BlobUnknownError
 
 from . import layout
 
@@ -42,12 +39,14 @@ class PathEscapeError(Exception):
     """A path resolved outside the root directory."""
 
 
-class FilesystemBackend:
+class FilesystemBackend(layout.LayoutBackend):
     """Blob descriptors read from (and cleared in) distribution's on-disk layout."""
 
+    kind = "filesystem"
+
     def __init__(self, rootdirectory: str, *, max_workers: int = 8) -> None:
+        super().__init__(max_workers=max_workers, thread_name_prefix="fs-backend")
         self.root = os.path.abspath(rootdirectory)
-        self._executor = ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix="fs-backend")
         if not os.path.isdir(self.root):
             log.warning("storage root %s does not exist: every Stat is BLOB_UNKNOWN until it does", self.root)
 
@@ -125,33 +124,10 @@ class FilesystemBackend:
         with contextlib.suppress(OSError):
             os.rmdir(parent)
 
-    async def _run(self, fn: Callable[[str, str], T], digest: str, repository: str) -> T:
-        loop = asyncio.get_running_loop()
-        try:
-            return await loop.run_in_executor(self._executor, fn, digest, repository)
-        except (BlobUnknownError, BackendUnavailableError):
-            raise
-        except OSError as err:
-            log.warning("filesystem backend: %s", err)
-            raise BackendUnavailableError(f"storage error: {err.strerror or err}") from None
-
-    # -- protocol ------------------------------------------------------------
-
-    async def stat(self, digest: str, repository: str = "") -> Descriptor:
-        validate_digest(digest)
-        validate_repository(repository)
-        return await self._run(self._stat, digest, repository)
-
-    async def set_descriptor(self, digest: str, descriptor: Descriptor, repository: str = "") -> None:
-        raise UnsupportedError("the filesystem backend is written by the registry, not by this service")
-
-    async def clear(self, digest: str, repository: str = "") -> None:
-        validate_digest(digest)
-        validate_repository(repository)
-        await self._run(self._clear, digest, repository)
-
-    def supports_clear(self, repository: str) -> bool:
-        return True
+    def _storage_error(self, err: Exception) -> BackendUnavailableError:
+        log.warning("filesystem backend: %s", err)
+        reason = err.strerror if isinstance(err, OSError) and err.strerror else err
+        return BackendUnavailableError(f"storage error: {reason}")
 
     def _probe(self) -> None:
         try:
@@ -162,13 +138,6 @@ class FilesystemBackend:
                 next(entries, None)
         except OSError as err:
             raise BackendUnavailableError(f"storage root {self.root}: {err.strerror or err}") from None
-
-    async def probe(self) -> None:
-        """Health: the root is a readable directory (BackendUnavailableError otherwise)."""
-        await asyncio.get_running_loop().run_in_executor(self._executor, self._probe)
-
-    async def close(self) -> None:
-        self._executor.shutdown(wait=False, cancel_futures=True)
 
 
 def _is_regular(mode: int) -> bool:

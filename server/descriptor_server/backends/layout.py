@@ -4,11 +4,25 @@ Shared by the ``filesystem`` backend (paths under a root directory) and the ``s3
 backend (keys under a root prefix). Every function returns the path as a tuple of
 components relative to the storage root, built from an already validated digest and
 repository name, so no component is ever empty, ``.`` or ``..``.
+
+:class:`LayoutBackend` is what the two backends share beyond paths: blocking storage
+calls run in a thread pool, off the event loop, behind the same validation and the
+same protocol methods; each backend supplies ``_stat``, ``_clear``, ``_probe`` and
+how a storage error reads (``_storage_error``).
 """
 
 from __future__ import annotations
 
-from descriptor_client.digest import algorithm_of, hex_of
+import asyncio
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from typing import TypeVar
+
+from descriptor_client.descriptor import Descriptor
+from descriptor_client.digest import algorithm_of, hex_of, validate_digest, validate_repository
+from descriptor_client.errors import BackendUnavailableError, DescriptorError, UnsupportedError
+
+T = TypeVar("T")
 
 #: The root of distribution's layout inside its storage.
 V2: tuple[str, ...] = ("docker", "registry", "v2")
@@ -30,4 +44,63 @@ def link(repository: str, digest: str) -> tuple[str, ...]:
     return (*V2, "repositories", *repository.split("/"), "_layers", algorithm_of(digest), hex_of(digest), "link")
 
 
-__all__ = ["V2", "blob_data", "blob_dir", "link"]
+class LayoutBackend:
+    """A backend over distribution's layout whose storage calls block (disk, boto3)."""
+
+    #: The name used in messages ("filesystem", "s3").
+    kind = "layout"
+
+    def __init__(self, *, max_workers: int, thread_name_prefix: str) -> None:
+        self._executor = ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix=thread_name_prefix)
+
+    # -- what each backend supplies (blocking; run in the pool) ------------------
+
+    def _stat(self, digest: str, repository: str) -> Descriptor:
+        raise NotImplementedError
+
+    def _clear(self, digest: str, repository: str) -> None:
+        raise NotImplementedError
+
+    def _probe(self) -> None:
+        raise NotImplementedError
+
+    def _storage_error(self, err: Exception) -> BackendUnavailableError:
+        """The error a failed storage call answers (the backend logs it here too)."""
+        return BackendUnavailableError(f"{self.kind} error: {err}")
+
+    # -- shared ----------------------------------------------------------------------
+
+    async def _run(self, fn: Callable[..., T], *args: str) -> T:
+        loop = asyncio.get_running_loop()
+        try:
+            return await loop.run_in_executor(self._executor, fn, *args)
+        except DescriptorError:
+            raise
+        except Exception as err:
+            raise self._storage_error(err) from None
+
+    async def stat(self, digest: str, repository: str = "") -> Descriptor:
+        validate_digest(digest)
+        validate_repository(repository)
+        return await self._run(self._stat, digest, repository)
+
+    async def set_descriptor(self, digest: str, descriptor: Descriptor, repository: str = "") -> None:
+        raise UnsupportedError(f"the {self.kind} backend is written by the registry, not by this service")
+
+    async def clear(self, digest: str, repository: str = "") -> None:
+        validate_digest(digest)
+        validate_repository(repository)
+        await self._run(self._clear, digest, repository)
+
+    def supports_clear(self, repository: str) -> bool:
+        return True
+
+    async def probe(self) -> None:
+        """Health: the storage answers (BackendUnavailableError otherwise)."""
+        await self._run(self._probe)
+
+    async def close(self) -> None:
+        self._executor.shutdown(wait=False, cancel_futures=True)
+
+
+__all__ = ["V2", "LayoutBackend", "blob_data", "blob_dir", "link"]

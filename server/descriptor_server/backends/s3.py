@@ -19,20 +19,15 @@ credentials) is BACKEND_UNAVAILABLE.
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import time
-from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
 
 from descriptor_client.descriptor import OCTET_STREAM, Descriptor
-from descriptor_client.digest import is_valid_digest, validate_digest, validate_repository
+from descriptor_client.digest import is_valid_digest
 from descriptor_client.errors import (
     BackendUnavailableError,
     BlobUnknownError,
-    DescriptorError,
-    UnsupportedError,
 )
 
 from ..config import ConfigError, S3Config
@@ -49,15 +44,17 @@ BUCKET_RECHECK = 30.0
 _MISSING = ("404", "NoSuchKey", "NotFound")
 
 
-class S3Backend:
+class S3Backend(layout.LayoutBackend):
     """Blob descriptors read from (and cleared in) distribution's layout in a bucket."""
 
+    kind = "s3"
+
     def __init__(self, client: Any, bucket: str, rootdirectory: str = "", *, max_workers: int = 16) -> None:
+        super().__init__(max_workers=max_workers, thread_name_prefix="s3-backend")
         self.client = client
         self.bucket = bucket
         root = rootdirectory.strip("/")
         self.prefix = f"{root}/" if root else ""
-        self._executor = ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix="s3-backend")
         self._bucket_seen = float("-inf")
         self._log = RateLimitedLog(log)
 
@@ -142,43 +139,15 @@ class S3Backend:
             raise BlobUnknownError(what)
         self.client.delete_object(Bucket=self.bucket, Key=key)
 
-    async def _run(self, fn: Callable[[str, str], T], digest: str, repository: str) -> T:
-        loop = asyncio.get_running_loop()
-        try:
-            return await loop.run_in_executor(self._executor, fn, digest, repository)
-        except DescriptorError:
-            raise
-        except Exception as err:
-            self._log.warning("s3 backend: %s", _describe(err))
-            raise BackendUnavailableError(f"s3 error: {_describe(err)}") from None
+    def _storage_error(self, err: Exception) -> BackendUnavailableError:
+        self._log.warning("s3 backend: %s", _describe(err))
+        return BackendUnavailableError(f"s3 error: {_describe(err)}")
 
-    # -- protocol ----------------------------------------------------------------------
-
-    async def stat(self, digest: str, repository: str = "") -> Descriptor:
-        validate_digest(digest)
-        validate_repository(repository)
-        return await self._run(self._stat, digest, repository)
-
-    async def set_descriptor(self, digest: str, descriptor: Descriptor, repository: str = "") -> None:
-        raise UnsupportedError("the s3 backend is written by the registry, not by this service")
-
-    async def clear(self, digest: str, repository: str = "") -> None:
-        validate_digest(digest)
-        validate_repository(repository)
-        await self._run(self._clear, digest, repository)
-
-    def supports_clear(self, repository: str) -> bool:
-        return True
-
-    def _probe(self, digest: str, repository: str) -> None:
+    def _probe(self) -> None:
         self.client.head_bucket(Bucket=self.bucket)
 
-    async def probe(self) -> None:
-        """Health: the bucket answers a HEAD."""
-        await self._run(self._probe, "", "")
-
     async def close(self) -> None:
-        self._executor.shutdown(wait=False, cancel_futures=True)
+        await super().close()
         close = getattr(self.client, "close", None)
         if close is not None:
             close()
