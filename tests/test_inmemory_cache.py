@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import signal
+import subprocess
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -23,7 +24,7 @@ from descriptor_client import (
 from descriptor_server.backends.filesystem import FilesystemBackend
 from descriptor_server.caches.inmemory import InMemoryCache
 from descriptor_server.statter import CachedBlobStatter
-from support import A256, A384, OCT, REPO, Layout, ServerProcess, base_config, wait_for
+from support import A256, A384, OCT, REPO, Layout, ServerProcess, base_config, server_command, wait_for
 
 JSON = "application/json"
 
@@ -271,3 +272,17 @@ def test_workers_share_the_port_and_drain_on_sigterm(tmp_path: Path, layout: Lay
         assert proc.output.count("stopped") == 2
     finally:
         proc.stop()
+
+
+def test_workers_below_one_is_a_config_error(tmp_path: Path, layout: Layout) -> None:
+    proc = ServerProcess(base_config(layout.root), tmp_path)
+    out = subprocess.run(
+        [*server_command(), *proc.args, "--workers", "0"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+        cwd=tmp_path,
+    )
+    assert out.returncode == 2
+    assert "grpc.workers" in out.stderr

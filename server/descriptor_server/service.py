@@ -123,7 +123,9 @@ class DescriptorServicer:
         # The response is the concatenation of its length-delimited ``results``
         # fields (protobuf wire format), so a hit whose descriptor carries the
         # requested digest reuses the bytes memoised for that descriptor.
-        digests = request.digests
+        # One list of str objects: each later pass reuses their cached hashes (the
+        # protobuf container would make a fresh str at every access).
+        digests = list(request.digests)
         results = await self.statter.batch_stat(digests, request.repository)
         memo = self._result_memo
         parts: list[bytes] = []

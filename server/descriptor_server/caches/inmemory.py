@@ -116,6 +116,11 @@ class InMemoryCache:
     # -- lookups -----------------------------------------------------------------
 
     async def stat(self, digest: str, repository: str = "") -> Descriptor:
+        # A memoised answer implies a valid digest and repository: no checks needed.
+        hot = self._hot_repo.get(repository) if repository else self._hot
+        desc = hot.get(digest) if hot is not None else None
+        if desc is not None:
+            return desc
         check_key(digest, repository)
         desc = self._lookup(digest, repository, checked=True)
         if desc is None:
