@@ -1,7 +1,7 @@
 """The ``inmemory`` cache: bounded, scan-resistant, compact; global and repository scopes.
 
 Layout (about 150 bytes per global entry at 1,000,000 entries, see
-docs/readme/performance.md):
+the Performance section of README.md):
 
 - One dict maps a *key* to a packed int. A global key is the raw digest bytes
   (``bytes.fromhex`` of the hex part: 32, 48 or 64 bytes, so the length names the
