@@ -68,6 +68,27 @@ def repository_blob_key(repository: str, digest: str) -> str:
     return f"repository::{repository}::blobs::{digest}"
 
 
+# Read-only scripts for stat_many (KEYS declared, so they are replica- and ACL-friendly).
+# HMGET/HGET of an absent field is false in Lua, which Redis returns as nil.
+_GLOBAL_STAT_MANY = """
+local out = {}
+for i = 1, #KEYS do
+  out[i] = redis.call('HMGET', KEYS[i], 'digest', 'size', 'mediatype')
+end
+return out
+"""
+# KEYS: the repository's set, then per digest its blob hash and repository hash; ARGV: digests.
+_SCOPED_STAT_MANY = """
+local out = {}
+for i = 1, #ARGV do
+  local h = redis.call('HMGET', KEYS[2 * i], 'digest', 'size', 'mediatype')
+  out[i] = {redis.call('SISMEMBER', KEYS[1], ARGV[i]), h[1], h[2], h[3],
+            redis.call('HGET', KEYS[2 * i + 1], 'mediatype')}
+end
+return out
+"""
+
+
 def _descriptor(reply: Sequence[Any]) -> Descriptor | None:
     """A descriptor from ``HMGET blobs::<d> digest size mediatype``, or None if unknown.
 
@@ -123,6 +144,8 @@ class RedisCache:
         self.retry_after = retry_after
         self.observe = observe
         self._slots = asyncio.Semaphore(pool_size)
+        self._global_script = client.register_script(_GLOBAL_STAT_MANY)
+        self._scoped_script = client.register_script(_SCOPED_STAT_MANY)
         self._closers = tuple(closers)
         self._down = False
         self._retry_at = 0.0
@@ -177,10 +200,28 @@ class RedisCache:
         return await self.client.hmget(blob_key(digest), ["digest", "size", "mediatype"])
 
     async def stat_many(self, digests: Sequence[str], repository: str = "") -> list[Descriptor | None]:
-        """Stat already validated ``digests`` in one round trip; None for unknown ones."""
+        """Stat already validated ``digests`` in one round trip; None for unknown ones.
+
+        On a single server or Sentinel the whole batch is one read-only Lua script
+        (one command and one reply to parse instead of a pipeline of one command per
+        digest, several times faster in redis-py); on Cluster, where the keys live in
+        different slots, a pipeline.
+        """
         if not digests:
             return []
-        return await self._stat_replies(digests, repository, operation="stat_many")
+        if self.cluster:
+            return await self._stat_replies(digests, repository, operation="stat_many")
+        if not repository:
+            keys = [blob_key(d) for d in digests]
+            replies = await self._run("stat_many", self.read_timeout, lambda: self._global_script(keys=keys))
+            return [_descriptor(r) for r in replies]
+        keys = [repository_set_key(repository)]
+        for d in digests:
+            keys += (blob_key(d), repository_blob_key(repository, d))
+        replies = await self._run(
+            "stat_many", self.read_timeout, lambda: self._scoped_script(keys=keys, args=list(digests))
+        )
+        return [_scoped(r[0], r[1:4], r[4]) for r in replies]
 
     async def _stat_replies(
         self, digests: Sequence[str], repository: str, operation: str = "stat"
