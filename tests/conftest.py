@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import sys
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
 
+from descriptor_server.backends.filesystem import FilesystemBackend
 from support import Layout, ServerProcess, base_config
 
 pytest_plugins = ["targets", "redis_servers", "targets_redis", "targets_backends"]
@@ -30,3 +31,13 @@ def server(tmp_path: Path, layout: Layout) -> Iterator[ServerProcess]:
         yield proc
     finally:
         proc.stop()
+
+
+@pytest.fixture
+async def backend(layout: Layout) -> AsyncIterator[FilesystemBackend]:
+    """The filesystem backend over ``layout``, closed afterwards."""
+    fs = FilesystemBackend(str(layout.root))
+    try:
+        yield fs
+    finally:
+        await fs.close()

@@ -9,7 +9,6 @@ followed the link (a valid digest, a blob), so a hole would show as an answer.
 from __future__ import annotations
 
 import os
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
@@ -31,15 +30,6 @@ def outside(tmp_path: Path) -> Path:
     path = tmp_path / "outside"
     path.mkdir()
     return path
-
-
-@pytest.fixture
-async def backend(layout: Layout) -> AsyncIterator[FilesystemBackend]:
-    fs = FilesystemBackend(str(layout.root))
-    try:
-        yield fs
-    finally:
-        await fs.close()
 
 
 def relative(path: Path, start: Path) -> str:

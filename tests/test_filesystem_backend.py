@@ -5,7 +5,6 @@ Symbolic links and path confinement are tested in test_confinement.py.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
@@ -22,12 +21,8 @@ from support import A256, OCT, REPO, Layout
 
 
 @pytest.fixture
-async def fs(layout: Layout) -> AsyncIterator[FilesystemBackend]:
-    backend = FilesystemBackend(str(layout.root))
-    try:
-        yield backend
-    finally:
-        await backend.close()
+def fs(backend: FilesystemBackend) -> FilesystemBackend:
+    return backend
 
 
 async def test_global_stat_is_the_data_file_size_and_octet_stream(fs: FilesystemBackend, layout: Layout) -> None:

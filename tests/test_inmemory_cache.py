@@ -10,7 +10,6 @@ from __future__ import annotations
 import hashlib
 import signal
 import subprocess
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
@@ -31,15 +30,6 @@ JSON = "application/json"
 
 def digest(i: int, salt: str = "") -> str:
     return "sha256:" + hashlib.sha256(f"{salt}{i}".encode()).hexdigest()
-
-
-@pytest.fixture
-async def backend(layout: Layout) -> AsyncIterator[FilesystemBackend]:
-    fs = FilesystemBackend(str(layout.root))
-    try:
-        yield fs
-    finally:
-        await fs.close()
 
 
 # -- bounds ------------------------------------------------------------------------------

@@ -8,7 +8,6 @@ concurrent for certain.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
 
 import pytest
 from descriptor_client import (
@@ -87,15 +86,6 @@ class GatedBackend:
 
     async def close(self) -> None:
         await self.inner.close()
-
-
-@pytest.fixture
-async def backend(layout: Layout) -> AsyncIterator[FilesystemBackend]:
-    fs = FilesystemBackend(str(layout.root))
-    try:
-        yield fs
-    finally:
-        await fs.close()
 
 
 @pytest.fixture

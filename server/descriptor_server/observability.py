@@ -15,6 +15,7 @@
 from __future__ import annotations
 
 import asyncio
+import bisect
 import contextlib
 import json
 import logging
@@ -28,9 +29,10 @@ from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
 import grpc
 from descriptor_client.errors import ERROR_TABLE
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, make_wsgi_app
-from prometheus_client.core import CounterMetricFamily
+from prometheus_client import CollectorRegistry, Gauge, Histogram, make_wsgi_app
+from prometheus_client.core import CounterMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.registry import Collector
+from prometheus_client.utils import floatToGoString
 
 from .config import Config, ConfigError, LogConfig
 from .statter import StatterMetrics
@@ -103,27 +105,80 @@ class StatterCollector(Collector):
             yield CounterMetricFamily(f"registry_storage_cache_{name}", doc, value=value)
 
 
+#: The ``le`` label of each RPC bucket, as prometheus_client writes it.
+_BOUNDS = tuple(floatToGoString(b) for b in (*RPC_BUCKETS, float("inf")))  # type: ignore[no-untyped-call]
+
+
+class RpcCollector(Collector):
+    """Per-RPC counters and latency histograms, kept as plain ints on the hot path.
+
+    :meth:`observe` costs a dict lookup, a C-level ``bisect`` and three additions
+    (prometheus_client's own Counter and Histogram take a lock and walk the buckets on
+    every call); the families are built at scrape time. The names are
+    go-grpc-prometheus's, so stock gRPC dashboards work too.
+    """
+
+    LABELS = ("grpc_service", "grpc_method", "grpc_type")
+
+    def __init__(self) -> None:
+        self._handled: dict[tuple[str, grpc.StatusCode], list[int]] = {}
+        # method -> [bucket counts..., +Inf count], and the sum of seconds
+        self._buckets: dict[str, list[int]] = {}
+        self._sums: dict[str, float] = {}
+        for method in METHODS:
+            self._add(method)
+
+    def _add(self, method: str) -> None:
+        for code in HANDLER_CODES:
+            self._handled[method, code] = [0]
+        self._buckets[method] = [0] * (len(RPC_BUCKETS) + 1)
+        self._sums[method] = 0.0
+
+    def observe(self, method: str, code: grpc.StatusCode, seconds: float) -> None:
+        buckets = self._buckets.get(method)
+        if buckets is None:
+            self._add(method)
+            buckets = self._buckets[method]
+        handled = self._handled.get((method, code))
+        if handled is None:
+            handled = self._handled[method, code] = [0]
+        handled[0] += 1
+        buckets[bisect.bisect_left(RPC_BUCKETS, seconds)] += 1
+        self._sums[method] += seconds
+
+    def describe(self) -> Iterable[Metric]:
+        return self.collect()
+
+    def collect(self) -> Iterable[Metric]:
+        handled = CounterMetricFamily(
+            "grpc_server_handled",
+            "RPCs completed on the server, by method and status code.",
+            labels=(*self.LABELS, "grpc_code"),
+        )
+        for (method, code), count in list(self._handled.items()):
+            handled.add_metric((SERVICE, method, "unary", code.name), count[0])
+        handling = HistogramMetricFamily(
+            "grpc_server_handling_seconds",
+            "Latency of RPCs handled by the server, in seconds.",
+            labels=self.LABELS,
+        )
+        for method, counts in list(self._buckets.items()):
+            cumulative, running = [], 0
+            for bound, n in zip(_BOUNDS, counts, strict=True):
+                running += n
+                cumulative.append((bound, running))
+            handling.add_metric((SERVICE, method, "unary"), cumulative, self._sums[method])
+        return [handled, handling]
+
+
 class ServerMetrics:
     """Every metric of one server, in its own registry (never the global one)."""
 
     def __init__(self, statter_metrics: Callable[[], StatterMetrics], *, redis: bool = False) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
         self.registry.register(StatterCollector(statter_metrics))
-        labels = ("grpc_service", "grpc_method", "grpc_type")
-        # The names of go-grpc-prometheus, so stock gRPC dashboards work too.
-        self.handled = Counter(
-            "grpc_server_handled",
-            "RPCs completed on the server, by method and status code.",
-            [*labels, "grpc_code"],
-            registry=self.registry,
-        )
-        self.handling = Histogram(
-            "grpc_server_handling_seconds",
-            "Latency of RPCs handled by the server, in seconds.",
-            labels,
-            buckets=RPC_BUCKETS,
-            registry=self.registry,
-        )
+        self.rpcs = RpcCollector()
+        self.registry.register(self.rpcs)
         self.inflight = Gauge(
             "grpc_server_inflight",
             "RPCs in progress on the server.",
@@ -137,25 +192,10 @@ class ServerMetrics:
             buckets=REDIS_BUCKETS,
             registry=self.registry,
         )
-        self._handled: dict[tuple[str, grpc.StatusCode], Any] = {}
-        self._handling: dict[str, Any] = {}
-        for method in METHODS:
-            self._handling[method] = self.handling.labels(SERVICE, method, "unary")
-            for code in HANDLER_CODES:
-                self._handled[method, code] = self.handled.labels(SERVICE, method, "unary", code.name)
         if redis:
             for op in REDIS_OPERATIONS:
                 self.redis.labels(op)
-
-    def observe_call(self, method: str, code: grpc.StatusCode, seconds: float) -> None:
-        counter = self._handled.get((method, code))
-        if counter is None:
-            counter = self._handled[method, code] = self.handled.labels(SERVICE, method, "unary", code.name)
-        counter.inc()
-        hist = self._handling.get(method)
-        if hist is None:
-            hist = self._handling[method] = self.handling.labels(SERVICE, method, "unary")
-        hist.observe(seconds)
+        self.observe_call = self.rpcs.observe
 
     def observe_redis(self, operation: str, seconds: float) -> None:
         """The Redis cache's ``observe`` hook: one round trip of ``operation`` took ``seconds``."""

@@ -22,7 +22,6 @@ import stat
 from typing import TypeVar
 
 from descriptor_client.descriptor import OCTET_STREAM, Descriptor
-from descriptor_client.digest import is_valid_digest
 from descriptor_client.errors import BackendUnavailableError, BlobUnknownError
 
 from . import layout
@@ -32,7 +31,7 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 V2 = os.path.join(*layout.V2)
-MAX_LINK_SIZE = 4096
+MAX_LINK_SIZE = layout.MAX_LINK_SIZE
 
 
 class PathEscapeError(Exception):
@@ -81,26 +80,12 @@ class FilesystemBackend(layout.LayoutBackend):
             raise BlobUnknownError(f"blob {digest} unknown")
         return Descriptor(OCTET_STREAM, digest, st.st_size)
 
-    def _read_link(self, repository: str, digest: str) -> str:
+    def _read_link_bytes(self, repository: str, digest: str) -> bytes:
         try:
             path = self._confined(self.link_path(repository, digest))
             with open(path, "rb") as f:
-                content = f.read(MAX_LINK_SIZE + 1)
+                return f.read(MAX_LINK_SIZE + 1)
         except (FileNotFoundError, NotADirectoryError, IsADirectoryError, PathEscapeError):
-            raise BlobUnknownError(f"blob {digest} unknown in {repository}") from None
-        target = content.decode("utf-8", "replace").strip()
-        if len(content) > MAX_LINK_SIZE or not is_valid_digest(target):
-            log.warning("corrupt link file for %s in %s", digest, repository)
-            raise BackendUnavailableError(f"corrupt link file for {digest} in {repository}")
-        return target
-
-    def _stat(self, digest: str, repository: str) -> Descriptor:
-        if not repository:
-            return self._stat_blob(digest)
-        canonical = self._read_link(repository, digest)
-        try:
-            return self._stat_blob(canonical)
-        except BlobUnknownError:
             raise BlobUnknownError(f"blob {digest} unknown in {repository}") from None
 
     def _clear(self, digest: str, repository: str) -> None:

@@ -14,15 +14,21 @@ how a storage error reads (``_storage_error``).
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import TypeVar
 
 from descriptor_client.descriptor import Descriptor
-from descriptor_client.digest import algorithm_of, hex_of, validate_digest, validate_repository
-from descriptor_client.errors import BackendUnavailableError, DescriptorError, UnsupportedError
+from descriptor_client.digest import algorithm_of, hex_of, is_valid_digest, validate_digest, validate_repository
+from descriptor_client.errors import BackendUnavailableError, BlobUnknownError, DescriptorError, UnsupportedError
+
+log = logging.getLogger(__name__)
 
 T = TypeVar("T")
+
+#: A link holds one digest; anything longer is corrupt.
+MAX_LINK_SIZE = 4096
 
 #: The root of distribution's layout inside its storage.
 V2: tuple[str, ...] = ("docker", "registry", "v2")
@@ -55,7 +61,12 @@ class LayoutBackend:
 
     # -- what each backend supplies (blocking; run in the pool) ------------------
 
-    def _stat(self, digest: str, repository: str) -> Descriptor:
+    def _stat_blob(self, digest: str) -> Descriptor:
+        """The descriptor of the blob's ``data``, or BlobUnknownError."""
+        raise NotImplementedError
+
+    def _read_link_bytes(self, repository: str, digest: str) -> bytes:
+        """At most ``MAX_LINK_SIZE + 1`` bytes of the link, or BlobUnknownError."""
         raise NotImplementedError
 
     def _clear(self, digest: str, repository: str) -> None:
@@ -69,6 +80,24 @@ class LayoutBackend:
         return BackendUnavailableError(f"{self.kind} error: {err}")
 
     # -- shared ----------------------------------------------------------------------
+
+    def _read_link(self, repository: str, digest: str) -> str:
+        """The canonical digest a repository's link names (a corrupt link is UNAVAILABLE)."""
+        content = self._read_link_bytes(repository, digest)
+        target = content.decode("utf-8", "replace").strip()
+        if len(content) > MAX_LINK_SIZE or not is_valid_digest(target):
+            log.warning("corrupt %s link for %s in %s", self.kind, digest, repository)
+            raise BackendUnavailableError(f"corrupt link for {digest} in {repository}")
+        return target
+
+    def _stat(self, digest: str, repository: str) -> Descriptor:
+        if not repository:
+            return self._stat_blob(digest)
+        canonical = self._read_link(repository, digest)
+        try:
+            return self._stat_blob(canonical)
+        except BlobUnknownError:
+            raise BlobUnknownError(f"blob {digest} unknown in {repository}") from None
 
     async def _run(self, fn: Callable[..., T], *args: str) -> T:
         loop = asyncio.get_running_loop()

@@ -24,7 +24,6 @@ import time
 from typing import Any, TypeVar
 
 from descriptor_client.descriptor import OCTET_STREAM, Descriptor
-from descriptor_client.digest import is_valid_digest
 from descriptor_client.errors import (
     BackendUnavailableError,
     BlobUnknownError,
@@ -38,7 +37,7 @@ log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 
-MAX_LINK_SIZE = 4096
+MAX_LINK_SIZE = layout.MAX_LINK_SIZE
 #: Seconds during which a bucket seen once is trusted to exist.
 BUCKET_RECHECK = 30.0
 _MISSING = ("404", "NoSuchKey", "NotFound")
@@ -102,7 +101,7 @@ class S3Backend(layout.LayoutBackend):
             raise BlobUnknownError(f"blob {digest} unknown")
         return Descriptor(OCTET_STREAM, digest, size)
 
-    def _read_link(self, repository: str, digest: str) -> str:
+    def _read_link_bytes(self, repository: str, digest: str) -> bytes:
         try:
             resp = self.client.get_object(
                 Bucket=self.bucket, Key=self.link_key(repository, digest), Range=f"bytes=0-{MAX_LINK_SIZE}"
@@ -114,20 +113,7 @@ class S3Backend(layout.LayoutBackend):
                 self._check_bucket()
                 raise BlobUnknownError(f"blob {digest} unknown in {repository}") from None
             raise
-        target = content.decode("utf-8", "replace").strip()
-        if len(content) > MAX_LINK_SIZE or not is_valid_digest(target):
-            log.warning("corrupt link object for %s in %s", digest, repository)
-            raise BackendUnavailableError(f"corrupt link object for {digest} in {repository}")
-        return target
-
-    def _stat(self, digest: str, repository: str) -> Descriptor:
-        if not repository:
-            return self._stat_blob(digest)
-        canonical = self._read_link(repository, digest)
-        try:
-            return self._stat_blob(canonical)
-        except BlobUnknownError:
-            raise BlobUnknownError(f"blob {digest} unknown in {repository}") from None
+        return content
 
     def _clear(self, digest: str, repository: str) -> None:
         if repository:
