@@ -321,7 +321,7 @@ def test_json_call_logs_at_debug(started: list[ServerProcess], tmp_path: Path, l
     assert isinstance(ok[0]["duration_ms"], float)
     missing = [c for c in calls if c["status"] == "NOT_FOUND"]
     assert len(missing) == 1
-    assert missing[0]["level"] == "info"
+    assert missing[0]["level"] == "debug"  # an answer, not a failure
     assert (missing[0]["method"], missing[0]["digest"], missing[0]["repository"]) == ("Stat", A256, "")
     assert "s3cr3t-token-value" not in server.output
 
@@ -331,6 +331,8 @@ def test_text_logs_only_failed_calls_at_info(started: list[ServerProcess], tmp_p
     blob = layout.push(REPO, b"quiet")
     with DescriptorClient(server.target) as client:
         client.stat(blob)
+        with pytest.raises(BlobUnknownError):  # an answer: not logged at info
+            client.stat(A256)
         with pytest.raises(InvalidArgumentError):
             client.stat("sha256:abc\nFORGED level=error", REPO)
     server.stop()

@@ -298,6 +298,11 @@ def call_fields(method: str, code: grpc.StatusCode, seconds: float, request: Any
     return fields
 
 
+#: Answers, not failures: BLOB_UNKNOWN is how "not cached, not stored" is said, and a
+#: registry asks it before every upload, so it is logged at debug like OK.
+ANSWERS = frozenset((grpc.StatusCode.OK, grpc.StatusCode.NOT_FOUND))
+
+
 class CallLogger:
     """One line per failed call at info, one per call at debug."""
 
@@ -305,7 +310,7 @@ class CallLogger:
         self.logger = logger
 
     def __call__(self, method: str, code: grpc.StatusCode, seconds: float, request: Any) -> None:
-        level = logging.DEBUG if code == grpc.StatusCode.OK else logging.INFO
+        level = logging.DEBUG if code in ANSWERS else logging.INFO
         if not self.logger.isEnabledFor(level):
             return
         fields = call_fields(method, code, seconds, request)
