@@ -44,6 +44,15 @@ def stop_process(proc: subprocess.Popen[bytes], timeout: float = 10.0) -> None:
         proc.wait()
 
 
+#: A port from free_port() is free when picked but may be taken before the child binds it.
+PORT_ATTEMPTS = 5
+
+
+def lost_port_race(err: BaseException, log: Path) -> bool:
+    """Whether a child failed to start because its port was taken meanwhile."""
+    return isinstance(err, RuntimeError) and "address already in use" in log.read_text(errors="replace").lower()
+
+
 def wait_http(
     url: str, proc: subprocess.Popen[bytes], timeout: float = 30.0, verify: ssl.SSLContext | bool = True
 ) -> None:
@@ -80,21 +89,25 @@ class MotoServer:
     """``python -m moto.server`` on a free loopback port."""
 
     def __init__(self, workdir: Path) -> None:
-        self.port = free_port()
-        self.endpoint = f"http://127.0.0.1:{self.port}"
         self.log = (workdir / "moto.log").open("wb")
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(self.port)],
-            stdin=subprocess.DEVNULL,
-            stdout=self.log,
-            stderr=subprocess.STDOUT,
-            env={**os.environ, **S3_ENV},
-        )
-        try:
-            wait_http(self.endpoint + "/moto-api/", self.proc)
-        except BaseException:
-            self.stop()
-            raise
+        for attempt in range(PORT_ATTEMPTS):
+            self.port = free_port()
+            self.endpoint = f"http://127.0.0.1:{self.port}"
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(self.port)],
+                stdin=subprocess.DEVNULL,
+                stdout=self.log,
+                stderr=subprocess.STDOUT,
+                env={**os.environ, **S3_ENV},
+            )
+            try:
+                wait_http(self.endpoint + "/moto-api/", self.proc)
+                break
+            except BaseException as err:
+                if attempt + 1 < PORT_ATTEMPTS and lost_port_race(err, workdir / "moto.log"):
+                    continue
+                self.stop()
+                raise
 
     def client(self) -> Any:
         import boto3
@@ -108,7 +121,8 @@ class MotoServer:
         )
 
     def stop(self) -> None:
-        stop_process(self.proc)
+        if hasattr(self, "proc"):
+            stop_process(self.proc)
         self.log.close()
 
 
@@ -183,9 +197,27 @@ class RegistryProcess:
     ) -> None:
         """``tls`` is (certificate, key, CA that signed it): serve https:// with them."""
         workdir.mkdir(parents=True, exist_ok=True)
+        self.verify: ssl.SSLContext | bool = ssl.create_default_context(cafile=str(tls[2])) if tls else True
+        self.log = (workdir / "registry.log").open("wb")
+        for attempt in range(PORT_ATTEMPTS):
+            try:
+                self._start(workdir, delete, auth, tls)
+                break
+            except BaseException as err:
+                if attempt + 1 < PORT_ATTEMPTS and lost_port_race(err, workdir / "registry.log"):
+                    continue
+                self.stop()
+                raise
+
+    def _start(
+        self,
+        workdir: Path,
+        delete: bool,
+        auth: Mapping[str, Any] | None,
+        tls: tuple[Path, Path, Path] | None,
+    ) -> None:
         self.port = free_port()
         self.url = f"{'https' if tls else 'http'}://127.0.0.1:{self.port}"
-        self.verify: ssl.SSLContext | bool = ssl.create_default_context(cafile=str(tls[2])) if tls else True
         config: dict[str, Any] = {
             "version": 0.1,
             "log": {"level": "warn", "accesslog": {"disabled": True}},
@@ -202,7 +234,6 @@ class RegistryProcess:
             config["http"]["tls"] = {"certificate": str(tls[0]), "key": str(tls[1])}
         self.config_path = workdir / "registry.yml"
         self.config_path.write_text(yaml.safe_dump(config))
-        self.log = (workdir / "registry.log").open("wb")
         self.proc = subprocess.Popen(
             [REGISTRY_BINARY, "serve", str(self.config_path)],
             stdin=subprocess.DEVNULL,
@@ -210,14 +241,11 @@ class RegistryProcess:
             stderr=subprocess.STDOUT,
             env={k: v for k, v in os.environ.items() if not k.startswith("REGISTRY_")},
         )
-        try:
-            wait_http(self.url + "/v2/", self.proc, verify=self.verify)
-        except BaseException:
-            self.stop()
-            raise
+        wait_http(self.url + "/v2/", self.proc, verify=self.verify)
 
     def stop(self) -> None:
-        stop_process(self.proc)
+        if hasattr(self, "proc"):
+            stop_process(self.proc)
         self.log.close()
 
 
@@ -294,9 +322,9 @@ class TokenServer:
         self.cert_path = workdir / "token-signer.pem"
         self.cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
         self.requests: list[dict[str, Any]] = []
-        self.port = free_port()
+        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())  # bound here: no race
+        self.port = self.httpd.server_address[1]
         self.realm = f"http://127.0.0.1:{self.port}/token"
-        self.httpd = ThreadingHTTPServer(("127.0.0.1", self.port), self._handler())
         self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
         self.thread.start()
 

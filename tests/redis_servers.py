@@ -113,8 +113,9 @@ class RedisProcess:
         while True:
             if self.proc.poll() is not None:
                 raise RuntimeError(f"{self.binary} exited: {self.log()}")
-            with contextlib.suppress(redis.RedisError):
-                if self.client().ping():
+            with contextlib.suppress(redis.RedisError), self.client() as c:
+                # Ours, not another server that took the port first (ours then exits).
+                if int(c.info("server")["process_id"]) == self.proc.pid:
                     return self
             if time.monotonic() > deadline:
                 self.stop()
@@ -276,6 +277,18 @@ def start_sentinel(
     return setup
 
 
+def start_standalone(binary: str, workdir: Path, attempts: int = 5) -> RedisProcess:
+    """A standalone server on a free port, picking another if the port was taken meanwhile."""
+    for attempt in range(attempts):
+        server = RedisProcess(binary, free_ports(1)[0], workdir)
+        try:
+            return server.start()
+        except RuntimeError:
+            if attempt + 1 == attempts or "address already in use" not in server.log().lower():
+                raise
+    raise AssertionError("unreachable")
+
+
 def _binary_or_skip() -> str:
     binary = server_binary()
     if binary is None:
@@ -290,7 +303,7 @@ def redis_binary() -> str:
 
 @pytest.fixture(scope="session")
 def redis_standalone(redis_binary: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisProcess]:
-    server = RedisProcess(redis_binary, free_ports(1)[0], tmp_path_factory.mktemp("redis-standalone")).start()
+    server = start_standalone(redis_binary, tmp_path_factory.mktemp("redis-standalone"))
     try:
         yield server
     finally:
@@ -319,7 +332,7 @@ def redis_sentinel(redis_binary: str, tmp_path_factory: pytest.TempPathFactory) 
 @pytest.fixture
 def redis_own(redis_binary: str, tmp_path: Path) -> Iterator[RedisProcess]:
     """A standalone server of this test's own, to stop, restart, pause and resume."""
-    server = RedisProcess(redis_binary, free_ports(1)[0], tmp_path / "redis").start()
+    server = start_standalone(redis_binary, tmp_path / "redis")
     try:
         yield server
     finally:

@@ -72,6 +72,19 @@ def free_port() -> int:
         return port
 
 
+@contextmanager
+def refused_port() -> Iterator[int]:
+    """A loopback port bound but not listening: connecting is refused while it is held.
+
+    Unlike a port from :func:`free_port`, no other process can start listening on it
+    meanwhile, so "nobody answers there" stays true for the whole test.
+    """
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        yield port
+
+
 def server_command() -> list[str]:
     return [sys.executable, "-m", "descriptor_server"]
 

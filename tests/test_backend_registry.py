@@ -32,7 +32,7 @@ from descriptor_client import (
     UnsupportedError,
 )
 from pki import CA
-from support import OCT, REPO, ServerProcess, digest_of, free_port, running_server
+from support import OCT, REPO, ServerProcess, digest_of, refused_port, running_server
 from targets_backends import server_config
 from test_conformance import test_case3_alias_is_stored_under_both_digests as _case3
 from test_conformance import test_case4_repository_media_type_overrides_global as _case4
@@ -158,9 +158,9 @@ def test_clear_when_the_registry_refuses_deletion(tmp_path: Path, registry_nodel
 
 
 def test_registry_down_is_backend_unavailable(tmp_path: Path) -> None:
-    url = f"http://127.0.0.1:{free_port()}"
     with (
-        running_server(server_config(registry_storage(url)), tmp_path) as server,
+        refused_port() as port,
+        running_server(server_config(registry_storage(f"http://127.0.0.1:{port}")), tmp_path) as server,
         DescriptorClient(server.target) as client,
     ):
         assert health_of(server.target) == "NOT_SERVING"

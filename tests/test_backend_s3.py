@@ -21,7 +21,7 @@ import pytest
 import yaml
 from backend_support import S3_ENV, MotoServer, S3Layout, health_of, s3_storage
 from descriptor_client import BackendUnavailableError, BlobUnknownError, Descriptor, DescriptorClient
-from support import OCT, REPO, ServerProcess, digest_of, free_port, running_server
+from support import OCT, REPO, ServerProcess, digest_of, refused_port, running_server
 from targets_backends import server_config
 
 
@@ -41,8 +41,13 @@ def test_rootdirectory_is_the_key_prefix(tmp_path: Path, moto_server: MotoServer
 
 
 def test_unreachable_endpoint_is_backend_unavailable(tmp_path: Path) -> None:
-    config = server_config({"s3": s3_storage(f"http://127.0.0.1:{free_port()}", "registry")})
-    with running_server(config, tmp_path, env=S3_ENV) as server, DescriptorClient(server.target) as client:
+    with (
+        refused_port() as port,
+        running_server(
+            server_config({"s3": s3_storage(f"http://127.0.0.1:{port}", "registry")}), tmp_path, env=S3_ENV
+        ) as server,
+        DescriptorClient(server.target) as client,
+    ):
         assert health_of(server.target) == "NOT_SERVING"
         digest = digest_of(b"x")
         for repository in ("", REPO):
@@ -121,8 +126,8 @@ class ForwardProxy:
             def log_message(self, format: str, *args: Any) -> None:
                 pass
 
-        self.port = free_port()
-        self.httpd = ThreadingHTTPServer(("127.0.0.1", self.port), Handler)
+        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)  # bound here: no race
+        self.port = self.httpd.server_address[1]
         self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
         self.thread.start()
 

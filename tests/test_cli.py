@@ -20,7 +20,7 @@ from collections.abc import Iterator, Mapping
 from pathlib import Path
 
 import pytest
-from support import A256, OCT, REPO, Layout, ServerProcess, base_config, free_port, running_server
+from support import A256, OCT, REPO, Layout, ServerProcess, base_config, refused_port, running_server
 
 SERVICE = "descriptor.v1.BlobDescriptorService"
 MAXBATCH = 5  # small, so that batch must split its input to fit
@@ -74,9 +74,10 @@ def test_set_then_stat_round_trips(shared: tuple[ServerProcess, Layout]) -> None
 def test_target_flag_wins_over_environment(shared: tuple[ServerProcess, Layout]) -> None:
     server, layout = shared
     digest = layout.put_blob(b"found via --target")
-    dead = f"127.0.0.1:{free_port()}"
-    assert ctl(dead, "stat", digest).returncode == 3
-    done = ctl(dead, "--target", server.target, "stat", digest)
+    with refused_port() as port:
+        dead = f"127.0.0.1:{port}"
+        assert ctl(dead, "stat", digest).returncode == 3
+        done = ctl(dead, "--target", server.target, "stat", digest)
     assert (done.returncode, done.stdout) == (0, f"{digest}\t{OCT}\t{len(b'found via --target')}\n")
 
 
@@ -109,7 +110,8 @@ def test_not_found_and_bad_input_exit_codes(shared: tuple[ServerProcess, Layout]
 
 
 def test_unavailable_exit_code(tmp_path: Path) -> None:
-    done = ctl(f"127.0.0.1:{free_port()}", "--timeout", "5", "stat", A256)
+    with refused_port() as port:
+        done = ctl(f"127.0.0.1:{port}", "--timeout", "5", "stat", A256)
     assert done.returncode == 3
     assert "UNAVAILABLE" in done.stderr
 

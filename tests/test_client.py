@@ -14,6 +14,7 @@ from descriptor_client import (
     DeadlineExceededError,
     Descriptor,
     DescriptorClient,
+    DescriptorInvalidError,
     DigestInvalidFormatError,
     DigestUnsupportedError,
     Metrics,
@@ -23,7 +24,7 @@ from descriptor_client import (
 )
 from descriptor_client._wire import call_metadata, normalize_target
 from fifo_support import make_fifo, release
-from support import A256, A384, OCT, REPO, Layout, ServerProcess, base_config, free_port
+from support import A256, A384, OCT, REPO, Layout, ServerProcess, base_config, refused_port
 
 
 @pytest.fixture(scope="module")
@@ -126,8 +127,25 @@ def test_default_target_from_environment(monkeypatch: pytest.MonkeyPatch, target
 
 
 def test_unreachable_server_is_unavailable() -> None:
-    with DescriptorClient(f"127.0.0.1:{free_port()}", timeout=5) as client, pytest.raises(UnavailableError):
+    with (
+        refused_port() as port,
+        DescriptorClient(f"127.0.0.1:{port}", timeout=5) as client,
+        pytest.raises(UnavailableError),
+    ):
         client.stat(A256)
+
+
+@pytest.mark.parametrize(
+    "desc",
+    [Descriptor(OCT, A256, 2**63), Descriptor(OCT, A256, -(2**63) - 1), Descriptor("text/\udcff", A256, 1)],
+)
+def test_descriptor_the_wire_cannot_carry_is_descriptor_invalid(target: str, desc: Descriptor) -> None:
+    """A typed error of the contract, not protobuf's ValueError, and nothing is stored."""
+    with DescriptorClient(target) as client:
+        with pytest.raises(DescriptorInvalidError):
+            client.set_descriptor(A256, desc, "wire/limits")
+        with pytest.raises(BlobUnknownError):
+            client.stat(A256, "wire/limits")
 
 
 # -- token metadata ----------------------------------------------------------------------

@@ -56,6 +56,13 @@ def test_valid_media_types(media_type: str) -> None:
         "application/+json",
         "application/jsön",
         "application/json\n",
+        # no control character anywhere, parameters included
+        "text/plain;\ncharset=utf-8",
+        "text/plain\n; charset=utf-8",
+        "text/plain;\x0bcharset=utf-8",
+        'text/plain; name="a\nb"',
+        'text/plain; name="a\x00b"',
+        'text/plain; name="\u00e9"',
         "a/" + "b" * 128,  # subtype over RFC 6838's 127 characters
         "application/" + "x" * (MAX_MEDIA_TYPE_LENGTH - len("application/") + 1),
     ],

@@ -20,6 +20,7 @@ import grpc
 import pytest
 import yaml
 from descriptor_client import (
+    BackendUnavailableError,
     BlobUnknownError,
     Descriptor,
     DescriptorClient,
@@ -29,6 +30,7 @@ from descriptor_client import (
     DigestUnsupportedError,
     RepositoryNameInvalidError,
     ServerDrainingError,
+    UnavailableError,
     UnsupportedError,
 )
 from descriptor_client._proto.descriptor.v1 import descriptor_pb2 as pb
@@ -198,6 +200,18 @@ def test_second_stat_is_a_cache_hit_in_get_metrics(server: ServerProcess, layout
     assert (m.requests, m.hits, m.misses, m.errors) == (2, 1, 1, 0)
 
 
+def test_backend_unavailable_is_not_retried_by_clients(server: ServerProcess, layout: Layout) -> None:
+    """Clients retry UNAVAILABLE (a draining replica), but BACKEND_UNAVAILABLE carries
+    server pushback, so a failing backend is asked once per call, not three times."""
+    digest = layout.put_blob(b"linked badly")
+    layout.put_link(REPO, digest, target="not a digest")  # a corrupt link: the backend fails
+    with DescriptorClient(server.target) as client:
+        with pytest.raises(BackendUnavailableError):
+            client.stat(digest, REPO)
+        m = client.metrics()
+    assert (m.requests, m.misses) == (1, 1)
+
+
 def test_clear_enabled_removes_the_link_and_keeps_the_data(server: ServerProcess, layout: Layout) -> None:
     digest = layout.push(REPO, b"soft deleted")
     with DescriptorClient(server.target) as client:
@@ -270,7 +284,7 @@ def test_sigterm_exits_even_with_a_backend_call_stuck_for_good(tmp_path: Path, l
             try:
                 proc.signal()
                 assert proc.wait(30) == 0
-                with pytest.raises(DescriptorError):  # cut off by the drain's grace period
+                with pytest.raises(UnavailableError):  # cut off by the drain's grace period: retryable
                     held.result(timeout=20)
             finally:
                 os.close(writer)

@@ -276,3 +276,20 @@ def test_workers_below_one_is_a_config_error(tmp_path: Path, layout: Layout) -> 
     )
     assert out.returncode == 2
     assert "grpc.workers" in out.stderr
+
+
+def test_workers_refuse_a_bad_backend_section_on_stderr(tmp_path: Path) -> None:
+    """As a single process does: the config error goes to stderr, stdout stays clean."""
+    config = {"storage": {"registry": {"url": "ftp://registry.internal"}}, "grpc": {"addr": "127.0.0.1:0"}}
+    proc = ServerProcess(config, tmp_path)
+    out = subprocess.run(
+        [*server_command(), *proc.args, "--workers", "2"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+        cwd=tmp_path,
+    )
+    assert out.returncode == 2
+    assert "descriptor-server: config error: storage.registry.url" in out.stderr
+    assert out.stdout == ""

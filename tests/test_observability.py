@@ -35,7 +35,7 @@ from google.protobuf.descriptor_pool import DescriptorPool
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha.proto_reflection_descriptor_database import ProtoReflectionDescriptorDatabase
 from prometheus_client.parser import text_string_to_metric_families
-from support import A256, OCT, REPO, Layout, ServerProcess, base_config, free_port, server_command, wait_for
+from support import A256, OCT, REPO, Layout, ServerProcess, base_config, refused_port, server_command, wait_for
 
 SERVICE = "descriptor.v1.BlobDescriptorService"
 SERVING = health_pb2.HealthCheckResponse.SERVING
@@ -203,12 +203,13 @@ def test_redis_latency_histogram_and_cache_errors(
     assert after["registry_storage_cache_errors_total", ()] == 0
 
     # A Redis nobody listens on: every lookup is a cache error answered by the backend.
-    config["redis"] = {"addrs": [f"127.0.0.1:{free_port()}"], "dialtimeout": "200ms"}
-    (tmp_path / "b").mkdir()
-    down = start(started, config, tmp_path / "b")
-    with DescriptorClient(down.target) as client:
-        assert client.stat(blob).size == len(b"layer in redis")
-    samples = scrape(metrics_url(down))
+    with refused_port() as port:
+        config["redis"] = {"addrs": [f"127.0.0.1:{port}"], "dialtimeout": "200ms"}
+        (tmp_path / "b").mkdir()
+        down = start(started, config, tmp_path / "b")
+        with DescriptorClient(down.target) as client:
+            assert client.stat(blob).size == len(b"layer in redis")
+        samples = scrape(metrics_url(down))
     assert samples["registry_storage_cache_requests_total", ()] == 1
     assert samples["registry_storage_cache_errors_total", ()] == 1
     assert samples["registry_storage_cache_misses_total", ()] == 1
@@ -388,6 +389,30 @@ def test_check_config_prints_the_effective_config_with_secrets_masked(tmp_path: 
     )
     assert proc.returncode == 2
     assert "grpc.healthprobeinterval" in proc.stderr
+    assert proc.stdout == ""
+
+
+@pytest.mark.parametrize(
+    ("storage", "key"),
+    [
+        ({"registry": {"url": "ftp://registry.internal"}}, "storage.registry.url"),
+        ({"descriptorservice": {"target": "127.0.0.1:1", "timeout": 0}}, "storage.descriptorservice.timeout"),
+        ({"s3": {"bucket": "registry", "accesskey": "AKIA"}}, "storage.s3"),
+    ],
+)
+def test_check_config_refuses_a_backend_section_that_start_refuses(
+    tmp_path: Path, storage: dict[str, Any], key: str
+) -> None:
+    """--check-config runs the backend's own checks too: it never passes what start refuses."""
+    path = tmp_path / "config.yml"
+    path.write_text(yaml.safe_dump({"storage": storage}))
+    proc = subprocess.run(
+        [*server_command(), "--check-config", str(path)], check=False, capture_output=True, text=True, timeout=60
+    )
+    assert proc.returncode == 2, proc.stdout + proc.stderr
+    lines = proc.stderr.splitlines()
+    assert len(lines) == 1, proc.stderr
+    assert lines[0].startswith(f"descriptor-server: config error: {key}")
     assert proc.stdout == ""
 
 

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from support import REPO, Layout, ServerProcess, base_config, free_port
+from support import REPO, Layout, ServerProcess, base_config, refused_port
 
 NODE_DIR = Path(__file__).parent / "node"
 SCRIPT = NODE_DIR / "conformance.mjs"
@@ -144,6 +144,7 @@ def test_node_client_fails_when_the_server_breaks_the_contract(tmp_path: Path, l
 
 def test_node_client_reports_an_unreachable_server() -> None:
     node = node_or_skip()
-    result = run_conformance(node, f"127.0.0.1:{free_port()}", "--wait", "1")
+    with refused_port() as port:
+        result = run_conformance(node, f"127.0.0.1:{port}", "--wait", "1")
     assert result.returncode == 1
     assert "error:" in result.stderr

@@ -21,7 +21,15 @@ from descriptor_server.caches.redis import RedisCache, RedisCacheError, from_con
 from descriptor_server.config import ConfigError, RedisConfig, RedisTLSConfig
 from descriptor_server.statter import CachedBlobStatter
 from pki import CA
-from redis_servers import RedisProcess, SentinelSetUp, flush, free_ports, server_binaries, start_sentinel
+from redis_servers import (
+    RedisProcess,
+    SentinelSetUp,
+    flush,
+    free_ports,
+    server_binaries,
+    start_sentinel,
+    start_standalone,
+)
 from support import A256, A384, OCT, REPO, Layout, ServerProcess
 from targets_redis import redis_config, server_redis_config
 
@@ -336,11 +344,13 @@ async def test_hung_or_stopped_redis_loses_no_call_and_hits_come_back(
             finally:
                 stop.set()
                 await asyncio.wait_for(task, 30)  # re-raises any failed or wrong call
+            cache_failures = await _errors(client)
     finally:
         proc.stop()
-    # Cache failures are logged rate-limited: far fewer lines than failures.
-    failures = proc.output.count("cache stat failed")
-    assert 1 <= failures <= 3, proc.output[-3000:]
+    # Cache failures are logged rate-limited: fewer lines than failures (how many lines
+    # depends on how long the outages lasted, so no fixed bound on the wall clock).
+    logged = proc.output.count("cache stat failed")
+    assert 1 <= logged < cache_failures, (cache_failures, proc.output[-3000:])
 
 
 async def _errors(client: AsyncDescriptorClient) -> int:
@@ -449,7 +459,7 @@ async def test_every_installed_server_binary_shares_the_layout(tmp_path: Path) -
     binaries = server_binaries()
     assert binaries
     for i, binary in enumerate(binaries):
-        server = RedisProcess(binary, free_ports(1)[0], tmp_path / f"bin-{i}").start()
+        server = start_standalone(binary, tmp_path / f"bin-{i}")
         cache = from_config(redis_config([server.addr]))
         try:
             await cache.set_descriptor(A384, Descriptor(OCT, A256, 10), REPO)

@@ -234,7 +234,7 @@ WRITE_METHODS = ("SetDescriptor", "Clear")
 def call(client: DescriptorClient, method: str, digest: str) -> None:
     """One call of ``method`` that succeeds when allowed (the blob is pushed; Set precedes Clear)."""
     if method == "Stat":
-        client.stat(digest, "library/app")
+        assert client.stat(digest, "library/app") == Descriptor(OCTET_STREAM, digest, len(b"a layer of the app"))
     elif method == "BatchStat":
         (result,) = client.batch_stat([digest], "library/app")
         assert isinstance(result, Descriptor)

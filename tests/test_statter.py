@@ -192,9 +192,12 @@ async def test_cache_failure_answers_from_backend_and_never_writes(layout: Layou
     with pytest.raises(DescriptorInvalidError):
         await statter.set_descriptor(digest, Descriptor(OCT, digest, -1))
     assert broken.calls.count("set_descriptor") == 1
-    # Clear still reaches the backend when the cache fails.
-    await statter.clear(digest, REPO)
-    assert not layout.link(REPO, digest).exists()
+    # Clear refuses when the cache fails, before the backend changes: a cache that
+    # came back still holding the entry would answer Stat for a deleted blob.
+    with pytest.raises(BackendUnavailableError, match="nothing was cleared"):
+        await statter.clear(digest, REPO)
+    assert layout.link(REPO, digest).exists()
+    assert broken.calls.count("clear") == 1
     assert statter.metrics.errors == 4
 
 

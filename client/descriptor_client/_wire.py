@@ -11,7 +11,7 @@ import grpc
 
 from ._proto.descriptor.v1 import descriptor_pb2 as pb
 from .descriptor import Descriptor
-from .errors import DescriptorError, from_status_proto
+from .errors import DescriptorError, DescriptorInvalidError, from_status_proto
 
 SERVICE = "descriptor.v1.BlobDescriptorService"
 DEFAULT_TARGET = "127.0.0.1:5051"
@@ -101,7 +101,12 @@ def descriptor_of(msg: pb.Descriptor) -> Descriptor:
 
 
 def to_pb(desc: Descriptor) -> pb.Descriptor:
-    return pb.Descriptor(media_type=desc.media_type, digest=desc.digest, size=desc.size)
+    """The wire descriptor; one the wire cannot carry (size beyond int64, unpaired
+    surrogates) is refused as DESCRIPTOR_INVALID, as the server would refuse it."""
+    try:
+        return pb.Descriptor(media_type=desc.media_type, digest=desc.digest, size=desc.size)
+    except ValueError as err:  # protobuf: "Value out of range", UnicodeEncodeError
+        raise DescriptorInvalidError(f"descriptor cannot be sent: {err}") from None
 
 
 def batch_results(resp: pb.BatchStatResponse) -> list[Descriptor | DescriptorError]:

@@ -12,9 +12,10 @@ OCTET_STREAM = "application/octet-stream"
 MAX_MEDIA_TYPE_LENGTH = 255
 
 # RFC 6838 restricted names: type "/" subtype (a "+suffix" is part of the subtype
-# characters), then optional ";" parameters (token=token or token="quoted").
+# characters), then optional ";" parameters (token=token or token="quoted"), with only
+# spaces around ";" and printable ASCII in quotes: no control character anywhere.
 _NAME = r"[A-Za-z0-9][A-Za-z0-9!#$&^_.+-]{0,126}"
-_PARAM = r"\s*;\s*[A-Za-z0-9!#$&^_.+-]+=(?:[A-Za-z0-9!#$&^_.+-]+|\"[^\"\\]*\")"
+_PARAM = r" *; *[A-Za-z0-9!#$&^_.+-]+=(?:[A-Za-z0-9!#$&^_.+-]+|\"[ \x21\x23-\x5b\x5d-\x7e]*\")"
 _MEDIA_TYPE = re.compile(rf"{_NAME}/{_NAME}(?:{_PARAM})*")
 
 

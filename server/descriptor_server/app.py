@@ -82,6 +82,15 @@ def build_statter(config: Config, *, observe: RedisObserver | None = None) -> Ca
     )
 
 
+async def check_components(config: Config) -> None:
+    """Build (then close) the cache and backend, so ``--check-config`` refuses what start would.
+
+    Nothing connects here: the checks are the ones each component makes of its section.
+    """
+    statter = build_statter(config)
+    await statter.close()
+
+
 def check_bindable(addr: str, key: str, *, reuseport: bool = False) -> None:
     """Refuse an address already in use with one clear line (gRPC core would also log its own).
 
@@ -262,6 +271,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"descriptor-server: config error: {err}", file=sys.stderr)
         return 2
     if args.check_config:
+        try:
+            asyncio.run(check_components(config))
+        except ConfigError as err:
+            print(f"descriptor-server: config error: {err}", file=sys.stderr)
+            return 2
         print(yaml.safe_dump(to_dict(config), sort_keys=False), end="")
         return 0
     if args.workers is not None:

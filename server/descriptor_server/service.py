@@ -18,6 +18,7 @@ import grpc
 from descriptor_client._proto.descriptor.v1 import descriptor_pb2 as pb
 from descriptor_client.descriptor import Descriptor
 from descriptor_client.errors import (
+    BackendUnavailableError,
     DescriptorError,
     RequestInvalidError,
     ServerDrainingError,
@@ -41,9 +42,20 @@ Authorizer = Callable[[str, grpc.aio.ServicerContext[Any, Any]], None]
 Observer = Callable[[str, grpc.StatusCode, float, Any], None]
 
 
+#: gRPC's server pushback: a negative value tells a client's retry policy not to retry.
+NO_RETRY = ("grpc-retry-pushback-ms", "-1")
+
+
 def status_trailers(err: DescriptorError) -> tuple[tuple[str, bytes | str], ...]:
-    """The trailing metadata that carries an error's google.rpc.Status."""
-    return (("grpc-status-details-bin", to_status_proto(err).SerializeToString()),)
+    """The trailing metadata that carries an error's google.rpc.Status.
+
+    BACKEND_UNAVAILABLE also carries server pushback, so that clients retrying
+    UNAVAILABLE (for a draining replica) do not triple the load on a failing backend.
+    """
+    details = ("grpc-status-details-bin", to_status_proto(err).SerializeToString())
+    if isinstance(err, BackendUnavailableError):
+        return (details, NO_RETRY)
+    return (details,)
 
 
 async def abort(context: grpc.aio.ServicerContext[Any, Any], err: DescriptorError) -> None:

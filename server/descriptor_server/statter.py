@@ -284,8 +284,12 @@ class CachedBlobStatter:
         except BlobUnknownError:
             pass
         except Exception as err:
+            # Refuse rather than clear the backend alone: a cache that comes back still
+            # holding the entry would answer Stat for a deleted blob. Nothing has
+            # changed, so the caller (a garbage collector) can simply retry.
             self.metrics.errors += 1
-            self._cache_log.warning("cache clear failed: %s", _describe(err))
+            self._cache_log.warning("cache clear failed, nothing cleared: %s", _describe(err))
+            raise BackendUnavailableError(f"cache failed, nothing was cleared: {_describe(err)}") from err
         try:
             await self.backend.clear(digest, repository)
             held = True
