@@ -92,6 +92,8 @@ def test_environment_overrides_the_file(tmp_path: Path) -> None:
         ({"DESCRIPTOR_STORAGE_CACHE_BLOBDESCRIPTOR": "memcached"}, "storage.cache.blobdescriptor"),
         ({"DESCRIPTOR_GRPC_MAXBATCH": "many"}, "grpc.maxbatch"),
         ({"DESCRIPTOR_GRPC_ADDR": "[unclosed"}, "grpc.addr"),
+        ({"DESCRIPTOR_STORAGE__DELETE_ENABLED": "true"}, "storage..delete.enabled"),
+        ({"DESCRIPTOR_HTTP_DEBUG_PROMETHEUS_ENABLED": "true"}, "http.debug.addr"),
     ],
 )
 def test_bad_environment_names_the_key(environ: dict[str, str], key: str) -> None:

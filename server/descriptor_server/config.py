@@ -257,9 +257,11 @@ def apply_environment(data: dict[str, Any], environ: Mapping[str, str]) -> None:
         if not name.startswith(ENV_PREFIX):
             continue
         parts = name[len(ENV_PREFIX) :].lower().split("_")
-        if parts[0] not in OVERRIDABLE or not all(parts):
+        if parts[0] not in OVERRIDABLE:
             continue
         key = ".".join(parts)
+        if not all(parts):
+            raise ConfigError(key, f"{name} has an empty part (keys are joined by single underscores)")
         try:
             value = yaml.safe_load(environ[name])
         except yaml.YAMLError as err:
@@ -443,6 +445,8 @@ def validate(config: Config) -> None:
         if not re.fullmatch(r"[0-9a-f]{64}", token.sha256):
             raise ConfigError(f"auth.tokens[{i}].sha256", "want the 64 lowercase hex of the token's SHA-256")
     check_address(config.http.debug.addr, "http.debug.addr", allow_empty=True)
+    if config.http.debug.prometheus.enabled and not config.http.debug.addr:
+        raise ConfigError("http.debug.addr", "required when http.debug.prometheus.enabled is true")
     if not config.http.debug.prometheus.path.startswith("/"):
         raise ConfigError("http.debug.prometheus.path", "must start with /")
     if config.log.level.lower() not in ("debug", "info", "warn", "warning", "error"):
