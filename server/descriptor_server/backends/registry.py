@@ -173,11 +173,16 @@ class RegistryBackend:
 
     # -- protocol ----------------------------------------------------------------------
 
-    async def stat(self, digest: str, repository: str = "") -> Descriptor:
+    @staticmethod
+    def _check(digest: str, repository: str) -> None:
+        """Validate, then refuse the global scope, which the HTTP API does not have."""
         validate_digest(digest)
         validate_repository(repository)
         if not repository:
             raise UnsupportedError("the registry backend has no global scope (its HTTP API is per repository)")
+
+    async def stat(self, digest: str, repository: str = "") -> Descriptor:
+        self._check(digest, repository)
         resp = await self._request("HEAD", repository, digest)
         if resp.status_code == 404:
             raise BlobUnknownError(f"blob {digest} unknown in {repository}")
@@ -203,10 +208,7 @@ class RegistryBackend:
         raise UnsupportedError("the registry backend is written by the registry, not by this service")
 
     async def clear(self, digest: str, repository: str = "") -> None:
-        validate_digest(digest)
-        validate_repository(repository)
-        if not repository:
-            raise UnsupportedError("the registry backend has no global scope (its HTTP API is per repository)")
+        self._check(digest, repository)
         resp = await self._request("DELETE", repository, digest)
         if resp.status_code in (200, 202, 204):
             return
