@@ -148,6 +148,37 @@ def test_descriptor_the_wire_cannot_carry_is_descriptor_invalid(target: str, des
             client.stat(A256, "wire/limits")
 
 
+BAD_TEXT = "sha256:\udcff"  # an unpaired surrogate: not UTF-8, so not sendable
+
+
+def test_text_the_wire_cannot_carry_gets_the_contract_error(target: str, disk: Layout) -> None:
+    """The same typed errors a server gives such a digest or name, not protobuf's ValueError."""
+    blob = disk.put_blob(b"sendable")
+    with DescriptorClient(target) as client:
+        with pytest.raises(DigestInvalidFormatError):
+            client.stat(BAD_TEXT)
+        with pytest.raises(RepositoryNameInvalidError):
+            client.stat(A256, "repo\udcff")
+        with pytest.raises(DigestInvalidFormatError):  # the key digest is checked first
+            client.set_descriptor(BAD_TEXT, Descriptor("text/\udcff", A256, 1))
+        with pytest.raises(DigestInvalidFormatError):
+            client.clear(BAD_TEXT)
+        # In a batch, the unsendable digest fails its own item only, in order.
+        first, bad, last = client.batch_stat([blob, BAD_TEXT, blob])
+        assert first == last == Descriptor(OCT, blob, 8)
+        assert isinstance(bad, DigestInvalidFormatError)
+        with pytest.raises(RepositoryNameInvalidError):
+            client.batch_stat([blob], "repo\udcff")
+
+
+async def test_async_client_refuses_unsendable_text_alike(target: str) -> None:
+    async with AsyncDescriptorClient(target) as client:
+        with pytest.raises(DigestInvalidFormatError):
+            await client.stat(BAD_TEXT)
+        (bad,) = await client.batch_stat([BAD_TEXT])
+        assert isinstance(bad, DigestInvalidFormatError)
+
+
 # -- token metadata ----------------------------------------------------------------------
 
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -11,7 +11,13 @@ import grpc
 
 from ._proto.descriptor.v1 import descriptor_pb2 as pb
 from .descriptor import Descriptor
-from .errors import DescriptorError, DescriptorInvalidError, from_status_proto
+from .errors import (
+    DescriptorError,
+    DescriptorInvalidError,
+    DigestInvalidFormatError,
+    RepositoryNameInvalidError,
+    from_status_proto,
+)
 
 SERVICE = "descriptor.v1.BlobDescriptorService"
 DEFAULT_TARGET = "127.0.0.1:5051"
@@ -107,6 +113,49 @@ def to_pb(desc: Descriptor) -> pb.Descriptor:
         return pb.Descriptor(media_type=desc.media_type, digest=desc.digest, size=desc.size)
     except ValueError as err:  # protobuf: "Value out of range", UnicodeEncodeError
         raise DescriptorInvalidError(f"descriptor cannot be sent: {err}") from None
+
+
+def _sendable(text: str) -> bool:
+    """False for text the wire cannot carry (an unpaired surrogate is not UTF-8)."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def _check_text(digest: str, repository: str) -> None:
+    """Refuse unsendable text with the error a server gives such a digest or name."""
+    if not _sendable(digest):
+        raise DigestInvalidFormatError("invalid digest: not UTF-8 text")
+    if not _sendable(repository):
+        raise RepositoryNameInvalidError("invalid repository name: not UTF-8 text")
+
+
+def stat_request(digest: str, repository: str) -> pb.StatRequest:
+    _check_text(digest, repository)
+    return pb.StatRequest(digest=digest, repository=repository)
+
+
+def set_request(digest: str, descriptor: Descriptor, repository: str) -> pb.SetDescriptorRequest:
+    _check_text(digest, repository)
+    return pb.SetDescriptorRequest(digest=digest, descriptor=to_pb(descriptor), repository=repository)
+
+
+def clear_request(digest: str, repository: str) -> pb.ClearRequest:
+    _check_text(digest, repository)
+    return pb.ClearRequest(digest=digest, repository=repository)
+
+
+def batch_request(digests: Iterable[str], repository: str) -> pb.BatchStatRequest:
+    """An unsendable digest goes as ``""``, which the server fails as that item alone
+    (DIGEST_INVALID_FORMAT), just as it would fail the digest itself."""
+    items = list(digests)
+    _check_text("", repository)
+    try:
+        return pb.BatchStatRequest(digests=items, repository=repository)
+    except UnicodeEncodeError:
+        return pb.BatchStatRequest(digests=[d if _sendable(d) else "" for d in items], repository=repository)
 
 
 def batch_results(resp: pb.BatchStatResponse) -> list[Descriptor | DescriptorError]:

@@ -13,10 +13,13 @@ from ._wire import (
     ClientBase,
     ClientTLS,
     Metrics,
+    batch_request,
     batch_results,
+    clear_request,
     descriptor_of,
     metrics_of,
-    to_pb,
+    set_request,
+    stat_request,
 )
 from .descriptor import Descriptor
 from .errors import DescriptorError, from_rpc_error
@@ -56,25 +59,25 @@ class DescriptorClient(ClientBase):
 
     def stat(self, digest: str, repository: str = "", *, timeout: float | None = None) -> Descriptor:
         """The descriptor of ``digest`` (in ``repository``, or globally)."""
-        resp = self._call("Stat", pb.StatRequest(digest=digest, repository=repository), timeout)
+        resp = self._call("Stat", stat_request(digest, repository), timeout)
         return descriptor_of(resp.descriptor)
 
     def set_descriptor(
         self, digest: str, descriptor: Descriptor, repository: str = "", *, timeout: float | None = None
     ) -> None:
         """Prime the cache with ``descriptor`` under ``digest``."""
-        req = pb.SetDescriptorRequest(digest=digest, descriptor=to_pb(descriptor), repository=repository)
+        req = set_request(digest, descriptor, repository)
         self._call("SetDescriptor", req, timeout)
 
     def clear(self, digest: str, repository: str = "", *, timeout: float | None = None) -> None:
         """Remove ``digest`` from the cache and the backend."""
-        self._call("Clear", pb.ClearRequest(digest=digest, repository=repository), timeout)
+        self._call("Clear", clear_request(digest, repository), timeout)
 
     def batch_stat(
         self, digests: Iterable[str], repository: str = "", *, timeout: float | None = None
     ) -> list[Descriptor | DescriptorError]:
         """Stat many digests: a Descriptor or the typed error of each, in request order."""
-        req = pb.BatchStatRequest(digests=list(digests), repository=repository)
+        req = batch_request(digests, repository)
         return batch_results(self._call("BatchStat", req, timeout))
 
     def metrics(self, *, timeout: float | None = None) -> Metrics:
