@@ -18,7 +18,6 @@ import os
 import random
 import shutil
 import signal
-import socket
 import subprocess
 import sysconfig
 import time
@@ -27,6 +26,7 @@ from pathlib import Path
 
 import pytest
 import redis
+from support import port_free
 
 #: Cluster bus ports are the port + 10000, so cluster ports stay at or below this.
 MAX_CLUSTER_PORT = 55535
@@ -47,22 +47,13 @@ def server_binary() -> str | None:
     return binaries[0] if binaries else None
 
 
-def _port_free(port: int) -> bool:
-    with socket.socket() as s:
-        try:
-            s.bind(("127.0.0.1", port))
-        except OSError:
-            return False
-    return True
-
-
 def free_ports(count: int, *, with_bus: bool = False) -> list[int]:
     """``count`` consecutive free loopback ports (and their bus ports, for Cluster)."""
     for _ in range(200):
         base = random.randint(20000, MAX_CLUSTER_PORT - count)
         ports = list(range(base, base + count))
         wanted = ports + ([p + 10000 for p in ports] if with_bus else [])
-        if all(_port_free(p) for p in wanted):
+        if all(port_free(p) for p in wanted):
             return ports
     raise RuntimeError("no free ports")
 

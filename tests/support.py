@@ -89,6 +89,35 @@ def server_command() -> list[str]:
     return [sys.executable, "-m", "descriptor_server"]
 
 
+def run_server_command(
+    args: list[str], *, cwd: Path | None = None, env: Mapping[str, str] | None = None, timeout: float = 60
+) -> subprocess.CompletedProcess[str]:
+    """Run the server command to completion (a refused start, --check-config), output captured.
+
+    ``env`` replaces the environment when given (None inherits it).
+    """
+    return subprocess.run(
+        [*server_command(), *args],
+        cwd=cwd,
+        env=None if env is None else dict(env),
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        stdin=subprocess.DEVNULL,
+        check=False,
+    )
+
+
+def port_free(port: int) -> bool:
+    """True if nothing holds ``port`` on loopback right now."""
+    with socket.socket() as s:
+        try:
+            s.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
+
+
 class ServerProcess:
     """``descriptor-server --config FILE`` as a subprocess; ``target`` once it is ready."""
 

@@ -38,7 +38,17 @@ from descriptor_client.errors import error_info
 from fifo_support import make_fifo, open_writer
 from google.rpc import status_pb2
 from grpc_status import rpc_status
-from support import A256, OCT, REPO, Layout, ServerProcess, base_config, server_command, wait_for
+from support import (
+    A256,
+    OCT,
+    REPO,
+    Layout,
+    ServerProcess,
+    base_config,
+    port_free,
+    run_server_command,
+    wait_for,
+)
 
 SERVICE = "/descriptor.v1.BlobDescriptorService/"
 
@@ -298,15 +308,7 @@ def test_sigterm_exits_even_with_a_backend_call_stuck_for_good(tmp_path: Path, l
 
 
 def run_server(args: list[str], cwd: Path, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [*server_command(), *args],
-        cwd=cwd,
-        env={**os.environ, **(env or {})},
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
+    return run_server_command(args, cwd=cwd, env={**os.environ, **(env or {})})
 
 
 def write_config(tmp_path: Path, data: dict[str, Any]) -> str:
@@ -402,15 +404,6 @@ def test_environment_override_reaches_the_running_server(tmp_path: Path, layout:
         assert (m.requests, m.hits, m.misses) == (2, 0, 2)  # nothing cached
     finally:
         proc.stop()
-
-
-def port_free(port: int) -> bool:
-    with socket.socket() as s:
-        try:
-            s.bind(("127.0.0.1", port))
-        except OSError:
-            return False
-    return True
 
 
 def test_no_argument_default_serves_5051_over_data(tmp_path: Path) -> None:

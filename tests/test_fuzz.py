@@ -33,6 +33,7 @@ from descriptor_client import (
     validate_media_type,
     validate_repository,
 )
+from descriptor_client import _wire as wire
 from descriptor_client._proto.descriptor.v1 import descriptor_pb2 as pb
 from descriptor_client.digest import ALGORITHMS
 from descriptor_client.errors import DOMAIN, code_of, error_info
@@ -349,13 +350,7 @@ def test_clear_answers_per_contract(fuzzed: Fuzzed, digest: str, repository: str
 
 # -- raw bytes -----------------------------------------------------------------------------------
 
-METHODS: dict[str, tuple[type[Any], type[Any]]] = {
-    "Stat": (pb.StatRequest, pb.StatResponse),
-    "SetDescriptor": (pb.SetDescriptorRequest, pb.SetDescriptorResponse),
-    "Clear": (pb.ClearRequest, pb.ClearResponse),
-    "BatchStat": (pb.BatchStatRequest, pb.BatchStatResponse),
-    "GetMetrics": (pb.GetMetricsRequest, pb.GetMetricsResponse),
-}
+METHODS = wire.METHODS  # (request class, response class) of each RPC, as the client has them
 
 #: Hand-made hostile bodies: huge declared lengths, bad UTF-8, deep groups, bad tags.
 HOSTILE = [

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import hashlib
 import signal
-import subprocess
 from pathlib import Path
 
 import pytest
@@ -23,7 +22,7 @@ from descriptor_client import (
 from descriptor_server.backends.filesystem import FilesystemBackend
 from descriptor_server.caches.inmemory import InMemoryCache
 from descriptor_server.statter import CachedBlobStatter
-from support import A256, A384, OCT, REPO, Layout, ServerProcess, base_config, server_command, wait_for
+from support import A256, A384, OCT, REPO, Layout, ServerProcess, base_config, run_server_command, wait_for
 
 JSON = "application/json"
 
@@ -266,14 +265,7 @@ def test_workers_share_the_port_and_drain_on_sigterm(tmp_path: Path, layout: Lay
 
 def test_workers_below_one_is_a_config_error(tmp_path: Path, layout: Layout) -> None:
     proc = ServerProcess(base_config(layout.root), tmp_path)
-    out = subprocess.run(
-        [*server_command(), *proc.args, "--workers", "0"],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-        cwd=tmp_path,
-    )
+    out = run_server_command([*proc.args, "--workers", "0"], cwd=tmp_path)
     assert out.returncode == 2
     assert "grpc.workers" in out.stderr
 
@@ -282,14 +274,7 @@ def test_workers_refuse_a_bad_backend_section_on_stderr(tmp_path: Path) -> None:
     """As a single process does: the config error goes to stderr, stdout stays clean."""
     config = {"storage": {"registry": {"url": "ftp://registry.internal"}}, "grpc": {"addr": "127.0.0.1:0"}}
     proc = ServerProcess(config, tmp_path)
-    out = subprocess.run(
-        [*server_command(), *proc.args, "--workers", "2"],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-        cwd=tmp_path,
-    )
+    out = run_server_command([*proc.args, "--workers", "2"], cwd=tmp_path)
     assert out.returncode == 2
     assert "descriptor-server: config error: storage.registry.url" in out.stderr
     assert out.stdout == ""

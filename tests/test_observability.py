@@ -12,7 +12,6 @@ import json
 import re
 import signal
 import socket
-import subprocess
 import threading
 import urllib.error
 import urllib.request
@@ -35,7 +34,17 @@ from google.protobuf.descriptor_pool import DescriptorPool
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha.proto_reflection_descriptor_database import ProtoReflectionDescriptorDatabase
 from prometheus_client.parser import text_string_to_metric_families
-from support import A256, OCT, REPO, Layout, ServerProcess, base_config, refused_port, server_command, wait_for
+from support import (
+    A256,
+    OCT,
+    REPO,
+    Layout,
+    ServerProcess,
+    base_config,
+    refused_port,
+    run_server_command,
+    wait_for,
+)
 
 SERVICE = "descriptor.v1.BlobDescriptorService"
 SERVING = health_pb2.HealthCheckResponse.SERVING
@@ -359,14 +368,7 @@ def test_check_config_prints_the_effective_config_with_secrets_masked(tmp_path: 
     path = tmp_path / "config.yml"
     path.write_text(yaml.safe_dump(config))
     env = {"DESCRIPTOR_GRPC_MAXBATCH": "7", "PATH": "/usr/bin:/bin"}
-    proc = subprocess.run(
-        [*server_command(), "--check-config", str(path)],
-        check=False,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        env=env,
-    )
+    proc = run_server_command(["--check-config", str(path)], env=env)
     assert proc.returncode == 0, proc.stderr
     effective = yaml.safe_load(proc.stdout)
     assert effective["redis"]["password"] == "*****"
@@ -379,14 +381,7 @@ def test_check_config_prints_the_effective_config_with_secrets_masked(tmp_path: 
     assert token_hash not in proc.stdout
 
     path.write_text(yaml.safe_dump({"grpc": {"healthprobeinterval": "soon"}}))
-    proc = subprocess.run(
-        [*server_command(), "--check-config", str(path)],
-        check=False,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        env=env,
-    )
+    proc = run_server_command(["--check-config", str(path)], env=env)
     assert proc.returncode == 2
     assert "grpc.healthprobeinterval" in proc.stderr
     assert proc.stdout == ""
@@ -406,9 +401,7 @@ def test_check_config_refuses_a_backend_section_that_start_refuses(
     """--check-config runs the backend's own checks too: it never passes what start refuses."""
     path = tmp_path / "config.yml"
     path.write_text(yaml.safe_dump({"storage": storage}))
-    proc = subprocess.run(
-        [*server_command(), "--check-config", str(path)], check=False, capture_output=True, text=True, timeout=60
-    )
+    proc = run_server_command(["--check-config", str(path)])
     assert proc.returncode == 2, proc.stdout + proc.stderr
     lines = proc.stderr.splitlines()
     assert len(lines) == 1, proc.stderr
@@ -424,9 +417,7 @@ def test_metrics_address_in_use_is_a_config_error(tmp_path: Path, layout: Layout
         config["http"] = {"debug": {"addr": f"127.0.0.1:{taken.getsockname()[1]}", "prometheus": {"enabled": True}}}
         path = tmp_path / "config.yml"
         path.write_text(yaml.safe_dump(config))
-        proc = subprocess.run(
-            [*server_command(), "--config", str(path)], check=False, capture_output=True, text=True, timeout=60
-        )
+        proc = run_server_command(["--config", str(path)])
     assert proc.returncode == 2
     assert "http.debug.addr" in proc.stderr
     assert "listening on" not in proc.stderr

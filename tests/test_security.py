@@ -41,7 +41,7 @@ from descriptor_client.errors import from_rpc_error
 from descriptor_server.security import TokenAuthorizer, bearer_token, token_hash
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from pki import CA, Issued
-from support import Layout, ServerProcess, base_config, server_command, wait_for
+from support import Layout, ServerProcess, base_config, run_server_command, wait_for
 
 READ_TOKEN = "r3ad-t0ken-for-tests"
 WRITE_TOKEN = "wr1te-t0ken-for-tests"
@@ -354,15 +354,7 @@ def test_tokens_file(registry: Layout, pushed: str, tmp_path: Path) -> None:
 def run_server(config: dict[str, Any], workdir: Path, flag: str = "--config") -> subprocess.CompletedProcess[str]:
     path = workdir / "config.yml"
     path.write_text(yaml.safe_dump(config))
-    return subprocess.run(
-        [*server_command(), flag, str(path)],
-        cwd=workdir,
-        capture_output=True,
-        text=True,
-        timeout=30,
-        stdin=subprocess.DEVNULL,
-        check=False,
-    )
+    return run_server_command([flag, str(path)], cwd=workdir, timeout=30)
 
 
 @pytest.mark.parametrize(
