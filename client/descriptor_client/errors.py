@@ -42,6 +42,11 @@ class BlobUnknownError(DescriptorError):
     code = grpc.StatusCode.NOT_FOUND
     reason = "BLOB_UNKNOWN"
 
+    @classmethod
+    def of(cls, digest: str, repository: str = "") -> BlobUnknownError:
+        """The error for ``digest`` unknown in ``repository`` (empty: the global scope)."""
+        return cls(f"blob {digest} unknown in {repository}" if repository else f"blob {digest} unknown")
+
 
 class InvalidArgumentError(DescriptorError):
     """Base of the INVALID_ARGUMENT errors."""

@@ -200,7 +200,7 @@ class TokenAuthorizer:
             )
         return entry.name
 
-    def __call__(self, method: str, context: grpc.aio.ServicerContext[Any, Any]) -> None:
+    def __call__(self, method: str, request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> None:
         self.authorize(method, context.invocation_metadata())
 
 

@@ -34,9 +34,9 @@ SERVICE_NAME = "descriptor.v1.BlobDescriptorService"
 
 Handler = Callable[[bytes, grpc.aio.ServicerContext[Any, Any]], Awaitable[bytes]]
 
-#: Called before a request is decoded: (method name, context); raises
-#: UnauthenticatedError / PermissionDeniedError to refuse the call.
-Authorizer = Callable[[str, grpc.aio.ServicerContext[Any, Any]], None]
+#: Called once the request is decoded, before the handler: (method name, request,
+#: context); raises UnauthenticatedError / PermissionDeniedError to refuse the call.
+Authorizer = Callable[[str, Any, grpc.aio.ServicerContext[Any, Any]], None]
 
 #: Called after every call: (method name, status code, seconds, decoded request or None).
 Observer = Callable[[str, grpc.StatusCode, float, Any], None]
@@ -180,14 +180,14 @@ class DescriptorServicer:
             try:
                 if self.draining:
                     raise ServerDrainingError("server is draining; retry another replica")
-                if self.authorizer is not None:
-                    self.authorizer(name, context)
                 try:
                     request = parse(body)
                 except DecodeError:
                     raise RequestInvalidError(
                         f"request body does not decode as {message.DESCRIPTOR.full_name}"
                     ) from None
+                if self.authorizer is not None:
+                    self.authorizer(name, request, context)
                 return await fn(request)
             except DescriptorError as err:
                 code = err.code

@@ -12,7 +12,6 @@ import asyncio
 import functools
 import logging
 import re
-import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 
@@ -28,6 +27,7 @@ from descriptor_client.errors import (
 from descriptor_client.protocol import BlobDescriptorService
 
 from .backends import Backend
+from .logutil import RateLimitedLog, describe
 
 log = logging.getLogger(__name__)
 
@@ -44,27 +44,6 @@ class StatterMetrics:
     hits: int = 0
     misses: int = 0
     errors: int = 0
-
-
-class RateLimitedLog:
-    """Logs at most one line per ``interval`` seconds, saying how many were suppressed."""
-
-    def __init__(self, logger: logging.Logger, interval: float = 10.0) -> None:
-        self.logger = logger
-        self.interval = interval
-        self._last = float("-inf")
-        self._suppressed = 0
-
-    def warning(self, msg: str, *args: object) -> None:
-        now = time.monotonic()
-        if now - self._last < self.interval:
-            self._suppressed += 1
-            return
-        if self._suppressed:
-            msg += " (%d similar messages suppressed)"
-            args = (*args, self._suppressed)
-        self._last, self._suppressed = now, 0
-        self.logger.warning(msg, *args)
 
 
 @dataclass
@@ -112,7 +91,7 @@ class CachedBlobStatter:
             cache_ok = True
         except Exception as err:  # any other cache failure: answer from the backend
             metrics.errors += 1
-            self._cache_log.warning("cache stat failed, answering from the backend: %s", _describe(err))
+            self._cache_log.warning("cache stat failed, answering from the backend: %s", describe(err))
             cache_ok = False
         else:
             metrics.hits += 1
@@ -146,15 +125,15 @@ class CachedBlobStatter:
         except DescriptorError:
             raise
         except Exception as err:
-            log.warning("backend stat of %s failed: %s", digest, _describe(err))
-            raise BackendUnavailableError(f"backend failed: {_describe(err)}") from err
+            log.warning("backend stat of %s failed: %s", digest, describe(err))
+            raise BackendUnavailableError(f"backend failed: {describe(err)}") from err
         flight = self._inflight.get((digest, repository))
         if flight is not None and flight.write:
             try:
                 await self.cache.set_descriptor(digest, desc, repository)
             except Exception as err:  # best effort: logged, never returned
                 self.metrics.errors += 1
-                self._cache_log.warning("cache write after a miss failed: %s", _describe(err))
+                self._cache_log.warning("cache write after a miss failed: %s", describe(err))
         return desc
 
     async def batch_stat(self, digests: Sequence[str], repository: str = "") -> list[Descriptor | DescriptorError]:
@@ -202,7 +181,7 @@ class CachedBlobStatter:
             found = await stat_many(keys, repository) if keys else []
         except Exception as err:  # the cache failed: every lookup is an error and a miss
             metrics.errors += len(keys)
-            self._cache_log.warning("cache stat_many failed, answering from the backend: %s", _describe(err))
+            self._cache_log.warning("cache stat_many failed, answering from the backend: %s", describe(err))
             found, cache_ok = [None] * len(keys), False
         # all(): a Descriptor is always true, and all() never calls its Python __eq__.
         if len(keys) == n and all(found):  # the common case: all valid, all cached
@@ -260,7 +239,7 @@ class CachedBlobStatter:
             await self.cache.set_descriptor(digest, descriptor, repository)
         except Exception as err:  # the cache is best effort
             self.metrics.errors += 1
-            self._cache_log.warning("cache set_descriptor failed: %s", _describe(err))
+            self._cache_log.warning("cache set_descriptor failed: %s", describe(err))
 
     # -- Clear ---------------------------------------------------------------------
 
@@ -288,8 +267,8 @@ class CachedBlobStatter:
             # holding the entry would answer Stat for a deleted blob. Nothing has
             # changed, so the caller (a garbage collector) can simply retry.
             self.metrics.errors += 1
-            self._cache_log.warning("cache clear failed, nothing cleared: %s", _describe(err))
-            raise BackendUnavailableError(f"cache failed, nothing was cleared: {_describe(err)}") from err
+            self._cache_log.warning("cache clear failed, nothing cleared: %s", describe(err))
+            raise BackendUnavailableError(f"cache failed, nothing was cleared: {describe(err)}") from err
         try:
             await self.backend.clear(digest, repository)
             held = True
@@ -298,11 +277,10 @@ class CachedBlobStatter:
         except DescriptorError:
             raise
         except Exception as err:
-            log.warning("backend clear of %s failed: %s", digest, _describe(err))
-            raise BackendUnavailableError(f"backend failed: {_describe(err)}") from err
+            log.warning("backend clear of %s failed: %s", digest, describe(err))
+            raise BackendUnavailableError(f"backend failed: {describe(err)}") from err
         if not held:
-            where = f" in {repository}" if repository else ""
-            raise BlobUnknownError(f"blob {digest} unknown{where}")
+            raise BlobUnknownError.of(digest, repository)
 
     async def close(self) -> None:
         for closer in (getattr(self.cache, "close", None), self.backend.close):
@@ -310,7 +288,7 @@ class CachedBlobStatter:
                 try:
                     await closer()
                 except Exception as err:  # closing must not mask shutdown
-                    log.warning("close failed: %s", _describe(err))
+                    log.warning("close failed: %s", describe(err))
 
 
 StatMany = Callable[[Sequence[str], str], Awaitable[list[Descriptor | None]]]
@@ -325,8 +303,3 @@ def _all_valid_lines(digests: Sequence[str]) -> bool:
     # Each digest adds one separator; a valid digest has no newline, so the counts
     # agree only when every line is exactly one digest.
     return joined.count("\n") == len(digests) and _VALID_LINES.fullmatch(joined) is not None
-
-
-def _describe(err: BaseException) -> str:
-    text = str(err)
-    return f"{type(err).__name__}: {text}" if text else type(err).__name__

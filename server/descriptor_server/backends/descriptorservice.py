@@ -28,7 +28,7 @@ from descriptor_client.errors import (
 )
 
 from ..config import ConfigError, DescriptorServiceBackendConfig
-from ..statter import RateLimitedLog
+from ..logutil import RateLimitedLog
 
 log = logging.getLogger(__name__)
 

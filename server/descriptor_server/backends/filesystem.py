@@ -75,9 +75,9 @@ class FilesystemBackend(layout.LayoutBackend):
         try:
             st = os.stat(self._confined(self.blob_data_path(digest)))
         except (FileNotFoundError, NotADirectoryError, PathEscapeError):
-            raise BlobUnknownError(f"blob {digest} unknown") from None
+            raise BlobUnknownError.of(digest) from None
         if not _is_regular(st.st_mode):
-            raise BlobUnknownError(f"blob {digest} unknown")
+            raise BlobUnknownError.of(digest)
         return Descriptor(OCTET_STREAM, digest, st.st_size)
 
     def _read_link_bytes(self, repository: str, digest: str) -> bytes:
@@ -86,25 +86,20 @@ class FilesystemBackend(layout.LayoutBackend):
             with open(path, "rb") as f:
                 return f.read(MAX_LINK_SIZE + 1)
         except (FileNotFoundError, NotADirectoryError, IsADirectoryError, PathEscapeError):
-            raise BlobUnknownError(f"blob {digest} unknown in {repository}") from None
+            raise BlobUnknownError.of(digest, repository) from None
 
     def _clear(self, digest: str, repository: str) -> None:
-        if repository:
-            path = self.link_path(repository, digest)
-            what = f"blob {digest} unknown in {repository}"
-        else:
-            path = self.blob_data_path(digest)
-            what = f"blob {digest} unknown"
+        path = self.link_path(repository, digest) if repository else self.blob_data_path(digest)
         try:
             # The entry must resolve inside the root (as for Stat); what is removed is
             # the entry itself, in its resolved directory: a symbolic link is
             # unlinked, never the file it points to.
             if os.path.isdir(self._confined(path)):
-                raise BlobUnknownError(what)
+                raise BlobUnknownError.of(digest, repository)
             parent = self._confined(os.path.dirname(path))
             os.unlink(os.path.join(parent, os.path.basename(path)))
         except (FileNotFoundError, NotADirectoryError, PathEscapeError):
-            raise BlobUnknownError(what) from None
+            raise BlobUnknownError.of(digest, repository) from None
         # Remove the now-empty directory, as distribution's driver does.
         with contextlib.suppress(OSError):
             os.rmdir(parent)

@@ -97,7 +97,7 @@ class LayoutBackend:
         try:
             return self._stat_blob(canonical)
         except BlobUnknownError:
-            raise BlobUnknownError(f"blob {digest} unknown in {repository}") from None
+            raise BlobUnknownError.of(digest, repository) from None
 
     async def _run(self, fn: Callable[..., T], *args: str) -> T:
         loop = asyncio.get_running_loop()

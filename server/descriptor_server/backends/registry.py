@@ -34,7 +34,7 @@ from descriptor_client.errors import (
 )
 
 from ..config import ConfigError, RegistryBackendConfig
-from ..statter import RateLimitedLog
+from ..logutil import RateLimitedLog
 
 log = logging.getLogger(__name__)
 
@@ -185,7 +185,7 @@ class RegistryBackend:
         self._check(digest, repository)
         resp = await self._request("HEAD", repository, digest)
         if resp.status_code == 404:
-            raise BlobUnknownError(f"blob {digest} unknown in {repository}")
+            raise BlobUnknownError.of(digest, repository)
         if resp.status_code != 200:
             raise self._failure(resp)
         try:
@@ -213,7 +213,7 @@ class RegistryBackend:
         if resp.status_code in (200, 202, 204):
             return
         if resp.status_code == 404:
-            raise BlobUnknownError(f"blob {digest} unknown in {repository}")
+            raise BlobUnknownError.of(digest, repository)
         if resp.status_code == 405:
             raise UnsupportedError("the registry refuses deletion (storage.delete.enabled is off at the registry)")
         raise self._failure(resp)

@@ -30,7 +30,7 @@ from descriptor_client.errors import (
 )
 
 from ..config import ConfigError, S3Config
-from ..statter import RateLimitedLog
+from ..logutil import RateLimitedLog
 from . import layout
 
 log = logging.getLogger(__name__)
@@ -98,7 +98,7 @@ class S3Backend(layout.LayoutBackend):
     def _stat_blob(self, digest: str) -> Descriptor:
         size = self._head(self.data_key(digest))
         if size is None:
-            raise BlobUnknownError(f"blob {digest} unknown")
+            raise BlobUnknownError.of(digest)
         return Descriptor(OCTET_STREAM, digest, size)
 
     def _read_link_bytes(self, repository: str, digest: str) -> bytes:
@@ -111,18 +111,15 @@ class S3Backend(layout.LayoutBackend):
         except Exception as err:
             if _is_missing(err):
                 self._check_bucket()
-                raise BlobUnknownError(f"blob {digest} unknown in {repository}") from None
+                raise BlobUnknownError.of(digest, repository) from None
             raise
         return content
 
     def _clear(self, digest: str, repository: str) -> None:
-        if repository:
-            key, what = self.link_key(repository, digest), f"blob {digest} unknown in {repository}"
-        else:
-            key, what = self.data_key(digest), f"blob {digest} unknown"
+        key = self.link_key(repository, digest) if repository else self.data_key(digest)
         # S3 deletes absent keys silently: look first, to answer BLOB_UNKNOWN.
         if self._head(key) is None:
-            raise BlobUnknownError(what)
+            raise BlobUnknownError.of(digest, repository)
         self.client.delete_object(Bucket=self.bucket, Key=key)
 
     def _storage_error(self, err: Exception) -> BackendUnavailableError:

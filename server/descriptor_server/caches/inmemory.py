@@ -124,8 +124,7 @@ class InMemoryCache:
         check_key(digest, repository)
         desc = self._lookup(digest, repository, checked=True)
         if desc is None:
-            where = f" in {repository}" if repository else ""
-            raise BlobUnknownError(f"blob {digest} unknown{where}")
+            raise BlobUnknownError.of(digest, repository)
         return desc
 
     async def stat_many(self, digests: Sequence[str], repository: str = "") -> list[Descriptor | None]:
@@ -339,7 +338,7 @@ class InMemoryCache:
         else:
             held = self._remove(gkey)
         if not held:
-            raise BlobUnknownError(f"blob {digest} unknown" + (f" in {repository}" if repository else ""))
+            raise BlobUnknownError.of(digest, repository)
 
     async def close(self) -> None:
         return None

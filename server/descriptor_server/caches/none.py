@@ -13,14 +13,14 @@ class NoneCache:
 
     async def stat(self, digest: str, repository: str = "") -> Descriptor:
         check_key(digest, repository)
-        raise BlobUnknownError(f"blob {digest} unknown")
+        raise BlobUnknownError.of(digest)
 
     async def set_descriptor(self, digest: str, descriptor: Descriptor, repository: str = "") -> None:
         check_set(digest, descriptor, repository)
 
     async def clear(self, digest: str, repository: str = "") -> None:
         check_key(digest, repository)
-        raise BlobUnknownError(f"blob {digest} unknown")
+        raise BlobUnknownError.of(digest)
 
     async def close(self) -> None:
         return None

@@ -40,6 +40,7 @@ from redis.exceptions import RedisError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from ..config import ConfigError, RedisConfig, validate_redis
+from ..logutil import describe
 from .validation import check_key, check_set
 
 T = TypeVar("T")
@@ -192,8 +193,7 @@ class RedisCache:
             reply = await self._run("stat", self.read_timeout, lambda: self._hmget(digest))
             desc = _descriptor(reply)
         if desc is None:
-            where = f" in {repository}" if repository else ""
-            raise BlobUnknownError(f"blob {digest} unknown{where}")
+            raise BlobUnknownError.of(digest, repository)
         return desc
 
     async def _hmget(self, digest: str) -> Any:
@@ -286,8 +286,7 @@ class RedisCache:
 
         replies = await self._run("clear", self.write_timeout, call, gate=False)
         if not replies[0]:
-            where = f" in {repository}" if repository else ""
-            raise BlobUnknownError(f"blob {digest} unknown{where}")
+            raise BlobUnknownError.of(digest, repository)
 
     async def close(self) -> None:
         await self.client.aclose()
@@ -298,8 +297,7 @@ class RedisCache:
 def _describe(err: BaseException, budget: float) -> str:
     if isinstance(err, TimeoutError) and not str(err):
         return f"no answer within {budget:g}s"
-    text = str(err)
-    return f"{type(err).__name__}: {text}" if text else type(err).__name__
+    return describe(err)
 
 
 # -- configuration --------------------------------------------------------------------
