@@ -1,20 +1,16 @@
-"""Shared fixtures. Conformance targets are registered in ``targets.py``."""
+"""Shared fixtures. Conformance targets are registered in ``helpers/targets.py``."""
 
 from __future__ import annotations
 
 import os
-import sys
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import pytest
-
-sys.path.insert(0, str(Path(__file__).parent))
-
 from descriptor_server.backends.filesystem import FilesystemBackend
-from support import Layout, ServerProcess, base_config
+from helpers.support import Layout, ServerProcess, base_config
 
-pytest_plugins = ["targets", "redis_servers", "targets_redis", "targets_backends"]
+pytest_plugins = ["helpers.targets", "helpers.redis_servers", "helpers.targets_redis", "helpers.targets_backends"]
 
 #: Skip reasons that hold on a correctly provisioned CI machine too (no release baseline
 #: in a shallow or tag-less checkout, port 5051 taken by something else).

@@ -13,7 +13,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from backend_support import health_of
 from descriptor_client import (
     BackendUnavailableError,
     BlobUnknownError,
@@ -22,9 +21,10 @@ from descriptor_client import (
     UnsupportedError,
 )
 from descriptor_server.security import token_hash
-from pki import CA
-from support import OCT, REPO, Layout, ServerProcess, base_config, digest_of, running_server, wait_for
-from targets_backends import server_config
+from helpers.backend_support import health_of
+from helpers.pki import CA
+from helpers.support import OCT, REPO, Layout, ServerProcess, base_config, digest_of, running_server, wait_for
+from helpers.targets_backends import server_config
 
 TOKEN = "front-to-back-token"
 READ_ONLY = "read-only-token"

@@ -14,7 +14,6 @@ from pathlib import Path
 from typing import Any, Protocol
 
 import pytest
-from backend_support import S3_ENV, MotoServer, S3Layout, s3_storage
 from descriptor_client import (
     AsyncDescriptorClient,
     BlobUnknownError,
@@ -22,8 +21,9 @@ from descriptor_client import (
     DigestInvalidFormatError,
     RepositoryNameInvalidError,
 )
-from support import OCT, REPO, Layout, ServerProcess, digest_of
-from targets_backends import server_config
+from helpers.backend_support import S3_ENV, MotoServer, S3Layout, s3_storage
+from helpers.support import OCT, REPO, Layout, ServerProcess, digest_of
+from helpers.targets_backends import server_config
 
 ROOT = "/var/lib/registry"
 

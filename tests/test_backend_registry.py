@@ -20,7 +20,6 @@ from typing import Any
 
 import httpx
 import pytest
-from backend_support import RegistryProcess, TokenServer, health_of, htpasswd_line, push_blob, registry_available
 from descriptor_client import (
     AsyncDescriptorClient,
     BackendUnavailableError,
@@ -31,9 +30,17 @@ from descriptor_client import (
     RepositoryNameInvalidError,
     UnsupportedError,
 )
-from pki import CA
-from support import OCT, REPO, ServerProcess, digest_of, refused_port, running_server
-from targets_backends import server_config
+from helpers.backend_support import (
+    RegistryProcess,
+    TokenServer,
+    health_of,
+    htpasswd_line,
+    push_blob,
+    registry_available,
+)
+from helpers.pki import CA
+from helpers.support import OCT, REPO, ServerProcess, digest_of, refused_port, running_server
+from helpers.targets_backends import server_config
 from test_conformance import test_case3_alias_is_stored_under_both_digests as _case3
 from test_conformance import test_case4_repository_media_type_overrides_global as _case4
 from test_conformance import test_case5_repository_clear as _case5

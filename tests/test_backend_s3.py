@@ -19,10 +19,10 @@ from urllib.parse import urlsplit
 
 import pytest
 import yaml
-from backend_support import S3_ENV, MotoServer, S3Layout, health_of, s3_storage
 from descriptor_client import BackendUnavailableError, BlobUnknownError, Descriptor, DescriptorClient
-from support import OCT, REPO, ServerProcess, digest_of, refused_port, running_server
-from targets_backends import server_config
+from helpers.backend_support import S3_ENV, MotoServer, S3Layout, health_of, s3_storage
+from helpers.support import OCT, REPO, ServerProcess, digest_of, refused_port, running_server
+from helpers.targets_backends import server_config
 
 
 def test_rootdirectory_is_the_key_prefix(tmp_path: Path, moto_server: MotoServer, s3_bucket: tuple[Any, str]) -> None:

@@ -20,7 +20,7 @@ from collections.abc import Iterator, Mapping
 from pathlib import Path
 
 import pytest
-from support import A256, OCT, REPO, Layout, ServerProcess, base_config, refused_port, running_server
+from helpers.support import A256, OCT, REPO, Layout, ServerProcess, base_config, refused_port, running_server
 
 SERVICE = "descriptor.v1.BlobDescriptorService"
 MAXBATCH = 5  # small, so that batch must split its input to fit

@@ -23,8 +23,8 @@ from descriptor_client import (
     UnavailableError,
 )
 from descriptor_client._wire import call_metadata, normalize_target
-from fifo_support import make_fifo, release
-from support import A256, A384, OCT, REPO, Layout, ServerProcess, base_config, refused_port
+from helpers.fifo_support import make_fifo, release
+from helpers.support import A256, A384, OCT, REPO, Layout, ServerProcess, base_config, refused_port
 
 
 @pytest.fixture(scope="module")

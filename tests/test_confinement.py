@@ -22,7 +22,7 @@ from descriptor_client import (
     RepositoryNameInvalidError,
 )
 from descriptor_server.backends.filesystem import FilesystemBackend
-from support import Layout, ServerProcess, base_config, digest_of
+from helpers.support import Layout, ServerProcess, base_config, digest_of
 
 CONTENT = b"layer bytes"
 

@@ -11,8 +11,8 @@ from descriptor_client import (
     DigestInvalidFormatError,
 )
 from descriptor_client.protocol import BlobDescriptorService
-from support import A256, A384, OCT, REPO
-from targets import TARGETS
+from helpers.support import A256, A384, OCT, REPO
+from helpers.targets import TARGETS
 
 
 @pytest.fixture(params=TARGETS)

@@ -35,10 +35,10 @@ from descriptor_client import (
 )
 from descriptor_client._proto.descriptor.v1 import descriptor_pb2 as pb
 from descriptor_client.errors import error_info
-from fifo_support import make_fifo, open_writer
 from google.rpc import status_pb2
 from grpc_status import rpc_status
-from support import (
+from helpers.fifo_support import make_fifo, open_writer
+from helpers.support import (
     A256,
     OCT,
     REPO,

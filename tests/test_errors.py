@@ -24,7 +24,7 @@ from descriptor_client._proto.descriptor.v1 import descriptor_pb2 as pb
 from descriptor_client.errors import DOMAIN, error_info, from_status_proto, to_status_proto
 from google.rpc import error_details_pb2, status_pb2
 from grpc_status import rpc_status
-from support import A384, Layout, ServerProcess, base_config
+from helpers.support import A384, Layout, ServerProcess, base_config
 
 #: CONTRACT section 2's table, reason -> code, as a user reads it.
 CONTRACT_TABLE = {

@@ -40,9 +40,9 @@ from descriptor_client.errors import DOMAIN, code_of, error_info
 from descriptor_server.backends import layout
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_status import rpc_status
+from helpers.support import Layout, ServerProcess, base_config
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from support import Layout, ServerProcess, base_config
 
 SERVICE = "descriptor.v1.BlobDescriptorService"
 MAX_BATCH = 40

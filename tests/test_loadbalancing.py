@@ -22,7 +22,7 @@ from descriptor_client import (
     ServerDrainingError,
 )
 from descriptor_client._wire import normalize_target
-from support import REPO, Layout, ServerProcess, base_config, wait_for
+from helpers.support import REPO, Layout, ServerProcess, base_config, wait_for
 
 BLOB = b"a layer both replicas can see\n"
 CALLS = 20

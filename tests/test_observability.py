@@ -29,12 +29,11 @@ from descriptor_client import (
     InvalidArgumentError,
     ServerDrainingError,
 )
-from fifo_support import make_fifo, release
 from google.protobuf.descriptor_pool import DescriptorPool
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha.proto_reflection_descriptor_database import ProtoReflectionDescriptorDatabase
-from prometheus_client.parser import text_string_to_metric_families
-from support import (
+from helpers.fifo_support import make_fifo, release
+from helpers.support import (
     A256,
     OCT,
     REPO,
@@ -45,6 +44,7 @@ from support import (
     run_server_command,
     wait_for,
 )
+from prometheus_client.parser import text_string_to_metric_families
 
 SERVICE = "descriptor.v1.BlobDescriptorService"
 SERVING = health_pb2.HealthCheckResponse.SERVING
@@ -190,7 +190,7 @@ def test_no_metrics_endpoint_unless_enabled(started: list[ServerProcess], tmp_pa
 def test_redis_latency_histogram_and_cache_errors(
     started: list[ServerProcess], tmp_path: Path, layout: Layout, redis_standalone: Any
 ) -> None:
-    from redis_servers import flush
+    from helpers.redis_servers import flush
 
     flush(redis_standalone)
     blob = layout.push(REPO, b"layer in redis")

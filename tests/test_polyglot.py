@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from support import REPO, Layout, ServerProcess, base_config, refused_port
+from helpers.support import REPO, Layout, ServerProcess, base_config, refused_port
 
 NODE_DIR = Path(__file__).parent / "node"
 SCRIPT = NODE_DIR / "conformance.mjs"

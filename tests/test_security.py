@@ -40,8 +40,8 @@ from descriptor_client._proto.descriptor.v1 import descriptor_pb2 as pb
 from descriptor_client.errors import from_rpc_error
 from descriptor_server.security import TokenAuthorizer, bearer_token, token_hash
 from grpc_health.v1 import health_pb2, health_pb2_grpc
-from pki import CA, Issued
-from support import Layout, ServerProcess, base_config, run_server_command, wait_for
+from helpers.pki import CA, Issued
+from helpers.support import Layout, ServerProcess, base_config, run_server_command, wait_for
 
 READ_TOKEN = "r3ad-t0ken-for-tests"
 WRITE_TOKEN = "wr1te-t0ken-for-tests"

@@ -17,7 +17,7 @@ from descriptor_server.backends.filesystem import FilesystemBackend
 from descriptor_server.caches.inmemory import InMemoryCache
 from descriptor_server.service import DescriptorServicer
 from descriptor_server.statter import CachedBlobStatter
-from support import A256
+from helpers.support import A256
 
 
 class BuggyStatter(CachedBlobStatter):

@@ -26,7 +26,8 @@ from pathlib import Path
 
 import pytest
 import redis
-from support import port_free
+
+from helpers.support import port_free
 
 #: Cluster bus ports are the port + 10000, so cluster ports stay at or below this.
 MAX_CLUSTER_PORT = 55535

@@ -20,8 +20,8 @@ from descriptor_server.backends.filesystem import FilesystemBackend
 from descriptor_server.caches.redis import RedisCache, RedisCacheError, from_config
 from descriptor_server.config import ConfigError, RedisConfig, RedisTLSConfig
 from descriptor_server.statter import CachedBlobStatter
-from pki import CA
-from redis_servers import (
+from helpers.pki import CA
+from helpers.redis_servers import (
     RedisProcess,
     SentinelSetUp,
     flush,
@@ -30,8 +30,8 @@ from redis_servers import (
     start_sentinel,
     start_standalone,
 )
-from support import A256, A384, OCT, REPO, Layout, ServerProcess
-from targets_redis import redis_config, server_redis_config
+from helpers.support import A256, A384, OCT, REPO, Layout, ServerProcess
+from helpers.targets_redis import redis_config, server_redis_config
 
 pytestmark = pytest.mark.redis
 
@@ -371,7 +371,7 @@ async def _until(probe: Any, ok: Any, timeout: float = 30.0) -> None:
 
 
 async def test_cluster_serves_after_all_nodes_restart(redis_binary: str, tmp_path: Path) -> None:
-    from redis_servers import start_cluster, wait_cluster_ok
+    from helpers.redis_servers import start_cluster, wait_cluster_ok
 
     nodes = start_cluster(redis_binary, tmp_path / "cluster")
     cache = from_config(redis_config([n.addr for n in nodes], readtimeout=0.3))

@@ -23,7 +23,8 @@ from urllib.parse import parse_qs, urlparse
 
 import httpx
 import yaml
-from support import digest_of, free_port
+
+from helpers.support import digest_of, free_port
 
 # No credential lookup may ever leave the machine (boto3 would ask the EC2 metadata
 # address when no keys are given).

@@ -15,10 +15,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from backend_support import S3_ENV, MotoServer, RegistryProcess, registry_available, s3_storage
 from descriptor_client import AsyncDescriptorClient
 from descriptor_client.protocol import BlobDescriptorService
-from support import ServerProcess, base_config
+
+from helpers.backend_support import S3_ENV, MotoServer, RegistryProcess, registry_available, s3_storage
+from helpers.support import ServerProcess, base_config
 
 _buckets = itertools.count()
 

@@ -14,7 +14,8 @@ import pytest
 from descriptor_client import AsyncDescriptorClient
 from descriptor_client.protocol import BlobDescriptorService
 from descriptor_server.caches.inmemory import InMemoryCache
-from support import ServerProcess, base_config
+
+from helpers.support import ServerProcess, base_config
 
 TARGETS = [
     "target_inmemory",

@@ -8,7 +8,6 @@ fault an unreachable Redis produces.
 from __future__ import annotations
 
 import hashlib
-import signal
 from pathlib import Path
 
 import pytest
@@ -16,13 +15,12 @@ from descriptor_client import (
     AsyncDescriptorClient,
     BlobUnknownError,
     Descriptor,
-    DescriptorClient,
     DigestInvalidFormatError,
 )
 from descriptor_server.backends.filesystem import FilesystemBackend
 from descriptor_server.caches.inmemory import InMemoryCache
 from descriptor_server.statter import CachedBlobStatter
-from support import A256, A384, OCT, REPO, Layout, ServerProcess, base_config, run_server_command, wait_for
+from helpers.support import A256, A384, OCT, REPO, Layout, ServerProcess, base_config
 
 JSON = "application/json"
 
@@ -238,43 +236,3 @@ async def test_batch_cache_failure_counts_errors_and_writes_nothing(layout: Layo
     assert (m.requests, m.hits, m.misses, m.errors) == (2, 0, 2, 2)
     assert not cache.holds(a)
     assert not cache.holds(b)
-
-
-# -- --workers -------------------------------------------------------------------------------
-
-
-def test_workers_share_the_port_and_drain_on_sigterm(tmp_path: Path, layout: Layout) -> None:
-    blob = layout.put_blob(b"served by a worker")
-    config = base_config(layout.root)
-    proc = ServerProcess(config, tmp_path)
-    proc.args = [*proc.args, "--workers", "2"]
-    proc.start()
-    try:
-        wait_for(lambda: proc.output.count("listening on") == 2)
-        ports = {line.rsplit(":", 1)[1].split()[0] for line in proc.lines if "listening on" in line}
-        assert ports == {str(proc.port)}
-        for _ in range(4):  # several connections: the kernel spreads them over the workers
-            with DescriptorClient(proc.target) as client:
-                assert client.stat(blob) == Descriptor(OCT, blob, len(b"served by a worker"))
-        proc.signal(signal.SIGTERM)
-        assert proc.wait(30) == 0
-        assert proc.output.count("stopped") == 2
-    finally:
-        proc.stop()
-
-
-def test_workers_below_one_is_a_config_error(tmp_path: Path, layout: Layout) -> None:
-    proc = ServerProcess(base_config(layout.root), tmp_path)
-    out = run_server_command([*proc.args, "--workers", "0"], cwd=tmp_path)
-    assert out.returncode == 2
-    assert "grpc.workers" in out.stderr
-
-
-def test_workers_refuse_a_bad_backend_section_on_stderr(tmp_path: Path) -> None:
-    """As a single process does: the config error goes to stderr, stdout stays clean."""
-    config = {"storage": {"registry": {"url": "ftp://registry.internal"}}, "grpc": {"addr": "127.0.0.1:0"}}
-    proc = ServerProcess(config, tmp_path)
-    out = run_server_command([*proc.args, "--workers", "2"], cwd=tmp_path)
-    assert out.returncode == 2
-    assert "descriptor-server: config error: storage.registry.url" in out.stderr
-    assert out.stdout == ""

@@ -17,7 +17,7 @@ from descriptor_client import (
     UnsupportedError,
 )
 from descriptor_server.backends.filesystem import FilesystemBackend
-from support import A256, OCT, REPO, Layout
+from helpers.support import A256, OCT, REPO, Layout
 
 
 @pytest.fixture

@@ -15,8 +15,9 @@ from descriptor_client import AsyncDescriptorClient
 from descriptor_client.protocol import BlobDescriptorService
 from descriptor_server.caches.redis import RedisCache, from_config
 from descriptor_server.config import RedisConfig
-from redis_servers import RedisProcess, SentinelSetUp, flush
-from support import ServerProcess, base_config
+
+from helpers.redis_servers import RedisProcess, SentinelSetUp, flush
+from helpers.support import ServerProcess, base_config
 
 
 def redis_config(addrs: list[str], **kwargs: Any) -> RedisConfig:

@@ -1,0 +1,1 @@
+"""Test helpers: servers started as processes, layouts, PKI, Redis servers, conformance targets."""
