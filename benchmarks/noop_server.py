@@ -14,8 +14,7 @@ from typing import Any
 
 import grpc
 from descriptor_client._proto.descriptor.v1 import descriptor_pb2 as pb
-
-SERVICE = "descriptor.v1.BlobDescriptorService"
+from descriptor_client.rpcs import SERVICE
 
 
 async def serve(addr: str) -> None:

@@ -57,8 +57,8 @@ sys.path[:0] = [str(ROOT / "client"), str(ROOT / "server")]
 from descriptor_client._proto.descriptor.v1 import descriptor_pb2 as pb  # noqa: E402
 from descriptor_client.descriptor import Descriptor  # noqa: E402
 from descriptor_client.errors import BlobUnknownError  # noqa: E402
+from descriptor_client.rpcs import SERVICE  # noqa: E402
 
-SERVICE = "descriptor.v1.BlobDescriptorService"
 OCT = "application/octet-stream"
 READY = re.compile(r"listening on (\S+):(\d+)")
 NCPU = os.cpu_count() or 1

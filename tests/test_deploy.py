@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 import yaml
 from descriptor_server import config as cfg
-from descriptor_server.observability import ServerMetrics, metric_names
+from descriptor_server.metrics import ServerMetrics, metric_names
 from descriptor_server.statter import StatterMetrics
 
 DEPLOY = Path(__file__).resolve().parent.parent / "deploy"

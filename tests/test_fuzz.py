@@ -33,10 +33,10 @@ from descriptor_client import (
     validate_media_type,
     validate_repository,
 )
-from descriptor_client import _wire as wire
 from descriptor_client._proto.descriptor.v1 import descriptor_pb2 as pb
 from descriptor_client.digest import ALGORITHMS
 from descriptor_client.errors import DOMAIN, code_of, error_info
+from descriptor_client.rpcs import RPCS
 from descriptor_server.backends import layout
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_status import rpc_status
@@ -350,7 +350,7 @@ def test_clear_answers_per_contract(fuzzed: Fuzzed, digest: str, repository: str
 
 # -- raw bytes -----------------------------------------------------------------------------------
 
-METHODS = wire.METHODS  # (request class, response class) of each RPC, as the client has them
+METHODS = RPCS  # every RPC of the one table, as the client and server have them
 
 #: Hand-made hostile bodies: huge declared lengths, bad UTF-8, deep groups, bad tags.
 HOSTILE = [
@@ -423,7 +423,7 @@ def assert_contract_answer(method: str, body: bytes, call: Any) -> None:
     except grpc.RpcError as err:
         failure = err
     if failure is None:
-        METHODS[method][1].FromString(response)
+        METHODS[method].response.FromString(response)
         return
     status = rpc_status.from_call(failure)
     assert status is not None, (method, body, failure.code(), failure.details())

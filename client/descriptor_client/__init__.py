@@ -6,7 +6,6 @@ with DescriptorClient("127.0.0.1:5051") as client:
     desc = client.repository("library/ubuntu").stat("sha256:...")
 """
 
-from ._wire import ClientTLS, Metrics
 from .aio import AsyncDescriptorClient, AsyncRepositoryClient
 from .client import DescriptorClient, RepositoryClient
 from .descriptor import OCTET_STREAM, Descriptor, validate_descriptor, validate_media_type
@@ -16,6 +15,7 @@ from .errors import (
     BackendUnavailableError,
     BatchTooLargeError,
     BlobUnknownError,
+    CallCancelledError,
     DeadlineExceededError,
     DescriptorError,
     DescriptorInvalidError,
@@ -32,17 +32,23 @@ from .errors import (
     UnavailableError,
     UnsupportedError,
 )
+from .metrics import Metrics
 from .protocol import BlobDescriptorService, SyncBlobDescriptorService
+from .rpcs import RPCS, SERVICE, Rpc
+from .tls import ClientTLS
 
 __all__ = [
     "ERROR_TABLE",
     "OCTET_STREAM",
+    "RPCS",
+    "SERVICE",
     "AsyncDescriptorClient",
     "AsyncRepositoryClient",
     "BackendUnavailableError",
     "BatchTooLargeError",
     "BlobDescriptorService",
     "BlobUnknownError",
+    "CallCancelledError",
     "ClientTLS",
     "DeadlineExceededError",
     "Descriptor",
@@ -59,6 +65,7 @@ __all__ = [
     "RepositoryNameInvalidError",
     "RequestInvalidError",
     "ResourceExhaustedError",
+    "Rpc",
     "ServerDrainingError",
     "SyncBlobDescriptorService",
     "UnauthenticatedError",

@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
+import json
 import os
+import time
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass
 from typing import Any
-
-import grpc
 
 from ._proto.descriptor.v1 import descriptor_pb2 as pb
 from .descriptor import Descriptor
@@ -16,62 +15,33 @@ from .errors import (
     DescriptorInvalidError,
     DigestInvalidFormatError,
     RepositoryNameInvalidError,
+    ServerDrainingError,
     from_status_proto,
 )
+from .metrics import Metrics
+from .rpcs import RPCS, SERVICE
+from .tls import ClientTLS
 
-SERVICE = "descriptor.v1.BlobDescriptorService"
 DEFAULT_TARGET = "127.0.0.1:5051"
 
 
-@dataclass(frozen=True, slots=True)
-class Metrics:
-    """The cached statter's counters (CONTRACT section 3)."""
-
-    requests: int
-    hits: int
-    misses: int
-    errors: int
-
-
-@dataclass(frozen=True, slots=True)
-class ClientTLS:
-    """TLS options: PEM bytes of the CA, and of a client certificate and key for mTLS."""
-
-    root_certificates: bytes | None = None
-    certificate_chain: bytes | None = None
-    private_key: bytes | None = None
-    server_name: str | None = None
-
-    @classmethod
-    def from_files(
-        cls,
-        ca: str | None = None,
-        cert: str | None = None,
-        key: str | None = None,
-        server_name: str | None = None,
-    ) -> ClientTLS:
-        """Read the PEM files named (each optional)."""
-
-        def read(path: str | None) -> bytes | None:
-            if path is None:
-                return None
-            with open(path, "rb") as f:
-                return f.read()
-
-        return cls(read(ca), read(cert), read(key), server_name)
-
-    def credentials(self) -> grpc.ChannelCredentials:
-        return grpc.ssl_channel_credentials(self.root_certificates, self.private_key, self.certificate_chain)
+def service_config() -> str:
+    """Round robin over every address a target resolves to; the idempotent RPCs are
+    retried on UNAVAILABLE (a draining or restarting replica). Derived from the RPC table."""
+    names = [{"service": SERVICE, "method": rpc.name} for rpc in RPCS.values() if rpc.idempotent]
+    retry = {
+        "maxAttempts": 3,
+        "initialBackoff": "0.05s",
+        "maxBackoff": "1s",
+        "backoffMultiplier": 2,
+        "retryableStatusCodes": ["UNAVAILABLE"],
+    }
+    return json.dumps(
+        {"loadBalancingConfig": [{"round_robin": {}}], "methodConfig": [{"name": names, "retryPolicy": retry}]}
+    )
 
 
-# Round robin over every address a target resolves to, and transparent retries of
-# UNAVAILABLE (a draining or restarting replica) for every method.
-SERVICE_CONFIG = (
-    '{"loadBalancingConfig": [{"round_robin": {}}],'
-    ' "methodConfig": [{"name": [{"service": "descriptor.v1.BlobDescriptorService"}],'
-    ' "retryPolicy": {"maxAttempts": 3, "initialBackoff": "0.05s", "maxBackoff": "1s",'
-    ' "backoffMultiplier": 2, "retryableStatusCodes": ["UNAVAILABLE"]}}]}'
-)
+SERVICE_CONFIG = service_config()
 
 
 def normalize_target(target: str) -> str:
@@ -172,25 +142,15 @@ def metrics_of(resp: pb.GetMetricsResponse) -> Metrics:
     return Metrics(resp.requests, resp.hits, resp.misses, resp.errors)
 
 
-#: (method name, request class, response class) for each RPC.
-METHODS: dict[str, tuple[type[Any], type[Any]]] = {
-    "Stat": (pb.StatRequest, pb.StatResponse),
-    "SetDescriptor": (pb.SetDescriptorRequest, pb.SetDescriptorResponse),
-    "Clear": (pb.ClearRequest, pb.ClearResponse),
-    "BatchStat": (pb.BatchStatRequest, pb.BatchStatResponse),
-    "GetMetrics": (pb.GetMetricsRequest, pb.GetMetricsResponse),
-}
-
-
 def bind_methods(channel: Any) -> dict[str, Callable[..., Any]]:
-    """unary_unary callables for every RPC on a sync or aio channel."""
+    """unary_unary callables for every RPC of the table, on a sync or aio channel."""
     return {
         name: channel.unary_unary(
-            f"/{SERVICE}/{name}",
-            request_serializer=req.SerializeToString,
-            response_deserializer=resp.FromString,
+            rpc.path,
+            request_serializer=rpc.request.SerializeToString,
+            response_deserializer=rpc.response.FromString,
         )
-        for name, (req, resp) in METHODS.items()
+        for name, rpc in RPCS.items()
     }
 
 
@@ -223,3 +183,39 @@ class ClientBase:
 
     def _deadline(self, timeout: float | None) -> float | None:
         return self.timeout if timeout is None else timeout
+
+
+#: Attempts in all for a call answered ``SERVER_DRAINING`` (the idempotent RPCs are
+#: also retried by gRPC's own retry policy, :func:`service_config`).
+DRAIN_ATTEMPTS = 3
+
+
+class CallRetry:
+    """The deadline and the drain retries of one call.
+
+    A non-idempotent call (SetDescriptor, Clear) is sent again only when the server
+    answered ``SERVER_DRAINING``: that answer promises it did nothing, so the call is
+    safe to repeat on another replica. Any other UNAVAILABLE may have come after the
+    server acted, and is raised. Every attempt shares the call's one deadline.
+    """
+
+    def __init__(self, name: str, deadline: float | None) -> None:
+        self.name = name
+        self.until = None if deadline is None else time.monotonic() + deadline
+        self.attempt = 0
+
+    def remaining(self) -> float | None:
+        return None if self.until is None else max(0.0, self.until - time.monotonic())
+
+    def delay_or_raise(self, err: DescriptorError) -> float:
+        """Seconds to wait before the next attempt; raises ``err`` when there is none."""
+        delay = 0.05 * (1 << self.attempt)
+        self.attempt += 1
+        if (
+            not isinstance(err, ServerDrainingError)
+            or RPCS[self.name].idempotent
+            or self.attempt >= DRAIN_ATTEMPTS
+            or (self.until is not None and time.monotonic() + delay >= self.until)
+        ):
+            raise err
+        return delay

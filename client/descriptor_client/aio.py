@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Iterable, Sequence
 from types import TracebackType
 from typing import Any
@@ -10,9 +11,8 @@ import grpc
 
 from ._proto.descriptor.v1 import descriptor_pb2 as pb
 from ._wire import (
+    CallRetry,
     ClientBase,
-    ClientTLS,
-    Metrics,
     batch_request,
     batch_results,
     clear_request,
@@ -23,6 +23,8 @@ from ._wire import (
 )
 from .descriptor import Descriptor
 from .errors import DescriptorError, from_rpc_error
+from .metrics import Metrics
+from .tls import ClientTLS
 
 
 class AsyncDescriptorClient(ClientBase):
@@ -48,14 +50,12 @@ class AsyncDescriptorClient(ClientBase):
         super().__init__(target, timeout=timeout, token=token, tls=tls, options=options, channels=grpc.aio)
 
     async def _call(self, name: str, request: Any, timeout: float | None) -> Any:
-        try:
-            return await self._methods[name](
-                request,
-                timeout=self._deadline(timeout),
-                metadata=self._metadata,
-            )
-        except grpc.RpcError as err:
-            raise from_rpc_error(err) from None
+        retry = CallRetry(name, self._deadline(timeout))
+        while True:
+            try:
+                return await self._methods[name](request, timeout=retry.remaining(), metadata=self._metadata)
+            except grpc.RpcError as err:
+                await asyncio.sleep(retry.delay_or_raise(from_rpc_error(err)))
 
     async def stat(self, digest: str, repository: str = "", *, timeout: float | None = None) -> Descriptor:
         """The descriptor of ``digest`` (in ``repository``, or globally)."""

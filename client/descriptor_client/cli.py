@@ -24,10 +24,12 @@ from typing import Any, TextIO
 
 import grpc
 
-from ._wire import DEFAULT_TARGET, ClientTLS, call_metadata, normalize_target
+from ._wire import DEFAULT_TARGET, call_metadata, normalize_target
 from .client import DescriptorClient
 from .descriptor import Descriptor
 from .errors import BatchTooLargeError, DescriptorError, from_rpc_error
+from .rpcs import SERVICE
+from .tls import ClientTLS
 
 EXIT_OK = 0
 EXIT_NOT_FOUND = 1
@@ -47,7 +49,6 @@ EXIT_CODES: dict[grpc.StatusCode, int] = {
     grpc.StatusCode.PERMISSION_DENIED: EXIT_DENIED,
 }
 
-SERVICE = "descriptor.v1.BlobDescriptorService"
 DEFAULT_CHUNK = 500
 
 

@@ -1,4 +1,4 @@
-"""Digest and repository-name validation, with the exact rules of CONTRACT section 2.
+"""Digest and repository-name validation: the service's one set of rules for both.
 
 Digests follow ``opencontainers/go-digest``: ``algorithm:encoded``; supported
 ``sha256`` (64 hex), ``sha384`` (96) and ``sha512`` (128), lowercase hex only.
@@ -8,6 +8,7 @@ Repository names are the ``<name>`` of the OCI distribution spec.
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
 
 from .errors import (
     DigestInvalidFormatError,
@@ -22,8 +23,12 @@ ALGORITHMS: dict[str, int] = {"sha256": 64, "sha384": 96, "sha512": 128}
 _ALGORITHM = re.compile(r"[a-z0-9]+(?:[.+_-][a-z0-9]+)*")
 _DIGEST_REGEXP = re.compile(r"[a-z0-9]+(?:[.+_-][a-z0-9]+)*:[a-zA-Z0-9=_-]+")
 _LOWER_HEX = re.compile(r"[a-f0-9]+")
-# Fast path: a well-formed supported digest (the overwhelming majority of calls).
-_VALID = re.compile(r"sha256:[a-f0-9]{64}|sha384:[a-f0-9]{96}|sha512:[a-f0-9]{128}")
+# Fast path: a well-formed supported digest (the overwhelming majority of calls),
+# built from ALGORITHMS so that a new algorithm is added in one place.
+_VALID_SOURCE = "|".join(f"{alg}:[a-f0-9]{{{length}}}" for alg, length in ALGORITHMS.items())
+_VALID = re.compile(_VALID_SOURCE)
+# A whole batch of valid digests, one per line, checked by one regex call.
+_VALID_LINES = re.compile(rf"(?:(?:{_VALID_SOURCE})\n)*")
 
 _COMPONENT = r"[a-z0-9]+(?:(?:[._]|__|[-]+)[a-z0-9]+)*"
 _REPOSITORY = re.compile(rf"{_COMPONENT}(?:/{_COMPONENT})*")
@@ -61,6 +66,16 @@ def is_valid_digest(digest: str) -> bool:
     return _VALID.fullmatch(digest) is not None
 
 
+def all_valid(digests: Sequence[str]) -> bool:
+    """True if every digest is valid and supported: one C-level match for the batch."""
+    if not digests:
+        return True
+    joined = "\n".join(digests) + "\n"
+    # Each digest adds one separator; a valid digest has no newline, so the counts
+    # agree only when every line is exactly one digest.
+    return joined.count("\n") == len(digests) and _VALID_LINES.fullmatch(joined) is not None
+
+
 def algorithm_of(digest: str) -> str:
     """The algorithm part of a (validated) digest."""
     return digest.partition(":")[0]
@@ -93,6 +108,7 @@ __all__ = [
     "ALGORITHMS",
     "MAX_REPOSITORY_LENGTH",
     "algorithm_of",
+    "all_valid",
     "hex_of",
     "is_valid_digest",
     "validate_digest",

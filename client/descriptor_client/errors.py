@@ -134,6 +134,18 @@ class DeadlineExceededError(UnavailableError):
     reason = "DEADLINE_EXCEEDED"
 
 
+class CallCancelledError(UnavailableError):
+    """The call was cancelled before an answer (client side; no server sends it).
+
+    grpcio cancels the calls a server has received but not dispatched when it stops;
+    the request may or may not have been acted on. An :class:`UnavailableError`, so
+    ``except UnavailableError`` covers it, with the true code ``CANCELLED`` in ``err.code``.
+    """
+
+    code = grpc.StatusCode.CANCELLED
+    reason = "CANCELLED"
+
+
 class UnauthenticatedError(DescriptorError):
     """Missing or bad credentials."""
 
@@ -183,6 +195,7 @@ _BY_CODE: dict[grpc.StatusCode, type[DescriptorError]] = {
     grpc.StatusCode.UNIMPLEMENTED: UnsupportedError,
     grpc.StatusCode.UNAVAILABLE: UnavailableError,
     grpc.StatusCode.DEADLINE_EXCEEDED: DeadlineExceededError,
+    grpc.StatusCode.CANCELLED: CallCancelledError,
     grpc.StatusCode.UNAUTHENTICATED: UnauthenticatedError,
     grpc.StatusCode.PERMISSION_DENIED: PermissionDeniedError,
     grpc.StatusCode.RESOURCE_EXHAUSTED: ResourceExhaustedError,
@@ -255,6 +268,7 @@ __all__ = [
     "BackendUnavailableError",
     "BatchTooLargeError",
     "BlobUnknownError",
+    "CallCancelledError",
     "DeadlineExceededError",
     "DescriptorError",
     "DescriptorInvalidError",

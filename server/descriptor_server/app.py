@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import dataclasses
 import errno
 import logging
@@ -24,22 +25,26 @@ from typing import Any
 
 import grpc
 import yaml
-from descriptor_client._proto.descriptor.v1 import descriptor_pb2
-from descriptor_client.protocol import BlobDescriptorService
-from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from descriptor_client.rpcs import SERVICE
+from grpc_health.v1 import health_pb2
 from grpc_reflection.v1alpha import reflection
 
 from . import security
 from .backends import Backend
+from .caches import Cache
 from .config import Config, ConfigError, load, to_dict
-from .observability import Operations, RedisObserver, setup_logging
-from .service import SERVICE_NAME, DescriptorServicer
+from .debug_http import MetricsEndpoint
+from .health import Health
+from .limits import server_options
+from .logs import CallLogger, setup_logging
+from .metrics import RedisObserver, ServerMetrics
+from .service import DescriptorServicer
 from .statter import CachedBlobStatter
 
 log = logging.getLogger("descriptor_server")
 
 
-def build_cache(config: Config, *, observe: RedisObserver | None = None) -> BlobDescriptorService:
+def build_cache(config: Config, *, observe: RedisObserver | None = None) -> Cache:
     kind = config.storage.cache.blobdescriptor
     if kind == "inmemory":
         from .caches.inmemory import InMemoryCache
@@ -48,7 +53,7 @@ def build_cache(config: Config, *, observe: RedisObserver | None = None) -> Blob
     if kind == "redis":
         import importlib
 
-        redis_cache: BlobDescriptorService = importlib.import_module("descriptor_server.caches.redis").from_config(
+        redis_cache: Cache = importlib.import_module("descriptor_server.caches.redis").from_config(
             config.redis, observe=observe
         )
         return redis_cache
@@ -122,41 +127,38 @@ class DescriptorServer:
 
     def __init__(self, config: Config, statter: CachedBlobStatter | None = None) -> None:
         self.config = config
-        self.ops = Operations(config, lambda: self.statter.metrics)
-        self.statter = statter if statter is not None else build_statter(config, observe=self.ops.metrics.observe_redis)
+        self.metrics = ServerMetrics(lambda: self.statter.metrics, redis=config.storage.cache.blobdescriptor == "redis")
+        self.statter = statter if statter is not None else build_statter(config, observe=self.metrics.observe_redis)
+        self.call_logger = CallLogger()
         self.servicer = DescriptorServicer(
-            self.statter, authorizer=security.build_authorizer(config.auth), observer=self.ops.observe
+            self.statter, authorizer=security.build_authorizer(config.auth), observer=self.observe
         )
-        self.ops.metrics.track_inflight(lambda: self.servicer.inflight)
-        self.health = health.aio.HealthServicer()
+        self.metrics.track_inflight(lambda: self.servicer.inflight)
+        self.health = Health(self.statter.backend.probe, config.grpc.healthprobeinterval)
+        debug = config.http.debug
+        self.endpoint = (
+            MetricsEndpoint(self.metrics.registry, debug.addr, debug.prometheus.path)
+            if debug.addr and debug.prometheus.enabled
+            else None
+        )
         self.server: grpc.aio.Server | None = None
         self.port = 0
         self.health_server: grpc.aio.Server | None = None
         self.health_port = 0
         self._stopping = asyncio.Event()
 
-    def server_options(self) -> list[tuple[str, Any]]:
-        g = self.config.grpc
-        return [
-            ("grpc.so_reuseport", 1 if g.workers > 1 else 0),
-            ("grpc.max_receive_message_length", g.maxrecvmsgsize),
-            *security.limit_options(g),
-        ]
+    def observe(self, method: str, code: grpc.StatusCode, seconds: float, request: Any) -> None:
+        """The servicer's ``observer`` hook: per-RPC metrics and the call log."""
+        self.metrics.observe_call(method, code, seconds)
+        self.call_logger(method, code, seconds, request)
 
     async def start(self) -> int:
         g = self.config.grpc
-        server = grpc.aio.server(
-            options=self.server_options(),
-            maximum_concurrent_rpcs=g.maxconcurrentcalls or None,
-        )
+        server = grpc.aio.server(options=server_options(g), maximum_concurrent_rpcs=g.maxconcurrentcalls or None)
         server.add_generic_rpc_handlers((self.servicer.generic_handler(),))
-        health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
+        self.health.add_to(server)
         reflection.enable_server_reflection(
-            (
-                descriptor_pb2.DESCRIPTOR.services_by_name["BlobDescriptorService"].full_name,
-                health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
-                reflection.SERVICE_NAME,
-            ),
+            (SERVICE, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME),
             server,
         )
         credentials = security.server_credentials(g.tls)
@@ -168,14 +170,17 @@ class DescriptorServer:
                 self.port = server.add_insecure_port(g.addr)
         except RuntimeError as err:
             raise ConfigError("grpc.addr", f"cannot listen on {g.addr}: {err}") from None
-        self.ops.start()  # the metrics endpoint first: a bad http.debug.addr fails before serving
+        # The metrics endpoint first: a bad http.debug.addr fails before serving.
+        if self.endpoint is not None:
+            self.endpoint.start()
+        elif self.config.http.debug.addr:
+            log.info("http.debug.addr is set but http.debug.prometheus.enabled is false: no metrics endpoint")
         if g.healthaddr:
-            self.health_server, self.health_port = security.health_server(self.health, g.healthaddr)
+            self.health_server, self.health_port = self.health.listener(g.healthaddr)
             await self.health_server.start()
         await server.start()
         self.server = server
-        await self.health.set("", health_pb2.HealthCheckResponse.SERVING)
-        await self.start_health_probe()
+        await self.health.start()
         host = g.addr.rsplit(":", 1)[0]
         log.info(
             "descriptor-server listening on %s:%d (cache %s, backend %s)",
@@ -194,19 +199,6 @@ class DescriptorServer:
         )
         return self.port
 
-    async def set_service_serving(self, serving: bool) -> None:
-        status = health_pb2.HealthCheckResponse.SERVING if serving else health_pb2.HealthCheckResponse.NOT_SERVING
-        await self.health.set(SERVICE_NAME, status)
-
-    async def start_health_probe(self) -> None:
-        """The service is NOT_SERVING while the backend fails its probe (if it has one)."""
-        probe = getattr(self.statter.backend, "probe", None)
-        interval = self.config.grpc.healthprobeinterval
-        if probe is None or interval <= 0:
-            await self.set_service_serving(True)
-            return
-        await self.ops.start_probe(probe, self.set_service_serving, interval)
-
     def request_stop(self) -> None:
         self._stopping.set()
 
@@ -218,8 +210,7 @@ class DescriptorServer:
         grace = self.config.grpc.drain if grace is None else grace
         log.info("draining: refusing new calls, waiting for %d in flight", self.servicer.inflight)
         self.servicer.draining = True
-        await self.ops.stop_probe()
-        await self.health.enter_graceful_shutdown()
+        await self.health.drain()
         deadline = time.monotonic() + grace
         while self.servicer.inflight and time.monotonic() < deadline:  # noqa: ASYNC110 - a counter, not an event
             await asyncio.sleep(0.01)
@@ -228,7 +219,8 @@ class DescriptorServer:
         if self.health_server is not None:
             await self.health_server.stop(0)
         await self.statter.close()
-        await self.ops.stop()
+        if self.endpoint is not None:
+            await asyncio.to_thread(self.endpoint.stop)
         log.info("stopped")
 
 
@@ -265,40 +257,31 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     try:
-        config = load(args.check_config or args.config)
-        security.check_files(config)
-    except ConfigError as err:
-        print(f"descriptor-server: config error: {err}", file=sys.stderr)
+        return run(args)
+    except ConfigError as err:  # the one place a config error is reported
+        print(f"descriptor-server: config error: {err}", file=sys.stderr, flush=True)
         return 2
+
+
+def run(args: argparse.Namespace) -> int:
+    """Check or serve, as ``args`` say; a bad configuration raises :class:`ConfigError`."""
+    config = load(args.check_config or args.config)
+    security.check_files(config)
     if args.check_config:
-        try:
-            asyncio.run(check_components(config))
-        except ConfigError as err:
-            print(f"descriptor-server: config error: {err}", file=sys.stderr)
-            return 2
+        asyncio.run(check_components(config))
         print(yaml.safe_dump(to_dict(config), sort_keys=False), end="")
         return 0
     if args.workers is not None:
         if args.workers < 1:
-            print("descriptor-server: config error: grpc.workers: must be >= 1 (--workers)", file=sys.stderr)
-            return 2
+            raise ConfigError("grpc.workers", "must be >= 1 (--workers)")
         config = dataclasses.replace(config, grpc=dataclasses.replace(config.grpc, workers=args.workers))
     setup_logging(config.log)
     if config.grpc.workers > 1:
         from .workers import run_workers
 
-        try:
-            return run_workers(config, serve)
-        except ConfigError as err:
-            print(f"descriptor-server: config error: {err}", file=sys.stderr)
-            return 2
-    try:
+        return run_workers(config, serve)
+    with contextlib.suppress(KeyboardInterrupt):  # signal handlers catch SIGINT
         asyncio.run(serve(config))
-    except ConfigError as err:
-        print(f"descriptor-server: config error: {err}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:  # pragma: no cover - signal handlers catch SIGINT
-        pass
     exit_past_stuck_threads()
     return 0
 

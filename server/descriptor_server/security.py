@@ -1,4 +1,4 @@
-"""Transport security and access control: TLS / mTLS, scoped bearer tokens, limits.
+"""Transport security and access control: TLS / mTLS and scoped bearer tokens.
 
 - :func:`server_credentials` builds gRPC server credentials from ``grpc.tls``:
   ``certificate`` + ``key`` turn on TLS; ``clientcas`` (one or more PEM files) turns on
@@ -9,10 +9,6 @@
   (:func:`hmac.compare_digest`); the server never holds a token in clear. ``read``
   tokens may call Stat, BatchStat and GetMetrics; ``write`` tokens also SetDescriptor
   and Clear. No tokens configured means authentication is off.
-- :func:`limit_options` turns the ``grpc`` limits (metadata size, keepalive policy)
-  into grpcio server options.
-- :func:`health_server` is the plaintext, health-only listener on ``grpc.healthaddr``
-  that lets probes in when the main port requires TLS client certificates.
 """
 
 from __future__ import annotations
@@ -26,21 +22,15 @@ from typing import Any
 import grpc
 import yaml
 from descriptor_client.errors import PermissionDeniedError, UnauthenticatedError
-from grpc_health.v1 import health, health_pb2_grpc
+from descriptor_client.rpcs import RPCS
 
-from .config import AuthConfig, AuthToken, Config, ConfigError, GrpcConfig, GrpcTLSConfig, _build
+from .config import AuthConfig, AuthToken, Config, ConfigError, GrpcTLSConfig, _build
 
 READ = "read"
 WRITE = "write"
 
-#: The scope each RPC needs. A method not listed needs ``write`` (deny by default).
-METHOD_SCOPES: dict[str, str] = {
-    "Stat": READ,
-    "BatchStat": READ,
-    "GetMetrics": READ,
-    "SetDescriptor": WRITE,
-    "Clear": WRITE,
-}
+#: The scope each RPC needs, from the RPC table. A method not listed needs ``write``.
+METHOD_SCOPES: dict[str, str] = {name: rpc.access for name, rpc in RPCS.items()}
 
 #: What each scope grants.
 SCOPE_GRANTS: dict[str, frozenset[str]] = {
@@ -225,64 +215,12 @@ def check_files(config: Config) -> None:
     server_credentials(config.grpc.tls)
 
 
-# -- limits ---------------------------------------------------------------------------
-
-
-def _ms(seconds: float) -> int:
-    return max(1, round(seconds * 1000))
-
-
-def limit_options(g: GrpcConfig) -> list[tuple[str, Any]]:
-    """grpcio server options for the metadata-size limit and the keepalive policy."""
-    ka = g.keepalive
-    opts: list[tuple[str, Any]] = [
-        # Soft and hard limit equal: a call over it is refused every time with
-        # RESOURCE_EXHAUSTED, never "sometimes".
-        ("grpc.max_metadata_size", g.maxmetadatasize),
-        ("grpc.absolute_max_metadata_size", g.maxmetadatasize),
-        ("grpc.keepalive_time_ms", _ms(ka.time)),
-        ("grpc.keepalive_timeout_ms", _ms(ka.timeout)),
-        # Enforcement: a client pinging more often than this (or at all on an idle
-        # connection, unless permitwithoutcalls) is sent GOAWAY ENHANCE_YOUR_CALM.
-        ("grpc.http2.min_recv_ping_interval_without_data_ms", _ms(ka.minpinginterval)),
-        ("grpc.keepalive_permit_without_calls", 1 if ka.permitwithoutcalls else 0),
-        ("grpc.http2.max_ping_strikes", ka.maxpingstrikes),
-    ]
-    if ka.maxconnectionidle > 0:
-        opts.append(("grpc.max_connection_idle_ms", _ms(ka.maxconnectionidle)))
-    if ka.maxconnectionage > 0:
-        opts.append(("grpc.max_connection_age_ms", _ms(ka.maxconnectionage)))
-        opts.append(("grpc.max_connection_age_grace_ms", _ms(ka.maxconnectionagegrace)))
-    return opts
-
-
-# -- the health-only listener -----------------------------------------------------------
-
-
-def health_server(servicer: health.aio.HealthServicer, addr: str) -> tuple[grpc.aio.Server, int]:
-    """A plaintext server on ``addr`` serving only ``grpc.health.v1.Health``.
-
-    It shares the main server's HealthServicer, so it turns NOT_SERVING on drain too.
-    Returns the (not yet started) server and the port it bound. (With ``grpc.workers``,
-    only worker 0 serves it.)
-    """
-    server = grpc.aio.server(options=[("grpc.so_reuseport", 0)])
-    health_pb2_grpc.add_HealthServicer_to_server(servicer, server)
-    try:
-        port = server.add_insecure_port(addr)
-    except RuntimeError as err:
-        raise ConfigError("grpc.healthaddr", f"cannot listen on {addr}: {err}") from None
-    return server, port
-
-
 __all__ = [
     "METHOD_SCOPES",
     "TokenAuthorizer",
     "bearer_token",
     "build_authorizer",
     "check_files",
-    "health_server",
-    "limit_options",
     "load_tokens",
     "server_credentials",
     "token_hash",

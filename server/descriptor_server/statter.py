@@ -1,22 +1,30 @@
-"""The cached blob statter: a cache in front of a backend (CONTRACT section 3).
+"""The cached blob statter: a cache in front of a backend.
 
 This is distribution's ``cachedBlobStatter`` as a service: Stat asks the cache, falls
 back to the backend on a miss and fills the cache, counting requests, hits, misses
 and errors. It validates every input before any cache or backend sees it, in the
-contract's order: key digest, repository, descriptor, deletion switch.
+service's order: key digest, repository, descriptor, deletion switch.
+
+Clear is final. Every backend read on a miss is a *flight*, shared by the concurrent
+misses on its key and writing its answer back to the cache when it lands. A Clear
+(1) stops the write-back of every flight it can affect, including flights that start
+while it runs, (2) waits for a write-back already under way, so the cache cannot be
+written after the Clear removed the entry, and (3) retires those flights before it
+returns, so a Stat that starts afterwards reads the backend afresh instead of joining
+a read that began before the blob was deleted. A Clear the backend refuses
+(UNSUPPORTED, UNAVAILABLE) puts back what it took from the cache: it changed nothing.
 """
 
 from __future__ import annotations
 
 import asyncio
-import functools
 import logging
-import re
-from collections.abc import Awaitable, Callable, Sequence
+from collections import Counter
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from descriptor_client.descriptor import Descriptor, validate_descriptor
-from descriptor_client.digest import validate_digest, validate_repository
+from descriptor_client.digest import all_valid, validate_digest, validate_repository
 from descriptor_client.errors import (
     BackendUnavailableError,
     BatchTooLargeError,
@@ -24,9 +32,9 @@ from descriptor_client.errors import (
     DescriptorError,
     UnsupportedError,
 )
-from descriptor_client.protocol import BlobDescriptorService
 
 from .backends import Backend
+from .caches import Cache
 from .logutil import RateLimitedLog, describe
 
 log = logging.getLogger(__name__)
@@ -34,6 +42,8 @@ log = logging.getLogger(__name__)
 DEFAULT_MAX_BATCH = 1000
 #: Digests remembered as valid by BatchStat (cleared when full).
 VALID_MEMO_MAX = 16384
+
+Key = tuple[str, str]  # (digest, repository)
 
 
 @dataclass
@@ -46,13 +56,24 @@ class StatterMetrics:
     errors: int = 0
 
 
-@dataclass
+@dataclass(eq=False)
 class _Flight:
     """A backend Stat in flight, shared by every concurrent miss on the same key."""
 
-    task: asyncio.Future[Descriptor]
     write: bool
-    waiters: int = field(default=1)
+    task: asyncio.Future[Descriptor] | None = None
+    #: Set while the answer is being written to the cache; a Clear waits for it.
+    writing: asyncio.Future[None] | None = field(default=None)
+
+
+def _affects(clear: Key, key: Key) -> bool:
+    """Whether a Clear of ``clear`` must stop a flight on ``key``.
+
+    A global Clear affects every scope of the digest; a repository Clear affects that
+    repository and the global entry (which a repository miss also sets).
+    """
+    digest, repository = clear
+    return key[0] == digest and (not repository or key[1] in (repository, ""))
 
 
 class CachedBlobStatter:
@@ -60,7 +81,7 @@ class CachedBlobStatter:
 
     def __init__(
         self,
-        cache: BlobDescriptorService,
+        cache: Cache,
         backend: Backend,
         *,
         delete_enabled: bool = False,
@@ -71,7 +92,8 @@ class CachedBlobStatter:
         self.delete_enabled = delete_enabled
         self.max_batch = max_batch
         self.metrics = StatterMetrics()
-        self._inflight: dict[tuple[str, str], _Flight] = {}
+        self._inflight: dict[Key, _Flight] = {}
+        self._clearing: Counter[Key] = Counter()  # the Clears in progress
         self._valid: set[str] = set()  # digests recently validated by BatchStat (bounded)
         self._cache_log = RateLimitedLog(log)
 
@@ -80,9 +102,6 @@ class CachedBlobStatter:
     async def stat(self, digest: str, repository: str = "") -> Descriptor:
         validate_digest(digest)
         validate_repository(repository)
-        return await self._stat(digest, repository)
-
-    async def _stat(self, digest: str, repository: str) -> Descriptor:
         metrics = self.metrics
         metrics.requests += 1
         try:
@@ -104,22 +123,22 @@ class CachedBlobStatter:
         key = (digest, repository)
         flight = self._inflight.get(key)
         if flight is None:
+            write = cache_ok and not any(_affects(clear, key) for clear in self._clearing)
+            flight = self._inflight[key] = _Flight(write)
             # The fetch runs as its own task so that a caller that gives up (deadline,
             # cancellation) does not fail the other callers waiting on it.
-            task = asyncio.ensure_future(self._fetch(digest, repository))
-            flight = self._inflight[key] = _Flight(task, write=cache_ok, waiters=1)
-            task.add_done_callback(functools.partial(self._landed, key))
-        else:
-            flight.waiters += 1
+            flight.task = task = asyncio.ensure_future(self._fetch(flight, digest, repository))
+            task.add_done_callback(lambda done: self._landed(key, flight, done))
+        assert flight.task is not None
         return asyncio.shield(flight.task)
 
-    def _landed(self, key: tuple[str, str], task: asyncio.Future[Descriptor]) -> None:
-        if self._inflight.get(key) is not None and self._inflight[key].task is task:
+    def _landed(self, key: Key, flight: _Flight, task: asyncio.Future[Descriptor]) -> None:
+        if self._inflight.get(key) is flight:
             del self._inflight[key]
         if not task.cancelled():
             task.exception()  # retrieved here, so an unawaited failure never warns
 
-    async def _fetch(self, digest: str, repository: str) -> Descriptor:
+    async def _fetch(self, flight: _Flight, digest: str, repository: str) -> Descriptor:
         try:
             desc = await self.backend.stat(digest, repository)
         except DescriptorError:
@@ -127,37 +146,28 @@ class CachedBlobStatter:
         except Exception as err:
             log.warning("backend stat of %s failed: %s", digest, describe(err))
             raise BackendUnavailableError(f"backend failed: {describe(err)}") from err
-        flight = self._inflight.get((digest, repository))
-        if flight is not None and flight.write:
+        if flight.write:
+            flight.writing = asyncio.get_running_loop().create_future()
             try:
                 await self.cache.set_descriptor(digest, desc, repository)
             except Exception as err:  # best effort: logged, never returned
                 self.metrics.errors += 1
                 self._cache_log.warning("cache write after a miss failed: %s", describe(err))
+            finally:
+                flight.writing.set_result(None)
+                flight.writing = None
         return desc
 
     async def batch_stat(self, digests: Sequence[str], repository: str = "") -> list[Descriptor | DescriptorError]:
-        """Stat each digest; a bad or unknown digest fails its item, not the call."""
-        validate_repository(repository)
-        if len(digests) > self.max_batch:
-            raise BatchTooLargeError(f"{len(digests)} digests in one batch, at most {self.max_batch} allowed")
-        stat_many = getattr(self.cache, "stat_many", None)
-        if stat_many is None:
-            results: list[Descriptor | DescriptorError] = []
-            for digest in digests:
-                try:
-                    validate_digest(digest)
-                    results.append(await self._stat(digest, repository))
-                except DescriptorError as err:
-                    results.append(err)
-            return results
-        return await self._batch_stat_many(stat_many, digests, repository)
+        """Stat each digest: a bad or unknown digest fails its item, not the call.
 
-    async def _batch_stat_many(
-        self, stat_many: StatMany, digests: Sequence[str], repository: str
-    ) -> list[Descriptor | DescriptorError]:
-        """One cache call for the whole batch; the misses go to the backend concurrently."""
+        One cache call (``stat_many``) looks up the whole batch; the misses go to the
+        backend concurrently, through the same coalesced flights as Stat.
+        """
+        validate_repository(repository)
         n = len(digests)
+        if n > self.max_batch:
+            raise BatchTooLargeError(f"{n} digests in one batch, at most {self.max_batch} allowed")
         out: list[Descriptor | DescriptorError | None] = [None] * n
         positions: Sequence[int]
         keys: Sequence[str]
@@ -178,7 +188,7 @@ class CachedBlobStatter:
         found: list[Descriptor | None]
         cache_ok = True
         try:
-            found = await stat_many(keys, repository) if keys else []
+            found = await self.cache.stat_many(keys, repository) if keys else []
         except Exception as err:  # the cache failed: every lookup is an error and a miss
             metrics.errors += len(keys)
             self._cache_log.warning("cache stat_many failed, answering from the backend: %s", describe(err))
@@ -222,7 +232,7 @@ class CachedBlobStatter:
         valid = self._valid
         if valid.issuperset(digests):
             return True
-        if not _all_valid_lines(digests):
+        if not all_valid(digests):
             return False
         if len(valid) + len(digests) > VALID_MEMO_MAX:
             valid.clear()
@@ -251,11 +261,36 @@ class CachedBlobStatter:
         if not self.backend.supports_clear(repository):
             scope = "repository scope" if repository else "global scope"
             raise UnsupportedError(f"the backend cannot clear in the {scope}")
-        # A Stat in flight must not write back what is being cleared. A global Clear
-        # also stops repository-scoped misses, which would set the global entry again.
-        for (key_digest, key_repository), flight in self._inflight.items():
-            if key_digest == digest and (not repository or key_repository in (repository, "")):
-                flight.write = False
+        clear = (digest, repository)
+        self._clearing[clear] += 1
+        try:
+            await self._stop_flights(clear)
+            await self._clear(digest, repository)
+        finally:
+            self._clearing[clear] -= 1
+            if not self._clearing[clear]:
+                del self._clearing[clear]
+            # Flights that began while the Clear ran read the blob before it was gone:
+            # a Stat that starts after the Clear must not join them.
+            self._retire(clear)
+
+    async def _stop_flights(self, clear: Key) -> None:
+        """Stop the write-back of every flight the Clear affects, and retire it."""
+        writing = []
+        for flight in self._retire(clear):
+            flight.write = False
+            if flight.writing is not None:
+                writing.append(flight.writing)
+        if writing:  # a write-back already under way lands before the cache is cleared
+            await asyncio.gather(*(asyncio.shield(w) for w in writing))
+
+    def _retire(self, clear: Key) -> list[_Flight]:
+        """Take the flights the Clear affects out of the table (their callers keep them)."""
+        retired = [key for key in self._inflight if _affects(clear, key)]
+        return [self._inflight.pop(key) for key in retired]
+
+    async def _clear(self, digest: str, repository: str) -> None:
+        taken = await self._snapshot(digest, repository)
         held = False
         try:
             await self.cache.clear(digest, repository)
@@ -275,31 +310,37 @@ class CachedBlobStatter:
         except BlobUnknownError:
             pass
         except DescriptorError:
+            await self._restore(digest, taken)  # UNSUPPORTED at delete time: nothing changed
             raise
         except Exception as err:
             log.warning("backend clear of %s failed: %s", digest, describe(err))
-            raise BackendUnavailableError(f"backend failed: {describe(err)}") from err
+            await self._restore(digest, taken)
+            raise BackendUnavailableError(f"backend failed, nothing was cleared: {describe(err)}") from err
         if not held:
             raise BlobUnknownError.of(digest, repository)
 
+    async def _snapshot(self, digest: str, repository: str) -> list[tuple[Descriptor, str]]:
+        """What the cache holds that a Clear of this scope removes: (descriptor, scope),
+        global entry first, so that :meth:`_restore` can put it back as it was."""
+        taken: list[tuple[Descriptor, str]] = []
+        for scope in ("", repository) if repository else ("",):
+            try:
+                taken.append((await self.cache.stat(digest, scope), scope))
+            except Exception:  # unknown, or the cache fails (then its clear refuses too)
+                continue
+        return taken
+
+    async def _restore(self, digest: str, taken: list[tuple[Descriptor, str]]) -> None:
+        for desc, scope in taken:
+            try:
+                await self.cache.set_descriptor(digest, desc, scope)
+            except Exception as err:
+                self.metrics.errors += 1
+                self._cache_log.warning("cache restore after a refused clear failed: %s", describe(err))
+
     async def close(self) -> None:
-        for closer in (getattr(self.cache, "close", None), self.backend.close):
-            if closer is not None:
-                try:
-                    await closer()
-                except Exception as err:  # closing must not mask shutdown
-                    log.warning("close failed: %s", describe(err))
-
-
-StatMany = Callable[[Sequence[str], str], Awaitable[list[Descriptor | None]]]
-
-# A whole batch of valid digests, one per line, checked by one regex call.
-_VALID_LINES = re.compile(r"(?:(?:sha256:[a-f0-9]{64}|sha384:[a-f0-9]{96}|sha512:[a-f0-9]{128})\n)*")
-
-
-def _all_valid_lines(digests: Sequence[str]) -> bool:
-    """True if every digest is valid (one C-level match instead of one per digest)."""
-    joined = "\n".join(digests) + "\n"
-    # Each digest adds one separator; a valid digest has no newline, so the counts
-    # agree only when every line is exactly one digest.
-    return joined.count("\n") == len(digests) and _VALID_LINES.fullmatch(joined) is not None
+        for component in (self.cache, self.backend):
+            try:
+                await component.close()
+            except Exception as err:  # closing must not mask shutdown
+                log.warning("close failed: %s", describe(err))

@@ -1,10 +1,10 @@
 """Backends: the source of truth behind the cache, one module each.
 
-Every backend implements the BlobDescriptorService protocol plus
-``supports_clear(repository)`` (whether Clear can work in that scope) and ``close()``.
-A backend may also have ``async def probe(self) -> None`` (see :class:`Probed`): the
-server calls it every ``grpc.healthprobeinterval`` and reports the service
-NOT_SERVING while it raises.
+Every backend implements :class:`Backend`: the service protocol, plus
+``supports_clear(repository)`` (whether Clear can work in that scope, asked before the
+cache changes), ``probe()`` (a cheap health check: the server calls it every
+``grpc.healthprobeinterval`` and reports the service NOT_SERVING while it raises) and
+``close()``.
 """
 
 from __future__ import annotations
@@ -16,10 +16,14 @@ from descriptor_client.protocol import BlobDescriptorService
 
 @runtime_checkable
 class Backend(BlobDescriptorService, Protocol):
-    """A backend: the service protocol, plus what the statter must know before Clear."""
+    """A backend: the service protocol, plus what the statter and the health probe ask."""
 
     def supports_clear(self, repository: str) -> bool:
         """True if Clear can work in this scope (checked before the cache changes)."""
+        ...
+
+    async def probe(self) -> None:
+        """Return when the backend can serve; raise (BackendUnavailableError) when not."""
         ...
 
     async def close(self) -> None:
@@ -27,10 +31,4 @@ class Backend(BlobDescriptorService, Protocol):
         ...
 
 
-@runtime_checkable
-class Probed(Protocol):
-    """An optional backend capability: a cheap health check."""
-
-    async def probe(self) -> None:
-        """Return when the backend can serve; raise (BackendUnavailableError) when not."""
-        ...
+__all__ = ["Backend"]

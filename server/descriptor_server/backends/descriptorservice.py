@@ -16,7 +16,6 @@ from __future__ import annotations
 import logging
 
 from descriptor_client import AsyncDescriptorClient
-from descriptor_client._wire import ClientTLS
 from descriptor_client.descriptor import Descriptor
 from descriptor_client.digest import validate_digest, validate_repository
 from descriptor_client.errors import (
@@ -26,6 +25,7 @@ from descriptor_client.errors import (
     InvalidArgumentError,
     UnsupportedError,
 )
+from descriptor_client.tls import ClientTLS
 
 from ..config import ConfigError, DescriptorServiceBackendConfig
 from ..logutil import RateLimitedLog

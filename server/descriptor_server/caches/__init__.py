@@ -1,6 +1,34 @@
-"""Caches: each module implements the BlobDescriptorService protocol in front of a backend.
+"""Caches: each module implements :class:`Cache` in front of a backend.
 
 - ``inmemory``: bounded, scan-resistant, in this process.
 - ``redis``: distribution's Redis layout, shared with registries and other replicas.
 - ``none``: caches nothing (every Stat goes to the backend).
 """
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Protocol, runtime_checkable
+
+from descriptor_client.descriptor import Descriptor
+from descriptor_client.protocol import BlobDescriptorService
+
+
+@runtime_checkable
+class Cache(BlobDescriptorService, Protocol):
+    """A cache: the service protocol, a batch lookup, and ``close``."""
+
+    async def stat_many(self, digests: Sequence[str], repository: str = "") -> list[Descriptor | None]:
+        """Look up many digests in one (valid) scope: each descriptor, or ``None`` where unknown.
+
+        A digest that is not valid is reported unknown (the statter validates first). Raises
+        only when the cache itself fails, for the whole batch.
+        """
+        ...
+
+    async def close(self) -> None:
+        """Release connections."""
+        ...
+
+
+__all__ = ["Cache"]

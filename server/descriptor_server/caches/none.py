@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 from descriptor_client.descriptor import Descriptor
 from descriptor_client.errors import BlobUnknownError
 
@@ -14,6 +16,9 @@ class NoneCache:
     async def stat(self, digest: str, repository: str = "") -> Descriptor:
         check_key(digest, repository)
         raise BlobUnknownError.of(digest)
+
+    async def stat_many(self, digests: Sequence[str], repository: str = "") -> list[Descriptor | None]:
+        return [None] * len(digests)
 
     async def set_descriptor(self, digest: str, descriptor: Descriptor, repository: str = "") -> None:
         check_set(digest, descriptor, repository)
