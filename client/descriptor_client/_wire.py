@@ -8,6 +8,8 @@ import time
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
+from grpc_health.v1 import health_pb2
+
 from ._proto.descriptor.v1 import descriptor_pb2 as pb
 from .descriptor import Descriptor
 from .errors import (
@@ -142,6 +144,19 @@ def metrics_of(resp: pb.GetMetricsResponse) -> Metrics:
     return Metrics(resp.requests, resp.hits, resp.misses, resp.errors)
 
 
+#: grpc.health.v1's Check method.
+HEALTH_CHECK = "/grpc.health.v1.Health/Check"
+
+
+def health_status(resp: health_pb2.HealthCheckResponse | None) -> str:
+    """The status name of a health answer; None (the server knows no such service) is
+    ``SERVICE_UNKNOWN``."""
+    if resp is None:
+        return "SERVICE_UNKNOWN"
+    name: str = health_pb2.HealthCheckResponse.ServingStatus.Name(resp.status)
+    return name
+
+
 def bind_methods(channel: Any) -> dict[str, Callable[..., Any]]:
     """unary_unary callables for every RPC of the table, on a sync or aio channel."""
     return {
@@ -180,6 +195,11 @@ class ClientBase:
         else:
             self._channel = channels.insecure_channel(self.target, options=opts)
         self._methods = bind_methods(self._channel)
+        self._health = self._channel.unary_unary(
+            HEALTH_CHECK,
+            request_serializer=health_pb2.HealthCheckRequest.SerializeToString,
+            response_deserializer=health_pb2.HealthCheckResponse.FromString,
+        )
 
     def _deadline(self, timeout: float | None) -> float | None:
         return self.timeout if timeout is None else timeout

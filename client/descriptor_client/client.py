@@ -8,6 +8,7 @@ from types import TracebackType
 from typing import Any
 
 import grpc
+from grpc_health.v1 import health_pb2
 
 from ._proto.descriptor.v1 import descriptor_pb2 as pb
 from ._wire import (
@@ -17,6 +18,7 @@ from ._wire import (
     batch_results,
     clear_request,
     descriptor_of,
+    health_status,
     metrics_of,
     set_request,
     stat_request,
@@ -24,6 +26,7 @@ from ._wire import (
 from .descriptor import Descriptor
 from .errors import DescriptorError, from_rpc_error
 from .metrics import Metrics
+from .rpcs import SERVICE
 from .tls import ClientTLS
 
 
@@ -83,6 +86,19 @@ class DescriptorClient(ClientBase):
     def metrics(self, *, timeout: float | None = None) -> Metrics:
         """The server's cached-statter counters."""
         return metrics_of(self._call("GetMetrics", pb.GetMetricsRequest(), timeout))
+
+    def health(self, service: str = SERVICE, *, timeout: float | None = None) -> str:
+        """The grpc.health.v1 status of ``service`` ("" = the whole server): ``SERVING``,
+        ``NOT_SERVING`` (draining, or its backend fails its probe) or ``SERVICE_UNKNOWN``."""
+        try:
+            resp = self._health(
+                health_pb2.HealthCheckRequest(service=service), timeout=self._deadline(timeout), metadata=self._metadata
+            )
+        except grpc.RpcError as err:
+            if err.code() == grpc.StatusCode.NOT_FOUND:
+                return health_status(None)
+            raise from_rpc_error(err) from None
+        return health_status(resp)
 
     def repository(self, name: str) -> RepositoryClient:
         """A view of this client bound to one repository scope."""

@@ -43,6 +43,9 @@ from .statter import CachedBlobStatter
 
 log = logging.getLogger("descriptor_server")
 
+#: Seconds without a new call after which a draining server stops (bounded by ``grpc.drain``).
+DRAIN_QUIET = 0.5
+
 
 def build_cache(config: Config, *, observe: RedisObserver | None = None) -> Cache:
     kind = config.storage.cache.blobdescriptor
@@ -206,13 +209,24 @@ class DescriptorServer:
         await self._stopping.wait()
 
     async def drain(self, grace: float | None = None) -> None:
-        """Refuse new calls, let the calls in flight finish, then stop."""
+        """Refuse new calls, let the calls in flight finish, then stop.
+
+        No call the server received is lost: grpcio cancels the calls it has received
+        but not yet handed to a handler when the server stops, so the server keeps
+        answering ``SERVER_DRAINING`` (which clients retry on another replica) until
+        no call has arrived for :data:`DRAIN_QUIET` seconds and none is in flight,
+        within ``grpc.drain``; only then does it stop.
+        """
         grace = self.config.grpc.drain if grace is None else grace
         log.info("draining: refusing new calls, waiting for %d in flight", self.servicer.inflight)
         self.servicer.draining = True
         await self.health.drain()
         deadline = time.monotonic() + grace
-        while self.servicer.inflight and time.monotonic() < deadline:  # noqa: ASYNC110 - a counter, not an event
+        quiet = min(DRAIN_QUIET, grace)
+        while time.monotonic() < deadline:
+            now = time.monotonic()
+            if not self.servicer.inflight and now - max(self.servicer.last_arrival, deadline - grace) >= quiet:
+                break
             await asyncio.sleep(0.01)
         if self.server is not None:
             await self.server.stop(max(0.0, deadline - time.monotonic()))

@@ -81,6 +81,8 @@ class DescriptorServicer:
         self.observer = observer
         self.draining = False
         self.inflight = 0
+        #: time.monotonic() of the last call that reached a handler (for the drain's quiet window)
+        self.last_arrival = 0.0
         self.encoder = ResponseEncoder()
 
     # -- handlers (decoded request -> response bytes) -----------------------------
@@ -130,6 +132,7 @@ class DescriptorServicer:
             code = grpc.StatusCode.OK
             request: Any = None
             self.inflight += 1
+            self.last_arrival = time.monotonic()
             try:
                 if self.draining:
                     raise ServerDrainingError("server is draining; retry another replica")

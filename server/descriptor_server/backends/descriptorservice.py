@@ -73,11 +73,17 @@ class DescriptorServiceBackend:
         return True
 
     async def probe(self) -> None:
-        """Health: the other service answers GetMetrics (a ``read`` call)."""
+        """Health: the other service reports itself SERVING (its own backend passes its probe).
+
+        A health check, not a call of the service: it never counts in the other
+        service's metrics, and never keeps it from finishing a drain.
+        """
         try:
-            await self.client.metrics()
+            status = await self.client.health()
         except DescriptorError as err:
             raise BackendUnavailableError(f"descriptor service {self.client.target}: {err}") from None
+        if status != "SERVING":
+            raise BackendUnavailableError(f"descriptor service {self.client.target}: health {status}")
 
     async def close(self) -> None:
         await self.client.close()
