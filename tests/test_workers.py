@@ -6,12 +6,12 @@ import signal
 from pathlib import Path
 
 from descriptor_client import Descriptor, DescriptorClient
-from helpers.support import OCT, Layout, ServerProcess, base_config, run_server_command, wait_for
+from helpers.support import OCT, Layout, ServerProcess, base_config, run_server_command, running_server, wait_for
 
 
 def test_workers_share_the_port_and_drain_on_sigterm(tmp_path: Path, layout: Layout) -> None:
     blob = layout.put_blob(b"served by a worker")
-    config = base_config(layout.root)
+    config = base_config(layout.root, delete=False)
     proc = ServerProcess(config, tmp_path)
     proc.args = [*proc.args, "--workers", "2"]
     proc.start()
@@ -44,3 +44,20 @@ def test_workers_refuse_a_bad_backend_section_on_stderr(tmp_path: Path) -> None:
     assert out.returncode == 2
     assert "descriptor-server: config error: storage.registry.url" in out.stderr
     assert out.stdout == ""
+
+
+def test_workers_with_a_per_worker_cache_and_deletion_are_refused(tmp_path: Path, layout: Layout) -> None:
+    """A Clear would reach one worker's in-memory cache only: refused at start, naming the keys."""
+    proc = ServerProcess(base_config(layout.root, delete=True), tmp_path)
+    out = run_server_command([*proc.args, "--workers", "2"], cwd=tmp_path)
+    assert out.returncode == 2
+    line = out.stderr.strip()
+    assert line.startswith("descriptor-server: config error: grpc.workers:")
+    assert "storage.cache.blobdescriptor" in line
+    assert "storage.delete.enabled" in line
+    for cache in ("none",):  # nothing per worker to disagree about: served
+        config = base_config(layout.root, delete=True, cache=cache, workers=2)
+        with running_server(config, tmp_path) as server, DescriptorClient(server.target) as client:
+            blob = layout.put_blob(b"cleared through one of two workers")
+            client.clear(blob)
+            assert not layout.blob_data(blob).exists()

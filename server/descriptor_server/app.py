@@ -32,7 +32,7 @@ from grpc_reflection.v1alpha import reflection
 from . import security
 from .backends import Backend
 from .caches import Cache
-from .config import Config, ConfigError, load, to_dict
+from .config import Config, ConfigError, check_workers, load, to_dict
 from .debug_http import MetricsEndpoint
 from .health import Health
 from .limits import server_options
@@ -289,6 +289,7 @@ def run(args: argparse.Namespace) -> int:
         if args.workers < 1:
             raise ConfigError("grpc.workers", "must be >= 1 (--workers)")
         config = dataclasses.replace(config, grpc=dataclasses.replace(config.grpc, workers=args.workers))
+        check_workers(config)
     setup_logging(config.log)
     if config.grpc.workers > 1:
         from .workers import run_workers

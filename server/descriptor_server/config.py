@@ -339,6 +339,18 @@ _DURATION_PART = re.compile(r"(\d+(?:\.\d*)?|\.\d+)(ns|us|µs|ms|s|m|h)")
 _UNITS = {"ns": 1e-9, "us": 1e-6, "µs": 1e-6, "ms": 1e-3, "s": 1.0, "m": 60.0, "h": 3600.0}
 
 
+def check_workers(config: Config) -> None:
+    """Refuse workers that would disagree: each has its own in-memory cache, and a Clear
+    reaches one worker only, so the others would keep answering the deleted blob."""
+    storage = config.storage
+    if config.grpc.workers > 1 and storage.cache.blobdescriptor == "inmemory" and storage.delete.enabled:
+        raise ConfigError(
+            "grpc.workers",
+            f"{config.grpc.workers} workers with storage.cache.blobdescriptor inmemory and storage.delete.enabled:"
+            " a Clear would reach one worker's cache only (use the redis cache, one worker, or disable deletion)",
+        )
+
+
 def parse_duration(value: Any, path: str) -> float:
     """Seconds from a Go duration (``1s``, ``500ms``, ``1m30s``) or a number of seconds."""
     if isinstance(value, int | float) and not isinstance(value, bool):
@@ -435,6 +447,7 @@ def validate(config: Config) -> None:
         raise ConfigError("grpc.keepalive.maxpingstrikes", "must be >= 0 (0 = no strike allowed)")
     if grpc.workers < 1:
         raise ConfigError("grpc.workers", "must be >= 1")
+    check_workers(config)
     if bool(grpc.tls.certificate) != bool(grpc.tls.key):
         raise ConfigError("grpc.tls", "certificate and key go together")
     if grpc.tls.clientcas and not grpc.tls.certificate:
