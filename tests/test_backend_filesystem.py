@@ -1,4 +1,4 @@
-"""The filesystem backend over distribution's real on-disk layout (CONTRACT section 4).
+"""The filesystem backend over distribution's real on-disk layout (docs/api.md, Caches and backends).
 
 Symbolic links and path confinement are tested in test_confinement.py.
 """

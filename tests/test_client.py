@@ -1,4 +1,4 @@
-"""The Python client (CONTRACT section 6), sync and asyncio, against the real server command."""
+"""The Python client (README, Python client), sync and asyncio, against the real server command."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""The filesystem backend never reads or deletes outside its root (CONTRACT section 4).
+"""The filesystem backend never reads or deletes outside its root (docs/api.md, Caches and backends).
 
 Real directories and real symbolic links: a repository or blob directory linked out
 of the root, a link file linked to a file outside, names with ``..`` or absolute

@@ -1,4 +1,4 @@
-"""CONTRACT section 3's conformance cases (distribution's cachecheck), against every target."""
+"""The conformance cases of docs/api.md (distribution's cachecheck), against every target."""
 
 from __future__ import annotations
 

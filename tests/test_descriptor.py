@@ -1,4 +1,4 @@
-"""The frozen Descriptor, media type syntax and descriptor validation (CONTRACT sections 2-3)."""
+"""The frozen Descriptor, media type syntax and descriptor validation (docs/api.md, Errors and Semantics)."""
 
 from __future__ import annotations
 

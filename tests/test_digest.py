@@ -1,4 +1,4 @@
-"""Digest and repository-name validation: every example of CONTRACT section 2."""
+"""Digest and repository-name validation: every example of docs/api.md, Errors."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""The one error table (CONTRACT section 2), both ways, and through a real server."""
+"""The one error table (docs/api.md, Errors), both ways, and through a real server."""
 
 from __future__ import annotations
 
@@ -26,8 +26,8 @@ from google.rpc import error_details_pb2, status_pb2
 from grpc_status import rpc_status
 from helpers.support import A384, Layout, ServerProcess, base_config
 
-#: CONTRACT section 2's table, reason -> code, as a user reads it.
-CONTRACT_TABLE = {
+#: The error table of docs/api.md, reason -> code, as a user reads it.
+API_TABLE = {
     "BLOB_UNKNOWN": grpc.StatusCode.NOT_FOUND,
     "DIGEST_INVALID_FORMAT": grpc.StatusCode.INVALID_ARGUMENT,
     "DIGEST_INVALID_LENGTH": grpc.StatusCode.INVALID_ARGUMENT,
@@ -45,7 +45,7 @@ CONTRACT_TABLE = {
 
 
 def test_table_covers_the_contract() -> None:
-    for reason, code in CONTRACT_TABLE.items():
+    for reason, code in API_TABLE.items():
         assert reason in ERROR_TABLE, reason
         assert ERROR_TABLE[reason].code == code, reason
         assert ERROR_TABLE[reason].reason == reason

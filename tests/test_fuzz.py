@@ -155,7 +155,7 @@ def test_valid_digests_are_accepted(digest: str) -> None:
 @VALIDATORS
 @given(any_digests)
 def test_digest_validation_follows_the_contract_order(digest: str) -> None:
-    """Exactly the checks and order of CONTRACT section 2, and only the three digest errors."""
+    """Exactly the checks and order of docs/api.md, Errors, and only the three digest errors."""
     algorithm, sep, encoded = digest.partition(":")
     if not sep or not algorithm or not encoded:
         want: type[DescriptorError] | None = DigestInvalidFormatError

@@ -1,4 +1,4 @@
-"""Client-side load balancing over replicas, and retries of UNAVAILABLE (CONTRACT section 6).
+"""Client-side load balancing over replicas, and retries of UNAVAILABLE (README, Python client).
 
 The Python client's gRPC service config asks for ``round_robin`` over every address
 of the target and retries UNAVAILABLE (a draining or restarting replica). These tests

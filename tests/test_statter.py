@@ -1,4 +1,4 @@
-"""The cached blob statter: CONTRACT section 3, with a real InMemoryCache and FilesystemBackend.
+"""The cached blob statter: docs/api.md, Semantics, with a real InMemoryCache and FilesystemBackend.
 
 Fakes appear only to inject faults a real part cannot produce on demand: a cache whose
 every call fails, a backend that fails, and a backend held at a gate so that calls are

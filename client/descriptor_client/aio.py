@@ -1,4 +1,4 @@
-"""The asyncio client: ``AsyncDescriptorClient`` (CONTRACT section 6)."""
+"""The asyncio client: ``AsyncDescriptorClient`` (README, Python client)."""
 
 from __future__ import annotations
 

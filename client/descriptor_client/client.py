@@ -1,4 +1,4 @@
-"""The blocking client: ``DescriptorClient`` (CONTRACT section 6)."""
+"""The blocking client: ``DescriptorClient`` (README, Python client)."""
 
 from __future__ import annotations
 

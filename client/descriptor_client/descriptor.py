@@ -1,4 +1,4 @@
-"""The frozen blob descriptor and its validation (CONTRACT sections 1 to 3)."""
+"""The frozen blob descriptor and its validation (docs/api.md)."""
 
 from __future__ import annotations
 

@@ -3,7 +3,7 @@
 The server turns any :class:`DescriptorError` into a gRPC status carrying an
 ``ErrorInfo`` detail (``domain = "descriptor.v1"``); the client turns such a status
 back into the same exception class. Both directions read :data:`ERROR_TABLE`, so
-the two can never drift apart (CONTRACT section 2).
+the two can never drift apart (docs/api.md, Errors).
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """The one small protocol every cache, backend, statter and client implements.
 
-``stat`` / ``set_descriptor`` / ``clear`` with the semantics of CONTRACT section 3.
+``stat`` / ``set_descriptor`` / ``clear`` with the semantics of docs/api.md, Semantics.
 An empty ``repository`` is the global scope. Errors are the typed exceptions of
 :mod:`descriptor_client.errors`: ``BlobUnknownError`` when the blob is unknown in
 the scope, any other exception when the component failed.

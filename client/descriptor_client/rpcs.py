@@ -40,6 +40,8 @@ class Rpc:
     #: Retried by the clients on any UNAVAILABLE. Every other call is retried only on
     #: ``SERVER_DRAINING``, which promises that the server did nothing.
     idempotent: bool
+    #: The method's name in Python: the clients' verb and the servicer's handler.
+    verb: str
 
     @property
     def path(self) -> str:
@@ -47,20 +49,20 @@ class Rpc:
         return f"/{SERVICE}/{self.name}"
 
 
-#: Per method: (access, registry action, idempotent for retry).
-_RULES: dict[str, tuple[Access, Action, bool]] = {
-    "Stat": ("read", "pull", True),
-    "SetDescriptor": ("write", "push", False),
-    "Clear": ("write", "delete", False),
-    "BatchStat": ("read", "pull", True),
-    "GetMetrics": ("read", None, True),
+#: Per method: (access, registry action, idempotent for retry, Python verb).
+_RULES: dict[str, tuple[Access, Action, bool, str]] = {
+    "Stat": ("read", "pull", True, "stat"),
+    "SetDescriptor": ("write", "push", False, "set_descriptor"),
+    "Clear": ("write", "delete", False, "clear"),
+    "BatchStat": ("read", "pull", True, "batch_stat"),
+    "GetMetrics": ("read", None, True, "metrics"),
 }
 
 
 def _table() -> dict[str, Rpc]:
     table: dict[str, Rpc] = {}
     for method in _SERVICE.methods:
-        access, action, idempotent = _RULES[method.name]  # KeyError: an RPC without a rule
+        access, action, idempotent, verb = _RULES[method.name]  # KeyError: an RPC without a rule
         table[method.name] = Rpc(
             method.name,
             getattr(pb, method.input_type.name),
@@ -68,6 +70,7 @@ def _table() -> dict[str, Rpc]:
             access,
             action,
             idempotent,
+            verb,
         )
     return table
 

@@ -109,16 +109,15 @@ class DescriptorServicer:
         results = await self.statter.batch_stat(digests, request.repository)
         return self.encoder.batch_response(digests, results)
 
-    async def get_metrics(self, request: pb.GetMetricsRequest) -> bytes:
+    async def metrics(self, request: pb.GetMetricsRequest) -> bytes:
         m = self.statter.metrics
         return pb.GetMetricsResponse(
             requests=m.requests, hits=m.hits, misses=m.misses, errors=m.errors
         ).SerializeToString()
 
     def _handler_of(self, rpc: Rpc) -> Callable[[Any], Awaitable[bytes]]:
-        """The handler of an RPC of the table, by the rule: ``BatchStat`` -> ``batch_stat``."""
-        name = "".join(f"_{c.lower()}" if c.isupper() else c for c in rpc.name).lstrip("_")
-        handler: Callable[[Any], Awaitable[bytes]] = getattr(self, name)
+        """The handler of an RPC of the table: the method named by its verb."""
+        handler: Callable[[Any], Awaitable[bytes]] = getattr(self, rpc.verb)
         return handler
 
     # -- wiring -------------------------------------------------------------------

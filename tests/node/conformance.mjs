@@ -1,7 +1,7 @@
 #!/usr/bin/env node
 // A Node.js caller of descriptor.v1.BlobDescriptorService built from protos/ alone
 // (no generated code, nothing from the Python packages): it checks every RPC, the
-// contract's conformance cases (CONTRACT section 3) and the google.rpc.ErrorInfo
+// contract's conformance cases (docs/api.md, Semantics) and the google.rpc.ErrorInfo
 // reasons (section 2) decoded from the grpc-status-details-bin trailer.
 //
 //   node conformance.mjs TARGET [--blob DIGEST --blob-size N --blob-repo REPO]
@@ -256,7 +256,7 @@ async function run(opts) {
     });
   }
 
-  // Every digest and repository error of the table (CONTRACT section 2).
+  // Every digest and repository error of the table (docs/api.md, Errors).
   const digestCases = [
     ["sha256", "DIGEST_INVALID_FORMAT"],
     ["SHA256:" + "a".repeat(64), "DIGEST_INVALID_FORMAT"],

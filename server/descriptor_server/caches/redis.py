@@ -335,7 +335,7 @@ def _tls_kwargs(cfg: RedisConfig) -> dict[str, Any]:
 
 
 def from_config(cfg: RedisConfig, observe: Observer | None = None) -> RedisCache:
-    """A :class:`RedisCache` for the ``redis:`` section (CONTRACT sections 4 and 5)."""
+    """A :class:`RedisCache` for the ``redis:`` section (docs/api.md, Caches and backends; README, Configuration)."""
     if not cfg.addrs:
         raise ConfigError("redis.addrs", "at least one address is required for the redis cache")
     nodes = [_host_port(addr, f"redis.addrs[{i}]") for i, addr in enumerate(cfg.addrs)]

@@ -1,4 +1,4 @@
-"""Input checks every cache applies before it reads or writes (CONTRACT section 2 order)."""
+"""Input checks every cache applies before it reads or writes (the order of docs/api.md, Errors)."""
 
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ def check_set(digest: str, descriptor: Descriptor, repository: str) -> str | Non
     """Validate a SetDescriptor; return the alias digest to store too, if any.
 
     The alias is the descriptor's own digest when it uses another algorithm than
-    the key (CONTRACT section 3).
+    the key (docs/api.md, Semantics).
     """
     check_key(digest, repository)
     validate_descriptor(digest, descriptor)
