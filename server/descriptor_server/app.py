@@ -38,6 +38,7 @@ from .health import Health
 from .limits import server_options
 from .logs import CallLogger, setup_logging
 from .metrics import RedisObserver, ServerMetrics
+from .revalidate import DEFAULT_CAPACITY, Revalidator
 from .service import DescriptorServicer
 from .statter import CachedBlobStatter
 
@@ -81,12 +82,23 @@ def build_backend(config: Config) -> Backend:
     return backend
 
 
+def build_revalidator(config: Config) -> Revalidator | None:
+    """``storage.cache.revalidate``: keys tracked as many as the in-memory cache holds."""
+    cache = config.storage.cache
+    if cache.revalidate <= 0 or cache.blobdescriptor == "none":
+        return None
+    bounded = cache.blobdescriptor == "inmemory" and cache.blobdescriptorsize > 0
+    capacity = cache.blobdescriptorsize if bounded else DEFAULT_CAPACITY
+    return Revalidator(cache.revalidate, cache.revalidaterate, capacity)
+
+
 def build_statter(config: Config, *, observe: RedisObserver | None = None) -> CachedBlobStatter:
     return CachedBlobStatter(
         build_cache(config, observe=observe),
         build_backend(config),
         delete_enabled=config.storage.delete.enabled,
         max_batch=config.grpc.maxbatch,
+        revalidator=build_revalidator(config),
     )
 
 

@@ -90,6 +90,10 @@ class S3Config:
 class CacheConfig:
     blobdescriptor: str = "inmemory"
     blobdescriptorsize: int = 10000
+    #: Check a cached entry against the backend again on its first hit after this long (0 = never).
+    revalidate: Duration = 0.0
+    #: Most revalidations started per second (0 = no limit).
+    revalidaterate: int = 100
 
 
 @dataclass(frozen=True)
@@ -412,6 +416,8 @@ def validate(config: Config) -> None:
         )
     if cache.blobdescriptorsize < 0:
         raise ConfigError("storage.cache.blobdescriptorsize", "must be >= 0 (0 = unbounded)")
+    if cache.revalidaterate < 0:
+        raise ConfigError("storage.cache.revalidaterate", "must be >= 0 (0 = no limit)")
     if storage.registry is not None and not storage.registry.url:
         raise ConfigError("storage.registry.url", "required")
     if storage.descriptorservice is not None and not storage.descriptorservice.target:

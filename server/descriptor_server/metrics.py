@@ -80,6 +80,13 @@ class StatterCollector(Collector):
             ("errors", m.errors, "The number of cache calls that failed."),
         ):
             yield CounterMetricFamily(f"registry_storage_cache_{name}", doc, value=value)
+        for name, value, doc in (
+            ("revalidations", m.revalidations, "Cached entries checked against the backend again (revalidate)."),
+            ("revalidation_removed", m.revalidation_removed, "Revalidated entries the backend no longer held."),
+            ("revalidation_failed", m.revalidation_failed, "Revalidations the backend could not answer."),
+            ("revalidation_skipped", m.revalidation_skipped, "Revalidations skipped by storage.cache.revalidaterate."),
+        ):
+            yield CounterMetricFamily(f"descriptor_cache_{name}", doc, value=value)
 
 
 #: The ``le`` label of each RPC bucket, as prometheus_client writes it.

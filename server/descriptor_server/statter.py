@@ -20,8 +20,9 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Coroutine, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 from descriptor_client.descriptor import Descriptor, validate_descriptor
 from descriptor_client.digest import all_valid, validate_digest, validate_repository
@@ -36,6 +37,7 @@ from descriptor_client.errors import (
 from .backends import Backend
 from .caches import Cache
 from .logutil import RateLimitedLog, describe
+from .revalidate import Revalidator
 
 log = logging.getLogger(__name__)
 
@@ -54,6 +56,12 @@ class StatterMetrics:
     hits: int = 0
     misses: int = 0
     errors: int = 0
+    #: Revalidations (``storage.cache.revalidate``): started, entries found gone and
+    #: removed, backend failures, and those skipped by the rate limit.
+    revalidations: int = 0
+    revalidation_removed: int = 0
+    revalidation_failed: int = 0
+    revalidation_skipped: int = 0
 
 
 @dataclass(eq=False)
@@ -86,16 +94,19 @@ class CachedBlobStatter:
         *,
         delete_enabled: bool = False,
         max_batch: int = DEFAULT_MAX_BATCH,
+        revalidator: Revalidator | None = None,
     ) -> None:
         self.cache = cache
         self.backend = backend
         self.delete_enabled = delete_enabled
         self.max_batch = max_batch
+        self.revalidator = revalidator
         self.metrics = StatterMetrics()
         self._inflight: dict[Key, _Flight] = {}
         self._clearing: Counter[Key] = Counter()  # the Clears in progress
         self._valid: set[str] = set()  # digests recently validated by BatchStat (bounded)
         self._cache_log = RateLimitedLog(log)
+        self._background: set[asyncio.Future[None]] = set()
 
     # -- Stat ------------------------------------------------------------------
 
@@ -114,9 +125,52 @@ class CachedBlobStatter:
             cache_ok = False
         else:
             metrics.hits += 1
+            if self.revalidator is not None and self.revalidator.due((digest, repository)):
+                self._revalidate(digest, repository)
             return desc
         metrics.misses += 1
         return await self._miss(digest, repository, cache_ok)
+
+    def _revalidate(self, digest: str, repository: str) -> None:
+        """Check a cached entry against the backend in the background (the hit is answered)."""
+        key = (digest, repository)
+        if key in self._inflight:  # coalesced: a read of this key is already under way
+            return
+        assert self.revalidator is not None
+        if not self.revalidator.allow():
+            self.metrics.revalidation_skipped += 1
+            return
+        self.metrics.revalidations += 1
+        self._miss(digest, repository, False).add_done_callback(
+            lambda done: self._background_task(self._revalidated(digest, repository, done))
+        )
+
+    def _background_task(self, coro: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.ensure_future(coro)
+        self._background.add(task)  # held until done: the loop keeps only weak references
+        task.add_done_callback(self._background.discard)
+
+    async def _revalidated(self, digest: str, repository: str, done: asyncio.Future[Descriptor]) -> None:
+        assert self.revalidator is not None
+        err = None if done.cancelled() else done.exception()
+        if err is None and not done.cancelled():
+            self.revalidator.confirmed((digest, repository))
+        elif isinstance(err, BlobUnknownError):
+            # Gone behind the cache's back: removed as a Clear of this scope removes it.
+            self.revalidator.forget((digest, repository))
+            self.metrics.revalidation_removed += 1
+            log.info(
+                "revalidation: %s is gone%s; removed from the cache", digest, f" from {repository}" * bool(repository)
+            )
+            try:
+                await self.cache.clear(digest, repository)
+            except BlobUnknownError:
+                pass
+            except Exception as clear_err:
+                self.metrics.errors += 1
+                self._cache_log.warning("cache clear after a revalidation failed: %s", describe(clear_err))
+        else:
+            self.metrics.revalidation_failed += 1
 
     def _miss(self, digest: str, repository: str, cache_ok: bool) -> asyncio.Future[Descriptor]:
         """The backend answer for a miss, shared by every concurrent miss on the key."""
@@ -150,6 +204,8 @@ class CachedBlobStatter:
             flight.writing = asyncio.get_running_loop().create_future()
             try:
                 await self.cache.set_descriptor(digest, desc, repository)
+                if self.revalidator is not None:
+                    self.revalidator.confirmed((digest, repository))
             except Exception as err:  # best effort: logged, never returned
                 self.metrics.errors += 1
                 self._cache_log.warning("cache write after a miss failed: %s", describe(err))
@@ -194,6 +250,11 @@ class CachedBlobStatter:
             self._cache_log.warning("cache stat_many failed, answering from the backend: %s", describe(err))
             found, cache_ok = [None] * len(keys), False
         # all(): a Descriptor is always true, and all() never calls its Python __eq__.
+        if self.revalidator is not None:
+            due = self.revalidator.due
+            for digest, desc in zip(keys, found, strict=True):
+                if desc is not None and due((digest, repository)):
+                    self._revalidate(digest, repository)
         if len(keys) == n and all(found):  # the common case: all valid, all cached
             metrics.hits += n
             return found  # type: ignore[return-value]  # no None in it
@@ -250,6 +311,9 @@ class CachedBlobStatter:
         except Exception as err:  # the cache is best effort
             self.metrics.errors += 1
             self._cache_log.warning("cache set_descriptor failed: %s", describe(err))
+        else:
+            if self.revalidator is not None:
+                self.revalidator.confirmed((digest, repository))
 
     # -- Clear ---------------------------------------------------------------------
 

@@ -121,6 +121,23 @@ class MotoServer:
             aws_secret_access_key=S3_SECRET,
         )
 
+    @property
+    def root(self) -> Path:
+        """The storage root (the directory holding ``docker/registry/v2``)."""
+        return self.config_path.parent / "storage"
+
+    def garbage_collect(self) -> str:
+        """``registry garbage-collect`` on this registry's storage, as an operator runs it."""
+        out = subprocess.run(
+            [REGISTRY_BINARY, "garbage-collect", str(self.config_path)],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=True,
+            env={k: v for k, v in os.environ.items() if not k.startswith("REGISTRY_")},
+        )
+        return out.stdout + out.stderr
+
     def stop(self) -> None:
         if hasattr(self, "proc"):
             stop_process(self.proc)
@@ -195,8 +212,11 @@ class RegistryProcess:
         delete: bool = True,
         auth: Mapping[str, Any] | None = None,
         tls: tuple[Path, Path, Path] | None = None,
+        redis: str = "",
     ) -> None:
-        """``tls`` is (certificate, key, CA that signed it): serve https:// with them."""
+        """``tls`` is (certificate, key, CA that signed it): serve https:// with them;
+        ``redis`` is the ``host:port`` of a Redis for the registry's own blob descriptor cache."""
+        self.redis = redis
         workdir.mkdir(parents=True, exist_ok=True)
         self.verify: ssl.SSLContext | bool = ssl.create_default_context(cafile=str(tls[2])) if tls else True
         self.log = (workdir / "registry.log").open("wb")
@@ -231,6 +251,9 @@ class RegistryProcess:
         }
         if auth:
             config["auth"] = dict(auth)
+        if self.redis:
+            config["storage"]["cache"] = {"blobdescriptor": "redis"}
+            config["redis"] = {"addr": self.redis, "db": 0}
         if tls:
             config["http"]["tls"] = {"certificate": str(tls[0]), "key": str(tls[1])}
         self.config_path = workdir / "registry.yml"
@@ -243,6 +266,23 @@ class RegistryProcess:
             env={k: v for k, v in os.environ.items() if not k.startswith("REGISTRY_")},
         )
         wait_http(self.url + "/v2/", self.proc, verify=self.verify)
+
+    @property
+    def root(self) -> Path:
+        """The storage root (the directory holding ``docker/registry/v2``)."""
+        return self.config_path.parent / "storage"
+
+    def garbage_collect(self) -> str:
+        """``registry garbage-collect`` on this registry's storage, as an operator runs it."""
+        out = subprocess.run(
+            [REGISTRY_BINARY, "garbage-collect", str(self.config_path)],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=True,
+            env={k: v for k, v in os.environ.items() if not k.startswith("REGISTRY_")},
+        )
+        return out.stdout + out.stderr
 
     def stop(self) -> None:
         if hasattr(self, "proc"):
