@@ -260,33 +260,3 @@ def from_rpc_error(err: grpc.RpcError) -> DescriptorError:
 def code_of(value: int) -> grpc.StatusCode:
     """The grpc.StatusCode for a numeric code."""
     return _CODES_BY_VALUE.get(value, grpc.StatusCode.UNKNOWN)
-
-
-__all__ = [
-    "DOMAIN",
-    "ERROR_TABLE",
-    "BackendUnavailableError",
-    "BatchTooLargeError",
-    "BlobUnknownError",
-    "CallCancelledError",
-    "DeadlineExceededError",
-    "DescriptorError",
-    "DescriptorInvalidError",
-    "DigestInvalidFormatError",
-    "DigestInvalidLengthError",
-    "DigestUnsupportedError",
-    "InvalidArgumentError",
-    "PermissionDeniedError",
-    "RepositoryNameInvalidError",
-    "RequestInvalidError",
-    "ResourceExhaustedError",
-    "ServerDrainingError",
-    "UnauthenticatedError",
-    "UnavailableError",
-    "UnsupportedError",
-    "code_of",
-    "error_info",
-    "from_rpc_error",
-    "from_status_proto",
-    "to_status_proto",
-]

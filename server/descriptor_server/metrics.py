@@ -74,19 +74,16 @@ class StatterCollector(Collector):
     @staticmethod
     def _families(m: StatterMetrics) -> Iterator[CounterMetricFamily]:
         for name, value, doc in (
-            ("requests", m.requests, "The number of cache requests received (Stat lookups)."),
-            ("hits", m.hits, "The number of lookups the cache answered."),
-            ("misses", m.misses, "The number of lookups the cache did not answer."),
-            ("errors", m.errors, "The number of cache calls that failed."),
+            ("registry_storage_cache_requests", m.requests, "The number of cache requests received (Stat lookups)."),
+            ("registry_storage_cache_hits", m.hits, "The number of lookups the cache answered."),
+            ("registry_storage_cache_misses", m.misses, "The number of lookups the cache did not answer."),
+            ("registry_storage_cache_errors", m.errors, "The number of cache calls that failed."),
+            ("descriptor_cache_revalidations", m.revalidations, "Cached entries checked against the backend again."),
+            ("descriptor_cache_revalidation_removed", m.revalidation_removed, "Revalidated entries found gone."),
+            ("descriptor_cache_revalidation_failed", m.revalidation_failed, "Revalidations the backend failed."),
+            ("descriptor_cache_revalidation_skipped", m.revalidation_skipped, "Revalidations over the rate limit."),
         ):
-            yield CounterMetricFamily(f"registry_storage_cache_{name}", doc, value=value)
-        for name, value, doc in (
-            ("revalidations", m.revalidations, "Cached entries checked against the backend again (revalidate)."),
-            ("revalidation_removed", m.revalidation_removed, "Revalidated entries the backend no longer held."),
-            ("revalidation_failed", m.revalidation_failed, "Revalidations the backend could not answer."),
-            ("revalidation_skipped", m.revalidation_skipped, "Revalidations skipped by storage.cache.revalidaterate."),
-        ):
-            yield CounterMetricFamily(f"descriptor_cache_{name}", doc, value=value)
+            yield CounterMetricFamily(name, doc, value=value)
 
 
 #: The ``le`` label of each RPC bucket, as prometheus_client writes it.

@@ -121,23 +121,6 @@ class MotoServer:
             aws_secret_access_key=S3_SECRET,
         )
 
-    @property
-    def root(self) -> Path:
-        """The storage root (the directory holding ``docker/registry/v2``)."""
-        return self.config_path.parent / "storage"
-
-    def garbage_collect(self) -> str:
-        """``registry garbage-collect`` on this registry's storage, as an operator runs it."""
-        out = subprocess.run(
-            [REGISTRY_BINARY, "garbage-collect", str(self.config_path)],
-            capture_output=True,
-            text=True,
-            timeout=60,
-            check=True,
-            env={k: v for k, v in os.environ.items() if not k.startswith("REGISTRY_")},
-        )
-        return out.stdout + out.stderr
-
     def stop(self) -> None:
         if hasattr(self, "proc"):
             stop_process(self.proc)
