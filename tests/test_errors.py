@@ -9,6 +9,7 @@ import pytest
 from descriptor_client import (
     ERROR_TABLE,
     BlobUnknownError,
+    CallCancelledError,
     DeadlineExceededError,
     DescriptorClient,
     DescriptorError,
@@ -93,6 +94,14 @@ def test_deadline_exceeded_is_an_unavailable_error_with_its_own_code() -> None:
     assert isinstance(err, UnavailableError)
     assert err.code == grpc.StatusCode.DEADLINE_EXCEEDED
     assert "DEADLINE_EXCEEDED" not in ERROR_TABLE  # not a reason any server sends
+
+
+def test_cancelled_is_an_unavailable_error_with_its_own_code() -> None:
+    """grpcio cancels calls a stopping server had not dispatched: retryable, documented."""
+    err = from_status_proto(status_pb2.Status(code=1, message="Cancelled"))
+    assert type(err) is CallCancelledError
+    assert isinstance(err, UnavailableError)
+    assert err.code == grpc.StatusCode.CANCELLED
 
 
 def test_unknown_code_keeps_its_code() -> None:

@@ -285,7 +285,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return run(args)
     except ConfigError as err:  # the one place a config error is reported
-        print(f"descriptor-server: config error: {err}", file=sys.stderr, flush=True)
+        err.report()
         return 2
 
 

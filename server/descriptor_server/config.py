@@ -12,6 +12,7 @@ from __future__ import annotations
 import dataclasses
 import os
 import re
+import sys
 import types
 import typing
 from collections.abc import Mapping
@@ -38,6 +39,10 @@ class ConfigError(Exception):
         super().__init__(f"{key}: {reason}" if key else reason)
         self.key = key
         self.reason = reason
+
+    def report(self) -> None:
+        """The one line a refused start prints on stderr (the caller exits with status 2)."""
+        print(f"descriptor-server: config error: {self}", file=sys.stderr, flush=True)
 
 
 # -- sections ---------------------------------------------------------------------

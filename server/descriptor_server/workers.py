@@ -23,7 +23,6 @@ import logging
 import os
 import signal
 import socket
-import sys
 from collections.abc import Callable, Coroutine
 from typing import Any
 
@@ -76,7 +75,7 @@ def run_workers(config: Config, serve: Serve) -> int:
                     holder.close()
                 asyncio.run(serve(worker_config(config, index)))
             except ConfigError as err:
-                print(f"descriptor-server: config error: {err}", file=sys.stderr, flush=True)
+                err.report()
                 code = 2
             except KeyboardInterrupt:
                 pass
