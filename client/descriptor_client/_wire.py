@@ -237,5 +237,5 @@ class CallRetry:
             or self.attempt >= DRAIN_ATTEMPTS
             or (self.until is not None and time.monotonic() + delay >= self.until)
         ):
-            raise err
+            raise err from None
         return delay
