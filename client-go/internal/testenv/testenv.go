@@ -12,6 +12,8 @@ package testenv
 import (
 	"bufio"
 	"context"
+	"crypto/sha256"
+	"encoding/hex"
 	"encoding/json"
 	"fmt"
 	"io"
@@ -290,4 +292,111 @@ func RedisCommand(addr string, args ...string) (string, error) {
 		return "", fmt.Errorf("redis: %s", strings.TrimSpace(line[1:]))
 	}
 	return strings.TrimSpace(line), nil
+}
+
+// Kill ends the server at once (SIGKILL).
+func (s *Server) Kill() {
+	select {
+	case <-s.done:
+		return
+	default:
+	}
+	_ = s.cmd.Process.Kill()
+	<-s.done
+}
+
+// WaitOutput waits until the server has logged text.
+func (s *Server) WaitOutput(t testing.TB, text string, timeout time.Duration) {
+	t.Helper()
+	deadline := time.Now().Add(timeout)
+	for !strings.Contains(s.Output(), text) {
+		if time.Now().After(deadline) {
+			t.Fatalf("server did not log %q within %v:\n%s", text, timeout, s.Output())
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+// Layout writes blobs and repository links as distribution's filesystem driver does.
+type Layout struct{ Root string }
+
+func (l Layout) v2(parts ...string) string {
+	return filepath.Join(append([]string{l.Root, "docker", "registry", "v2"}, parts...)...)
+}
+
+// BlobPath is the data file of a blob.
+func (l Layout) BlobPath(dgst string) string {
+	alg, hex, _ := strings.Cut(dgst, ":")
+	return l.v2("blobs", alg, hex[:2], hex, "data")
+}
+
+// LinkPath is the link file of a blob in a repository.
+func (l Layout) LinkPath(repo, dgst string) string {
+	alg, hex, _ := strings.Cut(dgst, ":")
+	return l.v2(append(append([]string{"repositories"}, strings.Split(repo, "/")...), "_layers", alg, hex, "link")...)
+}
+
+// Push writes a blob and its link in repo, as a push leaves them, and returns its sha256 digest.
+func (l Layout) Push(t testing.TB, repo string, content []byte) string {
+	t.Helper()
+	sum := sha256.Sum256(content)
+	dgst := "sha256:" + hex.EncodeToString(sum[:])
+	write(t, l.BlobPath(dgst), content)
+	write(t, l.LinkPath(repo, dgst), []byte(dgst))
+	return dgst
+}
+
+func write(t testing.TB, path string, data []byte) {
+	t.Helper()
+	if err := os.MkdirAll(filepath.Dir(path), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(path, data, 0o644); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// Hold makes the link of dgst in repo a FIFO without a writer: the server's read
+// of it blocks (as on a hung disk) until the returned release writes the digest.
+// release is also registered as a cleanup, so the server is never left blocked.
+func (l Layout) Hold(t testing.TB, repo, dgst string) (waitReader func() bool, release func()) {
+	t.Helper()
+	path := l.LinkPath(repo, dgst)
+	if err := os.MkdirAll(filepath.Dir(path), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := syscall.Mkfifo(path, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	var (
+		once sync.Once
+		fd   = -1
+	)
+	waitReader = func() bool {
+		deadline := time.Now().Add(15 * time.Second)
+		for time.Now().Before(deadline) {
+			f, err := syscall.Open(path, syscall.O_WRONLY|syscall.O_NONBLOCK, 0)
+			if err == nil {
+				fd = f
+				return true
+			}
+			time.Sleep(10 * time.Millisecond)
+		}
+		return false
+	}
+	release = func() {
+		once.Do(func() {
+			if fd < 0 {
+				f, err := syscall.Open(path, syscall.O_WRONLY|syscall.O_NONBLOCK, 0)
+				if err != nil {
+					return
+				}
+				fd = f
+			}
+			_, _ = syscall.Write(fd, []byte(dgst))
+			_ = syscall.Close(fd)
+		})
+	}
+	t.Cleanup(release)
+	return waitReader, release
 }
