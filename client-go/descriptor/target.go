@@ -69,10 +69,12 @@ func resolveTarget(target string) (string, resolver.Builder, error) {
 		if addr == "" {
 			continue
 		}
-		if _, _, err := net.SplitHostPort(addr); err != nil {
+		host, _, err := net.SplitHostPort(addr)
+		if err != nil {
 			return "", nil, fmt.Errorf("descriptor: target %q: %w", target, err)
 		}
-		endpoints = append(endpoints, resolver.Endpoint{Addresses: []resolver.Address{{Addr: addr}}})
+		// ServerName: each replica's certificate is checked against its own host.
+		endpoints = append(endpoints, resolver.Endpoint{Addresses: []resolver.Address{{Addr: addr, ServerName: host}}})
 	}
 	if len(endpoints) == 0 {
 		return "", nil, fmt.Errorf("descriptor: target %q names no address", target)

@@ -109,6 +109,7 @@ func TestTLS(t *testing.T) {
 	}{
 		{"TLS with the CA", tlsOnly, []descriptor.Option{descriptor.WithTLSFiles(p.ca, "", "")}, true},
 		{"TLS with the CA and a server name", tlsOnly, []descriptor.Option{descriptor.WithTLSFiles(p.ca, "", ""), descriptor.WithServerName("descriptor.test")}, true},
+		{"TLS over a list of replicas", nil, []descriptor.Option{descriptor.WithTLSFiles(p.ca, "", "")}, true},
 		{"TLS with a wrong server name", tlsOnly, []descriptor.Option{descriptor.WithTLSFiles(p.ca, "", ""), descriptor.WithServerName("other.test")}, false},
 		{"TLS without the CA", tlsOnly, []descriptor.Option{descriptor.WithTLSConfig(&tls.Config{MinVersion: tls.VersionTLS12})}, false},
 		{"plaintext to a TLS server", tlsOnly, nil, false},
@@ -120,7 +121,11 @@ func TestTLS(t *testing.T) {
 		t.Run(tc.name, func(t *testing.T) {
 			ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 			defer cancel()
-			_, err := dial(t, tc.srv.Target, tc.opts...).Stat(ctx, a256)
+			target := tlsOnly.Target + "," + tlsOnly.Target
+			if tc.srv != nil {
+				target = tc.srv.Target
+			}
+			_, err := dial(t, target, tc.opts...).Stat(ctx, a256)
 			if tc.ok {
 				if !errors.Is(err, distribution.ErrBlobUnknown) {
 					t.Fatalf("want an answer (BLOB_UNKNOWN), got %v", err)
