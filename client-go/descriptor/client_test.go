@@ -21,8 +21,8 @@ import (
 	"google.golang.org/grpc/metadata"
 
 	"github.com/descriptor-service/descriptor-service/client-go/descriptor"
+	"github.com/descriptor-service/descriptor-service/client-go/descriptortest"
 	"github.com/descriptor-service/descriptor-service/client-go/descriptorv1"
-	"github.com/descriptor-service/descriptor-service/client-go/internal/testenv"
 )
 
 const (
@@ -44,14 +44,14 @@ func dial(t *testing.T, target string, opts ...descriptor.Option) *descriptor.Cl
 
 // server starts a descriptor-server over an empty registry (deletion enabled,
 // in-memory cache), with edit applied to its config.
-func server(t *testing.T, edit func(testenv.Config)) (*testenv.Server, testenv.Layout) {
+func server(t *testing.T, edit func(descriptortest.Config)) (*descriptortest.Server, descriptortest.Layout) {
 	t.Helper()
-	layout := testenv.Layout{Root: t.TempDir()}
-	cfg := testenv.BaseConfig(layout.Root, true)
+	layout := descriptortest.Layout{Root: t.TempDir()}
+	cfg := descriptortest.BaseConfig(layout.Root, true)
 	if edit != nil {
 		edit(cfg)
 	}
-	return testenv.StartServer(t, cfg), layout
+	return descriptortest.StartServer(t, cfg), layout
 }
 
 func desc(mt string, d digest.Digest, size int64) distribution.Descriptor {
@@ -160,9 +160,9 @@ func TestConformance(t *testing.T) {
 // without a fault in a real part, and checks errors.Is and errors.As.
 func TestTypedErrors(t *testing.T) {
 	ctx := context.Background()
-	srv, _ := server(t, func(cfg testenv.Config) {
-		testenv.Section(cfg, "storage")["delete"] = map[string]any{"enabled": false}
-		testenv.Section(cfg, "grpc")["maxbatch"] = 3
+	srv, _ := server(t, func(cfg descriptortest.Config) {
+		descriptortest.Section(cfg, "storage")["delete"] = map[string]any{"enabled": false}
+		descriptortest.Section(cfg, "grpc")["maxbatch"] = 3
 	})
 	c := dial(t, srv.Target)
 	r := c.Repository(repo)
@@ -334,7 +334,7 @@ func sha(token string) string {
 
 func TestBearerToken(t *testing.T) {
 	ctx := context.Background()
-	srv, _ := server(t, func(cfg testenv.Config) {
+	srv, _ := server(t, func(cfg descriptortest.Config) {
 		cfg["auth"] = map[string]any{"tokens": []map[string]any{
 			{"name": "reader", "scope": "read", "sha256": sha("read-token")},
 			{"name": "writer", "scope": "write", "sha256": sha("write-token")},
@@ -453,7 +453,7 @@ func TestDefaultTimeout(t *testing.T) {
 // same balancing without retries hands out the refusals.
 func TestRetryOnDraining(t *testing.T) {
 	ctx := context.Background()
-	edit := func(cfg testenv.Config) { testenv.Section(cfg, "grpc")["drain"] = "20s" }
+	edit := func(cfg descriptortest.Config) { descriptortest.Section(cfg, "grpc")["drain"] = "20s" }
 	one, _ := server(t, edit)
 	two, layout := server(t, edit)
 	d := layout.Push(t, "held/repo", []byte("held"))
@@ -542,7 +542,7 @@ func TestRetryOnDraining(t *testing.T) {
 
 func TestResourceExhausted(t *testing.T) {
 	ctx := context.Background()
-	srv, layout := server(t, func(cfg testenv.Config) { testenv.Section(cfg, "grpc")["maxconcurrentcalls"] = 1 })
+	srv, layout := server(t, func(cfg descriptortest.Config) { descriptortest.Section(cfg, "grpc")["maxconcurrentcalls"] = 1 })
 	d := layout.Push(t, "held/repo", []byte("held"))
 	if err := syscall.Unlink(layout.LinkPath("held/repo", d)); err != nil {
 		t.Fatal(err)
@@ -589,8 +589,8 @@ func TestBackendUnavailable(t *testing.T) {
 			_ = conn.Close()
 		}
 	}()
-	srv, _ := server(t, func(cfg testenv.Config) {
-		st := testenv.Section(cfg, "storage")
+	srv, _ := server(t, func(cfg descriptortest.Config) {
+		st := descriptortest.Section(cfg, "storage")
 		delete(st, "filesystem")
 		st["registry"] = map[string]any{"url": "http://" + l.Addr().String(), "timeout": "2s"}
 	})

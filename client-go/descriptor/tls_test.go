@@ -20,7 +20,7 @@ import (
 	"github.com/distribution/distribution/v3"
 
 	"github.com/descriptor-service/descriptor-service/client-go/descriptor"
-	"github.com/descriptor-service/descriptor-service/client-go/internal/testenv"
+	"github.com/descriptor-service/descriptor-service/client-go/descriptortest"
 )
 
 // pki is a throw-away CA with a server certificate (descriptor.test, 127.0.0.1)
@@ -95,15 +95,15 @@ func newPKI(t *testing.T) pki {
 
 func TestTLS(t *testing.T) {
 	p := newPKI(t)
-	tlsOnly, _ := server(t, func(cfg testenv.Config) {
-		testenv.Section(cfg, "grpc")["tls"] = map[string]any{"certificate": p.serverCert, "key": p.serverKey}
+	tlsOnly, _ := server(t, func(cfg descriptortest.Config) {
+		descriptortest.Section(cfg, "grpc")["tls"] = map[string]any{"certificate": p.serverCert, "key": p.serverKey}
 	})
-	mutual, _ := server(t, func(cfg testenv.Config) {
-		testenv.Section(cfg, "grpc")["tls"] = map[string]any{"certificate": p.serverCert, "key": p.serverKey, "clientcas": []string{p.ca}}
+	mutual, _ := server(t, func(cfg descriptortest.Config) {
+		descriptortest.Section(cfg, "grpc")["tls"] = map[string]any{"certificate": p.serverCert, "key": p.serverKey, "clientcas": []string{p.ca}}
 	})
 	cases := []struct {
 		name string
-		srv  *testenv.Server
+		srv  *descriptortest.Server
 		opts []descriptor.Option
 		ok   bool
 	}{

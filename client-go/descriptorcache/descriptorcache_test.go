@@ -16,7 +16,7 @@ import (
 
 	"github.com/descriptor-service/descriptor-service/client-go/descriptor"
 	"github.com/descriptor-service/descriptor-service/client-go/descriptorcache"
-	"github.com/descriptor-service/descriptor-service/client-go/internal/testenv"
+	"github.com/descriptor-service/descriptor-service/client-go/descriptortest"
 )
 
 const (
@@ -29,23 +29,23 @@ const (
 // setups are the server configurations every provider test runs against.
 var setups = []struct {
 	name   string
-	config func(t *testing.T) testenv.Config
+	config func(t *testing.T) descriptortest.Config
 }{
-	{"inmemory", func(t *testing.T) testenv.Config {
-		return testenv.BaseConfig(t.TempDir(), true)
+	{"inmemory", func(t *testing.T) descriptortest.Config {
+		return descriptortest.BaseConfig(t.TempDir(), true)
 	}},
-	{"redis", func(t *testing.T) testenv.Config {
-		addr := testenv.StartRedis(t)
-		cfg := testenv.BaseConfig(t.TempDir(), true)
-		testenv.Section(cfg, "storage")["cache"] = map[string]any{"blobdescriptor": "redis"}
+	{"redis", func(t *testing.T) descriptortest.Config {
+		addr := descriptortest.StartRedis(t)
+		cfg := descriptortest.BaseConfig(t.TempDir(), true)
+		descriptortest.Section(cfg, "storage")["cache"] = map[string]any{"blobdescriptor": "redis"}
 		cfg["redis"] = map[string]any{"addrs": []string{addr}}
 		return cfg
 	}},
 }
 
-func newProvider(t *testing.T, cfg testenv.Config) cache.BlobDescriptorCacheProvider {
+func newProvider(t *testing.T, cfg descriptortest.Config) cache.BlobDescriptorCacheProvider {
 	t.Helper()
-	srv := testenv.StartServer(t, cfg)
+	srv := descriptortest.StartServer(t, cfg)
 	p, err := descriptorcache.NewProvider(srv.Target)
 	if err != nil {
 		t.Fatal(err)
@@ -164,7 +164,7 @@ func desc(mt string, d digest.Digest, size int64) distribution.Descriptor {
 // caches return a value of their own: the provider returns that value itself.
 func TestSentinels(t *testing.T) {
 	ctx := context.Background()
-	cfg := testenv.BaseConfig(t.TempDir(), false) // deletion disabled
+	cfg := descriptortest.BaseConfig(t.TempDir(), false) // deletion disabled
 	p := newProvider(t, cfg)
 	r, err := p.RepositoryScoped(repo)
 	if err != nil {

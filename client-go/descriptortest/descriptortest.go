@@ -1,13 +1,14 @@
-// Package testenv starts the real parts the Go tests run against: the
-// descriptor-server command and a Redis-compatible server, each on free
-// loopback ports in the test's temporary directory, stopped when the test ends.
+// Package descriptortest starts the real parts Go tests run against (this
+// module's, and those of a registry built on it): the descriptor-server command
+// and a Redis-compatible server, each on free loopback ports in the test's
+// temporary directory, stopped when the test ends.
 //
 // The server binary is $DESCRIPTOR_SERVER, else descriptor-server on PATH; the
 // Redis binary is $DESCRIPTOR_REDIS_SERVER (or $DESCRIPTOR_TEST_REDIS_SERVER, as
 // the Python suite spells it), else redis-server or valkey-server on PATH. A
 // missing binary skips the test, except when $DESCRIPTOR_TEST_STRICT or $CI is
 // set: there ./dev provides every part, so a missing one fails the test.
-package testenv
+package descriptortest
 
 import (
 	"bufio"
