@@ -97,11 +97,12 @@ func (e *Error) GRPCStatus() *status.Status {
 	return withInfo
 }
 
-// Temporary reports whether trying again later may succeed (UNAVAILABLE,
-// DEADLINE_EXCEEDED, RESOURCE_EXHAUSTED).
+// Temporary reports whether trying again later may succeed: UNAVAILABLE,
+// DEADLINE_EXCEEDED, CANCELLED (also what a stopping server answers the calls
+// it had not yet dispatched) and RESOURCE_EXHAUSTED.
 func (e *Error) Temporary() bool {
 	switch e.Code {
-	case codes.Unavailable, codes.DeadlineExceeded, codes.ResourceExhausted:
+	case codes.Unavailable, codes.DeadlineExceeded, codes.Canceled, codes.ResourceExhausted:
 		return true
 	}
 	return false

@@ -98,6 +98,9 @@ func drainingRetry(ctx context.Context, method string, req, reply any, cc *grpc.
 			return err
 		}
 		wait := time.Duration(rand.Int64N(int64(backoff) + 1))
+		if deadline, ok := ctx.Deadline(); ok && time.Now().Add(wait).After(deadline) {
+			return err // no time left for another attempt: the refusal is the answer
+		}
 		t := time.NewTimer(wait)
 		select {
 		case <-ctx.Done():
