@@ -126,6 +126,7 @@ func StartServer(t testing.TB, cfg Config) *Server {
 	s := &Server{done: make(chan struct{})}
 	s.cmd = exec.Command(bin, "--config", path)
 	s.cmd.Dir = dir
+	s.cmd.Env = serverEnv()
 	stdout, err := s.cmd.StdoutPipe()
 	if err != nil {
 		t.Fatal(err)
@@ -163,6 +164,30 @@ func StartServer(t testing.TB, cfg Config) *Server {
 		t.Fatalf("descriptor-server did not listen within 60s:\n%s", s.Output())
 	}
 	return s
+}
+
+// overrides are the prefixes of the variables the server reads as config
+// overrides (DESCRIPTOR_ + a path under these sections).
+var overrides = []string{"STORAGE_", "REDIS_", "GRPC_", "HTTP_", "LOG_", "AUTH_"}
+
+// serverEnv is the environment without config overrides: a test's server runs
+// the config the test wrote, whatever the shell exports (and
+// $DESCRIPTOR_REDIS_SERVER, which names this package's Redis binary, would
+// otherwise be read as the unknown key redis.server).
+func serverEnv() []string {
+	var env []string
+	for _, kv := range os.Environ() {
+		name, _, _ := strings.Cut(kv, "=")
+		rest, ok := strings.CutPrefix(name, "DESCRIPTOR_")
+		drop := false
+		for _, p := range overrides {
+			drop = drop || (ok && strings.HasPrefix(rest, p))
+		}
+		if !drop {
+			env = append(env, kv)
+		}
+	}
+	return env
 }
 
 // Output is what the server logged so far.
