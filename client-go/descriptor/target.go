@@ -63,7 +63,10 @@ func resolveTarget(target string) (string, resolver.Builder, error) {
 	if list == target && (strings.Contains(target, "://") || !strings.Contains(target, ",")) {
 		return target, nil, nil
 	}
-	var endpoints []resolver.Endpoint
+	var (
+		endpoints []resolver.Endpoint
+		addrs     []string
+	)
 	for _, addr := range strings.Split(list, ",") {
 		addr = strings.TrimSpace(addr)
 		if addr == "" {
@@ -75,13 +78,14 @@ func resolveTarget(target string) (string, resolver.Builder, error) {
 		}
 		// ServerName: each replica's certificate is checked against its own host.
 		endpoints = append(endpoints, resolver.Endpoint{Addresses: []resolver.Address{{Addr: addr, ServerName: host}}})
+		addrs = append(addrs, addr)
 	}
 	if len(endpoints) == 0 {
 		return "", nil, fmt.Errorf("descriptor: target %q names no address", target)
 	}
 	r := manual.NewBuilderWithScheme("descriptor-list")
 	r.InitialState(resolver.State{Endpoints: endpoints})
-	return r.Scheme() + ":///" + strings.Join(strings.Split(list, ","), ","), r, nil
+	return r.Scheme() + ":///" + strings.Join(addrs, ","), r, nil
 }
 
 // drainingRetry retries the methods gRPC does not retry (SetDescriptor, Clear)
