@@ -11,6 +11,8 @@ import (
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/credentials"
 	"google.golang.org/grpc/credentials/insecure"
+	healthpb "google.golang.org/grpc/health/grpc_health_v1"
+	"google.golang.org/grpc/status"
 
 	"github.com/descriptor-service/descriptor-service/client-go/descriptorv1"
 )
@@ -139,6 +141,25 @@ func (c *Client) Metrics(ctx context.Context) (Metrics, error) {
 		return Metrics{}, FromError(err)
 	}
 	return Metrics{resp.GetRequests(), resp.GetHits(), resp.GetMisses(), resp.GetErrors()}, nil
+}
+
+// Service is the full name of the service, as grpc.health.v1 and reflection know it.
+const Service = "descriptor.v1.BlobDescriptorService"
+
+// Health returns the grpc.health.v1 status of service ("" = the whole server;
+// Service = this service): SERVING, NOT_SERVING (draining, or its backend fails
+// its probe) or SERVICE_UNKNOWN. Health is open: no token is needed.
+func (c *Client) Health(ctx context.Context, service string) (healthpb.HealthCheckResponse_ServingStatus, error) {
+	ctx, cancel := c.deadline(ctx)
+	defer cancel()
+	resp, err := healthpb.NewHealthClient(c.conn).Check(ctx, &healthpb.HealthCheckRequest{Service: service})
+	if status.Code(err) == codes.NotFound {
+		return healthpb.HealthCheckResponse_SERVICE_UNKNOWN, nil
+	}
+	if err != nil {
+		return healthpb.HealthCheckResponse_UNKNOWN, FromError(err)
+	}
+	return resp.GetStatus(), nil
 }
 
 // Repository is a Client bound to one repository scope.

@@ -18,6 +18,7 @@ import (
 	"github.com/opencontainers/go-digest"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
+	healthpb "google.golang.org/grpc/health/grpc_health_v1"
 	"google.golang.org/grpc/metadata"
 
 	"github.com/descriptor-service/descriptor-service/client-go/descriptor"
@@ -484,8 +485,12 @@ func TestRetryOnDraining(t *testing.T) {
 		t.Fatal(err)
 	}
 	two.WaitOutput(t, "draining", 15*time.Second)
-	if _, err := dial(t, two.Target).Metrics(ctx); !errors.Is(err, descriptor.ErrServerDraining) {
+	direct := dial(t, two.Target)
+	if _, err := direct.Metrics(ctx); !errors.Is(err, descriptor.ErrServerDraining) {
 		t.Fatalf("direct call to the draining server: %v", err)
+	}
+	if st, err := direct.Health(ctx, descriptor.Service); err != nil || st != healthpb.HealthCheckResponse_NOT_SERVING {
+		t.Fatalf("health of the draining server: %v, %v", st, err)
 	}
 	verbs := map[string]func(*descriptor.Client) error{
 		"Stat": func(c *descriptor.Client) error {
@@ -606,6 +611,23 @@ func TestBackendUnavailable(t *testing.T) {
 	}
 	if counts[0] == 0 || counts[0] != counts[1] {
 		t.Fatalf("backend connections per Stat without and with retries: %v, want equal and > 0", counts)
+	}
+}
+
+func TestHealth(t *testing.T) {
+	ctx := context.Background()
+	srv, _ := server(t, func(cfg descriptortest.Config) {
+		cfg["auth"] = map[string]any{"tokens": []map[string]any{{"name": "reader", "scope": "read", "sha256": sha("read-token")}}}
+	})
+	c := dial(t, srv.Target, descriptor.WithToken(""))
+	for service, want := range map[string]healthpb.HealthCheckResponse_ServingStatus{
+		"":                 healthpb.HealthCheckResponse_SERVING,
+		descriptor.Service: healthpb.HealthCheckResponse_SERVING,
+		"no.such.Service":  healthpb.HealthCheckResponse_SERVICE_UNKNOWN,
+	} {
+		if got, err := c.Health(ctx, service); err != nil || got != want {
+			t.Errorf("Health(%q) = %v, %v; want %v", service, got, err, want)
+		}
 	}
 }
 
