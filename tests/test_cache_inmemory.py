@@ -43,6 +43,70 @@ async def test_capacity_bounds_the_entries() -> None:
         await cache.stat(digest(0))
 
 
+async def _fill_repositories(cache: InMemoryCache, start: int, stop: int) -> int:
+    """SetDescriptor in repositories start..stop; the bytes tracemalloc traces after."""
+    import tracemalloc
+
+    for i in range(start, stop):
+        await cache.set_descriptor(digest(i), Descriptor(OCT, digest(i), i), f"team/repo-{i}")
+    return tracemalloc.get_traced_memory()[0]
+
+
+async def test_repository_ids_are_freed_with_their_last_entry() -> None:
+    # Each SetDescriptor names a new repository; at capacity 1,000 only about 500 of
+    # them hold an entry at any time, so memory must stop growing once the cache is
+    # full, however many names clients send (it grew by ~150 bytes a name before).
+    import tracemalloc
+
+    tracemalloc.start()
+    try:
+        cache = InMemoryCache(1000)
+        full = await _fill_repositories(cache, 0, 5000)  # full, every structure at its steady size
+        later = await _fill_repositories(cache, 5000, 35000)
+    finally:
+        tracemalloc.stop()
+    assert later - full < 256 * 1024, f"{later - full} bytes more after 30,000 repositories at capacity 1,000"
+    assert len(cache) == 1000
+
+
+async def test_clear_frees_the_repository_id_and_a_reused_id_holds_nothing_old() -> None:
+    cache = InMemoryCache(0)
+    d1, d2 = digest(1), digest(2)
+    await cache.set_descriptor(d1, Descriptor(OCT, d1, 1), "team/a")
+    await cache.set_descriptor(d2, Descriptor(JSON, d2, 2), "team/a")
+    await cache.clear(d1, "team/a")
+    assert cache.holds(d2, "team/a")
+    await cache.clear(d2, "team/a")
+    assert not cache.holds(d2, "team/a")
+    # "team/a" has no entry left: its id is free, and the next repository reuses it.
+    await cache.set_descriptor(d1, Descriptor(OCT, d1, 1), "team/b")
+    assert await cache.stat(d1, "team/b") == Descriptor(OCT, d1, 1)
+    for repo in ("team/a", "team/c"):
+        with pytest.raises(BlobUnknownError):
+            await cache.stat(d1, repo)
+        with pytest.raises(BlobUnknownError):
+            await cache.stat(d2, repo)
+    # The repository entry of team/b set the global entry again, as always.
+    assert await cache.stat(d1) == Descriptor(OCT, d1, 1)
+
+
+async def test_an_evicted_repository_does_not_leak_into_the_one_reusing_its_id() -> None:
+    cache = InMemoryCache(4)
+    shared = digest(0)
+    await cache.set_descriptor(shared, Descriptor(OCT, shared, 0), "team/old")
+    for i in range(1, 20):  # evicts team/old's only entry (and the global one)
+        await cache.set_descriptor(digest(i), Descriptor(OCT, digest(i), i))
+    assert not cache.holds(shared, "team/old")
+    for i in range(20, 40):  # new repositories take the freed ids
+        await cache.set_descriptor(shared, Descriptor(JSON, shared, 0), f"team/new-{i}")
+        await cache.set_descriptor(digest(i), Descriptor(OCT, digest(i), i), f"team/new-{i}")
+    with pytest.raises(BlobUnknownError):
+        await cache.stat(shared, "team/old")
+    assert await cache.stat(digest(39), "team/new-39") == Descriptor(OCT, digest(39), 39)
+    with pytest.raises(BlobUnknownError):
+        await cache.stat(digest(39), "team/new-38")
+
+
 async def test_zero_capacity_is_unbounded() -> None:
     cache = InMemoryCache(0)
     for i in range(3000):

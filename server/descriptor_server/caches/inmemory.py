@@ -23,6 +23,11 @@ the Performance section of README.md):
   or a lap that decrements an entry's counter, forgets its memo.
 
 Capacity counts global and repository entries together; ``0`` means unbounded.
+
+Repository ids are counted references: each id records how many repository
+entries use it, and is freed (its name forgotten, the id reused) with the last
+one, by eviction or Clear. So memory follows the capacity, never the number of
+repository names clients have sent.
 """
 
 from __future__ import annotations
@@ -91,7 +96,11 @@ class InMemoryCache:
         self._media_index: dict[str, int] = {}
         self._own_media_type: dict[bytes, str] = {}
         self._aliases: dict[bytes, str] = {}
+        # Repository name -> 4-byte id; the id's name and its count of live entries.
         self._repo_ids: dict[str, bytes] = {}
+        self._repo_names: dict[bytes, str] = {}
+        self._repo_refs: dict[bytes, int] = {}
+        self._free_ids: list[bytes] = []
         # Memoised answers of saturated entries: digest -> descriptor, per scope.
         self._hot: dict[str, Descriptor] = {}
         self._hot_repo: dict[str, dict[str, Descriptor]] = {}
@@ -235,9 +244,13 @@ class InMemoryCache:
             if repository:
                 rid = self._repo_ids.get(repository)
                 if rid is None:
-                    rid = self._repo_ids[repository] = len(self._repo_ids).to_bytes(4, "big")
+                    rid = self._free_ids.pop() if self._free_ids else len(self._repo_ids).to_bytes(4, "big")
+                    self._repo_ids[repository] = rid
+                    self._repo_names[rid] = repository
+                    self._repo_refs[rid] = 0
                 rkey = gkey + rid
-                self._put(rkey, self._media_bits(rkey, descriptor.media_type))
+                if self._put(rkey, self._media_bits(rkey, descriptor.media_type)):
+                    self._repo_refs[rid] += 1
             old = self._entries.get(gkey)
             # The global media type is first-write-wins.
             media = self._media_bits(gkey, descriptor.media_type) if old is None else old & (_MT_MASK << _MT_SHIFT)
@@ -249,16 +262,38 @@ class InMemoryCache:
             self._put(gkey, media | (descriptor.size << _SIZE_SHIFT))
         self._evict()
 
-    def _put(self, key: bytes, payload: int) -> None:
+    def _put(self, key: bytes, payload: int) -> bool:
+        """Set an entry's payload; True if the entry is new."""
         entries = self._entries
         old = entries.get(key)
         if old is not None:  # keep its queue and counter
             entries[key] = (old & ~_PAYLOAD) | payload
-            return
+            return False
         entries[key] = payload
         if self.capacity:
             self._small.append(key)
             self._n_small += 1
+        return True
+
+    def _dropped(self, key: bytes) -> None:
+        """Forget what an entry just removed from ``_entries`` kept beside it."""
+        self._aliases.pop(key, None)
+        self._own_media_type.pop(key, None)
+        if len(key) in _REPOSITORY_KEY_LENGTHS:
+            rid = key[-4:]
+            left = self._repo_refs[rid] - 1
+            if left:
+                self._repo_refs[rid] = left
+                return
+            # The repository's last entry: free its id (reused by the next new name).
+            del self._repo_refs[rid]
+            name = self._repo_names.pop(rid)
+            del self._repo_ids[name]
+            self._hot_repo.pop(name, None)
+            if self._repo_ids:
+                self._free_ids.append(rid)
+            else:  # nothing in use: start the ids again from 0
+                self._free_ids.clear()
 
     def _remove(self, key: bytes) -> bool:
         value = self._entries.pop(key, None)
@@ -270,8 +305,7 @@ class InMemoryCache:
             else:
                 self._n_small -= 1
             self._compact()
-        self._aliases.pop(key, None)
-        self._own_media_type.pop(key, None)
+        self._dropped(key)
         return True
 
     def _evict(self) -> None:
@@ -306,8 +340,7 @@ class InMemoryCache:
                     continue
                 self._n_main -= 1
             del entries[key]
-            self._aliases.pop(key, None)
-            self._own_media_type.pop(key, None)
+            self._dropped(key)
             if self._hot_size:
                 self._forget(_digest_of(key))
 
