@@ -178,3 +178,155 @@ def test_to_dict_masks_secrets_and_round_trips() -> None:
     assert shown["auth"]["tokens"][0]["name"] == "gc"
     # Unmasked, the printed config loads back to the same config.
     assert from_dict(to_dict(config, mask=False)) == config
+
+
+# -- settings taken as written -------------------------------------------------------------
+
+# Texts YAML 1.1 would resolve to something else: octal, sexagesimal, hex, float,
+# boolean, timestamp, null-looking but quoted.
+AS_WRITTEN = ["0123", "12:30", "0x1F", "1e3", "1_000", "yes", "on", "2001-12-14", "0o17", ".5", "+12"]
+
+
+@pytest.mark.parametrize("text", AS_WRITTEN)
+def test_a_string_key_keeps_the_text_written_in_the_file(tmp_path: Path, text: str) -> None:
+    path = write(
+        tmp_path,
+        f"redis:\n  password: {text}\n  username: {text}\n"
+        f"storage:\n  registry:\n    url: http://r\n    password: {text}\n    rootcas: [{text}]\n",
+    )
+    config = load(path, {})
+    assert config.redis.password == text
+    assert config.redis.username == text
+    assert config.storage.registry is not None
+    assert config.storage.registry.password == text
+    assert config.storage.registry.rootcas == [text]
+
+
+@pytest.mark.parametrize("text", [*AS_WRITTEN, "#s3cret", " padded ", "a: b", "[x]", "null", "", "'quoted'"])
+def test_an_override_of_a_string_key_is_the_value_verbatim(text: str) -> None:
+    config = load(None, {"DESCRIPTOR_REDIS_PASSWORD": text, "DESCRIPTOR_LOG_LEVEL": "info"})
+    assert config.redis.password == text
+
+
+def test_other_overrides_are_still_parsed_as_yaml() -> None:
+    config = load(
+        None,
+        {
+            "DESCRIPTOR_GRPC_MAXBATCH": "0x10",
+            "DESCRIPTOR_STORAGE_DELETE_ENABLED": "true",
+            "DESCRIPTOR_REDIS_DIALTIMEOUT": "250ms",
+            "DESCRIPTOR_REDIS_ADDRS": "[0123:6379, 'b:1']",
+            "DESCRIPTOR_STORAGE_CACHE": "{blobdescriptor: none}",
+        },
+    )
+    assert config.grpc.maxbatch == 16
+    assert config.storage.delete.enabled is True
+    assert config.redis.dialtimeout == 0.25
+    assert config.redis.addrs == ["0123:6379", "b:1"]  # list items are strings: as written
+    assert config.storage.cache.blobdescriptor == "none"
+
+
+def test_quoting_null_and_numbers_in_the_file(tmp_path: Path) -> None:
+    path = write(
+        tmp_path,
+        'redis:\n  password: "#s3cret"\n  username: ~\n  db: 0x3\n'
+        "  addrs: 127.0.0.1:6379\ngrpc:\n  maxbatch: 1_000\n  drain: 1:30\n",
+    )
+    config = load(path, {})
+    assert config.redis.password == "#s3cret"
+    assert config.redis.username == ""
+    assert config.redis.db == 3  # an integer key still reads YAML numbers
+    assert config.redis.addrs == ["127.0.0.1:6379"]
+    assert config.grpc.maxbatch == 1000
+    assert config.grpc.drain == 90.0  # durations keep YAML's number forms
+    # An unquoted # starts a YAML comment: in a file the value is empty, by YAML's rules.
+    assert load(write(tmp_path, "redis:\n  password: #s3cret\n"), {}).redis.password == ""
+
+
+def test_type_errors_still_name_the_key(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError) as info:
+        load(write(tmp_path, "grpc:\n  maxbatch: 12:30x\n"), {})
+    assert info.value.key == "grpc.maxbatch"
+    with pytest.raises(ConfigError) as info:
+        load(write(tmp_path, "redis:\n  password: [a, b]\n"), {})
+    assert info.value.key == "redis.password"
+    with pytest.raises(ConfigError) as info:
+        load(write(tmp_path, "storage: 0123\n"), {})
+    assert info.value.key == "storage"
+    # Merge keys and anchors still work.
+    text = "base: &b {password: '0123'}\nredis:\n  <<: *b\n  db: 1\n"
+    with pytest.raises(ConfigError) as info:
+        load(write(tmp_path, text), {})
+    assert info.value.key == "base"  # an unknown top-level key, as before
+
+
+# -- secrets from files ---------------------------------------------------------------------
+
+SECRET_FILES = [
+    ("redis", "password", {}),
+    ("storage.registry", "password", {"url": "http://r"}),
+    ("storage.s3", "accesskey", {"bucket": "b"}),
+    ("storage.s3", "secretkey", {"bucket": "b"}),
+    ("storage.descriptorservice", "token", {"target": "t:1"}),
+]
+
+
+def _section(dotted: str, values: dict[str, Any]) -> dict[str, Any]:
+    data: dict[str, Any] = values
+    for part in reversed(dotted.split(".")):
+        data = {part: data}
+    return data
+
+
+def _value(config: Config, dotted: str, name: str) -> Any:
+    node: Any = config
+    for part in dotted.split("."):
+        node = getattr(node, part)
+    return getattr(node, name)
+
+
+@pytest.mark.parametrize(("section", "name", "extra"), SECRET_FILES, ids=[f"{s}.{n}" for s, n, _ in SECRET_FILES])
+def test_every_secret_has_a_file_sibling(tmp_path: Path, section: str, name: str, extra: dict[str, Any]) -> None:
+    secret = tmp_path / "secret"
+    secret.write_text("0123 #not a comment\n")
+    config = from_dict(_section(section, {**extra, f"{name}file": str(secret)}))
+    assert _value(config, section, name) == "0123 #not a comment"
+    # Masked by --check-config, the file's path shown.
+    shown: Any = to_dict(config)
+    for part in section.split("."):
+        shown = shown[part]
+    assert shown[name] == "*****"
+    assert shown[f"{name}file"] == str(secret)
+    # Both set: an error naming both keys.
+    with pytest.raises(ConfigError) as info:
+        from_dict(_section(section, {**extra, name: "x", f"{name}file": str(secret)}))
+    assert info.value.key == f"{section}.{name}"
+    assert f"{section}.{name}file" in str(info.value)
+    # Unreadable: an error naming the file key.
+    with pytest.raises(ConfigError) as info:
+        from_dict(_section(section, {**extra, f"{name}file": str(tmp_path / "missing")}))
+    assert info.value.key == f"{section}.{name}file"
+    assert "missing" in info.value.reason
+
+
+def test_secret_file_from_the_environment(tmp_path: Path) -> None:
+    secret = tmp_path / "redis-password"
+    secret.write_bytes(b"#s3cret\r\n")  # a line ending written on Windows is not part of it
+    config = load(None, {"DESCRIPTOR_REDIS_PASSWORDFILE": str(secret)})
+    assert config.redis.password == "#s3cret"
+    secret.write_bytes(b"two\nlines\n\n")  # only the last line ending is stripped
+    assert load(None, {"DESCRIPTOR_REDIS_PASSWORDFILE": str(secret)}).redis.password == "two\nlines\n"
+    with pytest.raises(ConfigError) as info:
+        load(None, {"DESCRIPTOR_REDIS_PASSWORDFILE": str(tmp_path)})  # a directory
+    assert info.value.key == "redis.passwordfile"
+
+
+def test_bounded_backend_keys_are_validated() -> None:
+    config = from_dict({})
+    assert (config.storage.backendtimeout, config.storage.maxinflight, config.storage.maxpending) == (30.0, 64, 1024)
+    config = load(None, {"DESCRIPTOR_STORAGE_BACKENDTIMEOUT": "2s", "DESCRIPTOR_STORAGE_MAXPENDING": "0"})
+    assert (config.storage.backendtimeout, config.storage.maxpending) == (2.0, 0)
+    for key, value in (("maxinflight", -1), ("maxpending", -1), ("backendtimeout", "-1s")):
+        with pytest.raises(ConfigError) as info:
+            from_dict({"storage": {key: value}})
+        assert info.value.key == f"storage.{key}"

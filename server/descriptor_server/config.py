@@ -2,9 +2,20 @@
 
 Every section is a small frozen dataclass. :func:`load` reads a YAML file (or the
 embedded default), applies environment overrides (``DESCRIPTOR_`` + the key path in
-upper case joined by ``_``, values parsed as YAML) for paths under ``storage``,
-``redis``, ``grpc``, ``http``, ``log`` and ``auth``, and validates everything. A bad
-value or an unknown key raises :class:`ConfigError` naming the key.
+upper case joined by ``_``) for paths under ``storage``, ``redis``, ``grpc``, ``http``,
+``log`` and ``auth``, and validates everything. A bad value or an unknown key raises
+:class:`ConfigError` naming the key.
+
+Settings are taken as written, as distribution's YAML decoding into string fields
+does: a string-typed key keeps its scalar's text (``0123``, ``12:30``, ``0x1F`` stay
+what they say; only ``null``, ``~`` or nothing is the empty string), and an override
+of a string-typed key is the variable's value verbatim. Overrides of other keys
+(numbers, booleans, durations, lists, mappings) are parsed as YAML.
+
+Every secret (a ``Secret`` field: ``redis.password``, ``storage.registry.password``,
+``storage.s3.accesskey`` / ``secretkey``, ``storage.descriptorservice.token``) has a
+``<name>file`` sibling (``redis.passwordfile``) naming a file read at load time,
+trailing newlines stripped (a Kubernetes secret mounted as a file).
 """
 
 from __future__ import annotations
@@ -58,9 +69,12 @@ class RegistryBackendConfig:
     url: str = ""
     username: str = ""
     password: Secret = ""
+    passwordfile: str = ""
     timeout: Duration = 10.0
     insecureskipverify: bool = False
     rootcas: list[str] = field(default_factory=list)
+    #: Bearer tokens kept, one per repository and verb (least recently used dropped).
+    maxtokens: int = 1000
 
 
 @dataclass(frozen=True)
@@ -76,6 +90,7 @@ class ClientTLSConfig:
 class DescriptorServiceBackendConfig:
     target: str = ""
     token: Secret = ""
+    tokenfile: str = ""
     timeout: Duration = 5.0
     tls: ClientTLSConfig = field(default_factory=ClientTLSConfig)
 
@@ -85,8 +100,10 @@ class S3Config:
     bucket: str = ""
     region: str = "us-east-1"
     regionendpoint: str = ""
-    accesskey: str = ""
+    accesskey: Secret = ""
+    accesskeyfile: str = ""
     secretkey: Secret = ""
+    secretkeyfile: str = ""
     rootdirectory: str = ""
     forcepathstyle: bool = False
 
@@ -118,6 +135,12 @@ class StorageConfig:
     s3: S3Config | None = None
     cache: CacheConfig = field(default_factory=CacheConfig)
     delete: DeleteConfig = field(default_factory=DeleteConfig)
+    #: Deadline of one backend read (Stat); 0 = none beyond the backend's own.
+    backendtimeout: Duration = 30.0
+    #: Backend reads in flight at once, and reads waiting for one of those slots;
+    #: beyond both, a read is refused at once with BACKEND_UNAVAILABLE. 0 = unbounded.
+    maxinflight: int = 64
+    maxpending: int = 1024
 
     @property
     def backend(self) -> str:
@@ -142,6 +165,7 @@ class RedisConfig:
     db: int = 0
     username: str = ""
     password: Secret = ""
+    passwordfile: str = ""
     mastername: str = ""
     dialtimeout: Duration = 1.0
     readtimeout: Duration = 0.5
@@ -181,6 +205,9 @@ class GrpcConfig:
     #: How often the backend is probed for the service's health status (0 = never).
     healthprobeinterval: Duration = 10.0
     workers: int = 1
+    #: The service is also NOT_SERVING while the cache fails its probe (off: cache
+    #: failures are answered from the backend, so the service stays SERVING).
+    healthprobecache: bool = False
     tls: GrpcTLSConfig = field(default_factory=GrpcTLSConfig)
     keepalive: GrpcKeepaliveConfig = field(default_factory=GrpcKeepaliveConfig)
 
@@ -240,11 +267,14 @@ def load(path: str | None = None, environ: Mapping[str, str] | None = None) -> C
     if path is not None:
         try:
             with open(path, encoding="utf-8") as f:
-                data = yaml.safe_load(f)
+                data = compose(f)
         except OSError as err:
             raise ConfigError("", f"cannot read config file {path}: {err.strerror}") from None
+        except UnicodeDecodeError:
+            raise ConfigError("", f"config file {path} is not UTF-8 text") from None
         except yaml.YAMLError as err:
             raise ConfigError("", f"config file {path} is not valid YAML: {_first_line(err)}") from None
+        data = _resolved(data)
         if data is None:
             data = {}
     if not isinstance(data, dict):
@@ -253,15 +283,100 @@ def load(path: str | None = None, environ: Mapping[str, str] | None = None) -> C
     return from_dict(data)
 
 
+class Scalar:
+    """A YAML scalar as written (``text``) and as YAML resolves it (``value``).
+
+    A string-typed key takes the text; any other key the resolved value.
+    """
+
+    __slots__ = ("text", "value")
+
+    def __init__(self, text: str, value: Any) -> None:
+        self.text = text
+        self.value = value
+
+    def __repr__(self) -> str:
+        return f"Scalar({self.text!r})"
+
+
+def compose(stream: Any) -> Any:
+    """YAML (safe tags only) as plain dicts and lists whose scalars are :class:`Scalar`."""
+    loader = yaml.SafeLoader(stream)
+    try:
+        node = loader.get_single_node()
+        return None if node is None else _node_data(loader, node)
+    finally:
+        loader.dispose()
+
+
+def _node_data(loader: yaml.SafeLoader, node: yaml.Node) -> Any:
+    if isinstance(node, yaml.MappingNode):
+        loader.flatten_mapping(node)  # YAML merge keys (<<)
+        out: dict[Any, Any] = {}
+        for key_node, value_node in node.value:
+            if isinstance(key_node, yaml.ScalarNode):
+                key: Any = key_node.value  # a key is a name, taken as written
+            else:
+                key = repr(loader.construct_object(key_node, deep=True))  # never a known key
+            out[key] = _node_data(loader, value_node)
+        return out
+    if isinstance(node, yaml.SequenceNode):
+        return [_node_data(loader, item) for item in node.value]
+    try:
+        value = loader.construct_object(node, deep=True)
+    except (yaml.YAMLError, ValueError, OverflowError):  # e.g. a timestamp-shaped 2001-13-45
+        value = node.value
+    return Scalar(str(node.value), value)
+
+
+def _resolved(value: Any) -> Any:
+    return value.value if isinstance(value, Scalar) else value
+
+
 def from_dict(data: Mapping[str, Any]) -> Config:
-    """Build and validate a Config from a plain mapping."""
+    """Build and validate a Config from a plain mapping (``…file`` secrets read here)."""
     config: Config = _build(Config, data, "")
+    config = read_secret_files(config)
     validate(config)
     return config
 
 
+def hint_at(parts: list[str]) -> Any:
+    """The type hint of the key at ``parts`` (``["redis", "password"]``), or None if unknown."""
+    hint: Any = Config
+    for part in parts:
+        hint = _strip_optional(hint)
+        if not dataclasses.is_dataclass(hint):
+            return None
+        hints = typing.get_type_hints(hint, include_extras=True)
+        if part not in hints:
+            return None
+        hint = hints[part]
+    return hint
+
+
+def _strip_optional(hint: Any) -> Any:
+    if typing.get_origin(hint) in (Union, types.UnionType):
+        args = [a for a in typing.get_args(hint) if a is not type(None)]
+        return args[0]
+    return hint
+
+
+def is_text(hint: Any) -> bool:
+    """True for a string-typed key (a duration is not one: it is parsed)."""
+    hint = _strip_optional(hint)
+    if typing.get_origin(hint) is Annotated:
+        base, *marks = typing.get_args(hint)
+        return DURATION not in marks and is_text(base)
+    return hint is str
+
+
 def apply_environment(data: dict[str, Any], environ: Mapping[str, str]) -> None:
-    """Apply ``DESCRIPTOR_*`` overrides in place (values parsed as YAML)."""
+    """Apply ``DESCRIPTOR_*`` overrides in place.
+
+    The override of a string-typed key is the variable's value verbatim; any other
+    value is parsed as YAML (scalars kept as written, as in the file).
+    """
     for name in sorted(environ):
         if not name.startswith(ENV_PREFIX):
             continue
@@ -271,13 +386,17 @@ def apply_environment(data: dict[str, Any], environ: Mapping[str, str]) -> None:
         key = ".".join(parts)
         if not all(parts):
             raise ConfigError(key, f"{name} has an empty part (keys are joined by single underscores)")
-        try:
-            value = yaml.safe_load(environ[name])
-        except yaml.YAMLError as err:
-            raise ConfigError(key, f"{name} is not valid YAML: {_first_line(err)}") from None
+        value: Any
+        if is_text(hint_at(parts)):
+            value = environ[name]
+        else:
+            try:
+                value = compose(environ[name])
+            except yaml.YAMLError as err:
+                raise ConfigError(key, f"{name} is not valid YAML: {_first_line(err)}") from None
         node = data
         for i, part in enumerate(parts[:-1]):
-            child = node.get(part)
+            child = _resolved(node.get(part))
             if child is None:
                 child = node[part] = {}
             if not isinstance(child, dict):
@@ -287,6 +406,7 @@ def apply_environment(data: dict[str, Any], environ: Mapping[str, str]) -> None:
 
 
 def _build(cls: type[Any], data: Any, path: str) -> Any:
+    data = _resolved(data)
     if data is None:
         data = {}
     if not isinstance(data, Mapping):
@@ -302,16 +422,64 @@ def _build(cls: type[Any], data: Any, path: str) -> Any:
     return cls(**kwargs)
 
 
+def read_secret_files(config: Any, path: str = "") -> Any:
+    """``config`` with every secret whose ``…file`` sibling is set read from that file.
+
+    Both set is a config error naming both keys; an unreadable file one naming the
+    ``…file`` key. One trailing line ending is not part of the secret.
+    """
+    if not dataclasses.is_dataclass(config) or isinstance(config, type):
+        return config
+    hints = typing.get_type_hints(type(config), include_extras=True)
+    names = {f.name for f in dataclasses.fields(config)}
+    changes: dict[str, Any] = {}
+    for f in dataclasses.fields(config):
+        value = getattr(config, f.name)
+        sub = f"{path}.{f.name}" if path else f.name
+        if dataclasses.is_dataclass(value):
+            new = read_secret_files(value, sub)
+            if new is not value:
+                changes[f.name] = new
+        elif SECRET in getattr(hints[f.name], "__metadata__", ()) and f"{f.name}file" in names:
+            file = getattr(config, f"{f.name}file")
+            if not file:
+                continue
+            if value:
+                raise ConfigError(sub, f"{sub} and {sub}file are both set (set one of them)")
+            changes[f.name] = read_secret(file, f"{sub}file")
+    return dataclasses.replace(config, **changes) if changes else config
+
+
+def read_secret(path: str, key: str) -> str:
+    """The text of a secret file without its trailing line ending (ConfigError naming ``key``)."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            text = f.read()
+    except OSError as err:
+        raise ConfigError(key, f"cannot read {path}: {err.strerror or err}") from None
+    except UnicodeDecodeError:
+        raise ConfigError(key, f"{path} is not UTF-8 text") from None
+    if text.endswith("\n"):
+        text = text[:-2] if text.endswith("\r\n") else text[:-1]
+    return text
+
+
 def _convert(hint: Any, value: Any, path: str) -> Any:
     origin = typing.get_origin(hint)
     if origin is Annotated:
         base, *marks = typing.get_args(hint)
         if DURATION in marks:
-            return parse_duration(value, path)
+            return parse_duration(_resolved(value), path)
         return _convert(base, value, path)
     if origin in (Union, types.UnionType):
         args = [a for a in typing.get_args(hint) if a is not type(None)]
         return _convert(args[0], value, path)
+    if isinstance(value, Scalar):
+        if hint is str:  # taken as written; only null, ~ or nothing is empty
+            return "" if value.value is None else value.text
+        if origin is list and typing.get_args(hint) == (str,) and value.value is not None:
+            return [value.text]  # one item written without a list
+        value = value.value
     if origin is list:
         (item,) = typing.get_args(hint)
         if value is None:
@@ -423,6 +591,10 @@ def validate(config: Config) -> None:
         raise ConfigError("storage.cache.blobdescriptorsize", "must be >= 0 (0 = unbounded)")
     if cache.revalidaterate < 0:
         raise ConfigError("storage.cache.revalidaterate", "must be >= 0 (0 = no limit)")
+    if storage.maxinflight < 0:
+        raise ConfigError("storage.maxinflight", "must be >= 0 (0 = unbounded)")
+    if storage.maxpending < 0:
+        raise ConfigError("storage.maxpending", "must be >= 0 (0 = no read waits: beyond maxinflight, refused)")
     if storage.registry is not None and not storage.registry.url:
         raise ConfigError("storage.registry.url", "required")
     if storage.descriptorservice is not None and not storage.descriptorservice.target:
