@@ -14,6 +14,7 @@ from typing import Any
 
 import pytest
 from descriptor_client import (
+    AsyncDescriptorClient,
     BackendUnavailableError,
     BlobUnknownError,
     Descriptor,
@@ -117,6 +118,42 @@ def test_back_with_deletion_disabled_is_unsupported(tmp_path: Path, back_layout:
         with pytest.raises(UnsupportedError):
             client.clear(digest, REPO)
         assert back_layout.link(REPO, digest).exists()
+
+
+async def test_backend_passes_a_late_unsupported_through(tmp_path: Path, back_layout: Layout) -> None:
+    # The back service says UNSUPPORTED only when the Clear reaches it: the backend
+    # passes it through as UnsupportedError (never BACKEND_UNAVAILABLE).
+    from descriptor_server.backends.descriptorservice import DescriptorServiceBackend
+
+    digest = back_layout.push(REPO, b"kept")
+    with _serve(base_config(back_layout.root, delete=False), tmp_path / "back") as back:
+        backend = DescriptorServiceBackend(AsyncDescriptorClient(back.target, timeout=5))
+        try:
+            assert backend.supports_clear(REPO)
+            with pytest.raises(UnsupportedError) as info:
+                await backend.clear(digest, REPO)
+            assert "storage.delete.enabled" in info.value.message
+            assert (await backend.stat(digest, REPO)).digest == digest
+        finally:
+            await backend.close()
+    assert back_layout.link(REPO, digest).exists()
+
+
+@pytest.mark.xfail(strict=True, reason="the statter restores the cache on a late UNSUPPORTED (issue 12 item 2, lead)")
+def test_unsupported_clear_leaves_the_front_cache_as_it_was(tmp_path: Path, back_layout: Layout) -> None:
+    digest = back_layout.push(REPO, b"still cached")
+    with (
+        _serve(base_config(back_layout.root, delete=False), tmp_path / "back") as back,
+        running_server(front_config(back.target), tmp_path) as front,
+        DescriptorClient(front.target) as client,
+    ):
+        client.stat(digest, REPO)  # a miss: now cached in the front
+        with pytest.raises(UnsupportedError):
+            client.clear(digest, REPO)
+        before = client.metrics()
+        assert client.stat(digest, REPO).digest == digest
+        after = client.metrics()
+        assert after.hits - before.hits == 1  # answered by the front cache, as before
 
 
 @pytest.fixture

@@ -164,6 +164,42 @@ def test_clear_when_the_registry_refuses_deletion(tmp_path: Path, registry_nodel
         assert head_status(registry_nodelete.url, repo, digest) == 200
 
 
+async def test_registry_backend_maps_delete_405_to_unsupported(registry_nodelete: RegistryProcess) -> None:
+    # distribution with storage.delete.enabled off answers DELETE 405 (UNSUPPORTED):
+    # the backend learns only at delete time, and says UNSUPPORTED, not UNAVAILABLE.
+    from descriptor_server.backends.registry import RegistryBackend
+
+    repo = new_repo()
+    digest = push_blob(registry_nodelete.url, repo, b"kept by a registry that cannot delete")
+    backend = RegistryBackend(registry_nodelete.url)
+    try:
+        assert backend.supports_clear(repo)  # nothing tells it before the DELETE
+        with pytest.raises(UnsupportedError) as info:
+            await backend.clear(digest, repo)
+        assert "deletion" in info.value.message
+        assert (await backend.stat(digest, repo)).digest == digest
+    finally:
+        await backend.close()
+
+
+@pytest.mark.xfail(strict=True, reason="the statter restores the cache on a late UNSUPPORTED (issue 12 item 2, lead)")
+def test_unsupported_clear_leaves_the_cache_as_it_was(tmp_path: Path, registry_nodelete: RegistryProcess) -> None:
+    repo = new_repo()
+    digest = push_blob(registry_nodelete.url, repo, b"still cached")
+    with (
+        running_server(server_config(registry_storage(registry_nodelete.url)), tmp_path) as server,
+        DescriptorClient(server.target) as client,
+    ):
+        client.stat(digest, repo)  # a miss: now cached
+        with pytest.raises(UnsupportedError):
+            client.clear(digest, repo)
+        before = client.metrics()
+        assert client.stat(digest, repo).digest == digest
+        assert client.stat(digest).digest == digest
+        after = client.metrics()
+        assert after.hits - before.hits == 2  # both answered by the cache, as before the Clear
+
+
 def test_registry_down_is_backend_unavailable(tmp_path: Path) -> None:
     with (
         refused_port() as port,
@@ -258,6 +294,81 @@ def test_bearer_token_refused_by_the_token_server(
         pytest.raises(BackendUnavailableError),
     ):
         client.stat(digest_of(b"x"), new_repo())
+
+
+def _token_requests(token_server: TokenServer, repo: str) -> int:
+    return sum(1 for r in token_server.requests if r["query"].get("scope") == [f"repository:{repo}:pull"])
+
+
+async def test_bearer_tokens_are_bounded_least_recently_used_first(
+    registry_token: RegistryProcess, token_server: TokenServer
+) -> None:
+    # One token per repository: 60 repositories with room for 20 keep the 20 used last.
+    from descriptor_server.backends.registry import RegistryBackend
+
+    backend = RegistryBackend(registry_token.url, username=USER, password=PASSWORD, max_tokens=20)
+    repos = [new_repo() for _ in range(60)]
+    absent = digest_of(b"never pushed")
+    try:
+        for repo in repos:
+            with pytest.raises(BlobUnknownError):
+                await backend.stat(absent, repo)
+            with pytest.raises(BlobUnknownError):
+                await backend.stat(absent, repos[0])  # kept in use: never the least recent
+        assert backend.tokens_held == 20
+        assert _token_requests(token_server, repos[0]) == 1
+        assert _token_requests(token_server, repos[-1]) == 1
+        with pytest.raises(BlobUnknownError):
+            await backend.stat(absent, repos[-1])  # kept: no new token
+        assert _token_requests(token_server, repos[-1]) == 1
+        with pytest.raises(BlobUnknownError):
+            await backend.stat(absent, repos[1])  # dropped long ago: a new token
+        assert _token_requests(token_server, repos[1]) == 2
+        assert backend.tokens_held == 20
+    finally:
+        await backend.close()
+
+
+async def test_bearer_token_issued_at_is_honoured(registry_token: RegistryProcess, token_server: TokenServer) -> None:
+    # distribution's token server sends issued_at with expires_in: a token issued 58 s
+    # ago for 60 s has 2 s left, less than the refresh margin, so it is used once and
+    # not kept; a fresh one is kept and reused.
+    from descriptor_server.backends.registry import RegistryBackend
+
+    backend = RegistryBackend(registry_token.url, username=USER, password=PASSWORD)
+    absent = digest_of(b"never pushed")
+    stale_repo, fresh_repo = new_repo(), new_repo()
+    token_server.expires_in, token_server.issued_ago = 60, 58.0
+    try:
+        for _ in range(3):
+            with pytest.raises(BlobUnknownError):
+                await backend.stat(absent, stale_repo)
+        assert _token_requests(token_server, stale_repo) == 3
+        assert backend.tokens_held == 0
+        token_server.issued_ago = 0.0
+        for _ in range(3):
+            with pytest.raises(BlobUnknownError):
+                await backend.stat(absent, fresh_repo)
+        assert _token_requests(token_server, fresh_repo) == 1
+        assert backend.tokens_held == 1
+    finally:
+        token_server.expires_in, token_server.issued_ago = 300, None
+        await backend.close()
+
+
+def test_token_lifetime_follows_distribution() -> None:
+    from descriptor_server.backends.registry import token_lifetime
+
+    now = 1_700_000_000.0
+    assert token_lifetime(300, None, now) == 300
+    assert token_lifetime(None, None, now) == 60  # absent: 60 s
+    assert token_lifetime(10, None, now) == 60  # below the minimum: 60 s
+    assert token_lifetime("bogus", None, now) == 60
+    assert token_lifetime(300, "2023-11-14T22:13:20Z", now) == 300  # issued now
+    assert token_lifetime(300, "2023-11-14T22:12:20Z", now) == 240  # issued a minute ago
+    assert token_lifetime(300, "2023-11-14T22:23:20Z", now) == 300  # a clock ahead never extends it
+    assert token_lifetime(300, "2023-11-14T21:00:00Z", now) < 0  # long expired
+    assert token_lifetime(300, "not a time", now) == 300
 
 
 # -- https ---------------------------------------------------------------------------------

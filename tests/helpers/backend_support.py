@@ -7,6 +7,7 @@ it (also on failure).
 from __future__ import annotations
 
 import base64
+import datetime
 import json
 import os
 import shutil
@@ -346,6 +347,10 @@ class TokenServer:
         self.cert_path = workdir / "token-signer.pem"
         self.cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
         self.requests: list[dict[str, Any]] = []
+        #: What the token responses say: ``expires_in``, and ``issued_at`` this many
+        #: seconds ago (None: no ``issued_at``), as distribution's token server sends them.
+        self.expires_in = 300
+        self.issued_ago: float | None = None
         self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())  # bound here: no race
         self.port = self.httpd.server_address[1]
         self.realm = f"http://127.0.0.1:{self.port}/token"
@@ -403,7 +408,11 @@ class TokenServer:
                     self.end_headers()
                     return
                 token = server.issue(query.get("scope", []))
-                body = json.dumps({"token": token, "expires_in": 300}).encode()
+                answer: dict[str, Any] = {"token": token, "expires_in": server.expires_in}
+                if server.issued_ago is not None:
+                    issued = datetime.datetime.now(datetime.UTC) - datetime.timedelta(seconds=server.issued_ago)
+                    answer["issued_at"] = issued.strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+                body = json.dumps(answer).encode()
                 self.send_response(200)
                 self.send_header("Content-Type", "application/json")
                 self.send_header("Content-Length", str(len(body)))

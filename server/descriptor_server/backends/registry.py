@@ -10,17 +10,24 @@
 Authentication: HTTP basic with ``username``/``password``, and the bearer-token
 challenge flow (``WWW-Authenticate: Bearer realm=...,service=...,scope=...``): the
 token is fetched from the realm (with basic credentials when configured), cached per
-repository and method until it expires, and the request retried once. Connection
+repository and method until it expires, and the request retried once. A token's
+lifetime is ``issued_at`` + ``expires_in`` as distribution's token server sends them
+(``expires_in`` at least 60 s, its default when absent; never longer than
+``expires_in`` from now, whatever the clocks say); at most ``maxtokens`` are kept
+(least recently used dropped first) and expired ones are swept, so memory follows the
+configuration, not the number of repositories asked about. Connection
 failures, timeouts, 5xx, 429 and refused credentials are BACKEND_UNAVAILABLE.
 """
 
 from __future__ import annotations
 
 import base64
+import datetime
 import logging
 import re
 import ssl
 import time
+from collections import OrderedDict
 from dataclasses import dataclass
 
 import httpx
@@ -38,10 +45,14 @@ from ..logutil import RateLimitedLog
 
 log = logging.getLogger(__name__)
 
-#: A token without ``expires_in`` is valid for 60 s (the distribution token spec).
+#: A token without ``expires_in`` is valid for 60 s, and none for less (the distribution token spec).
 DEFAULT_TOKEN_LIFETIME = 60.0
 #: Refresh a token this many seconds before it expires.
 TOKEN_MARGIN = 5.0
+#: Bearer tokens kept (one per repository and verb), least recently used dropped first.
+DEFAULT_MAX_TOKENS = 1000
+#: How often expired tokens are swept (besides the count bound).
+TOKEN_SWEEP_INTERVAL = 30.0
 _SCHEME = re.compile(r"[\s,]*([A-Za-z][A-Za-z0-9!#$%&'*+.^_`|~-]*)")
 _PARAM = re.compile(r'[\s,]*([A-Za-z][A-Za-z0-9_-]*)\s*=\s*(?:"((?:[^"\\]|\\.)*)"|([^\s,]*))')
 
@@ -69,6 +80,32 @@ def parse_challenges(header: str) -> list[Challenge]:
     return out
 
 
+def token_lifetime(expires_in: object, issued_at: object, now: float | None = None) -> float:
+    """Seconds a token stays valid from ``now`` (wall clock), as distribution reads it.
+
+    ``expires_in`` below 60 s (or absent, or not a number) counts as 60 s; ``issued_at``
+    (RFC 3339), when given, moves the end earlier for a token issued in the past, never
+    later than ``expires_in`` from now (a token server whose clock runs ahead).
+    """
+    try:
+        seconds = float(expires_in) if isinstance(expires_in, int | float | str) else 0.0
+    except ValueError:
+        seconds = 0.0
+    if not seconds >= DEFAULT_TOKEN_LIFETIME:  # also NaN
+        seconds = DEFAULT_TOKEN_LIFETIME
+    seconds = min(seconds, 366 * 86400.0)
+    if isinstance(issued_at, str) and issued_at:
+        try:
+            issued = datetime.datetime.fromisoformat(issued_at.replace("Z", "+00:00"))
+        except ValueError:
+            return seconds
+        if issued.tzinfo is None:
+            issued = issued.replace(tzinfo=datetime.UTC)
+        wall = time.time() if now is None else now
+        return min(seconds, issued.timestamp() + seconds - wall)
+    return seconds
+
+
 class RegistryBackend:
     """Blob descriptors from a distribution-spec registry's HTTP API."""
 
@@ -81,6 +118,7 @@ class RegistryBackend:
         timeout: float = 10.0,
         verify: ssl.SSLContext | bool = True,
         transport: httpx.AsyncBaseTransport | None = None,
+        max_tokens: int = DEFAULT_MAX_TOKENS,
     ) -> None:
         self.url = url.rstrip("/")
         self.username = username
@@ -94,7 +132,10 @@ class RegistryBackend:
             headers={"User-Agent": "descriptor-server", "Accept": "*/*"},
             transport=transport,
         )
-        self._tokens: dict[tuple[str, str], tuple[str, float]] = {}
+        self.max_tokens = max_tokens
+        # (repository, method) -> (token, monotonic expiry), in least-recently-used order.
+        self._tokens: OrderedDict[tuple[str, str], tuple[str, float]] = OrderedDict()
+        self._next_sweep = time.monotonic() + TOKEN_SWEEP_INTERVAL
         self._log = RateLimitedLog(log)
 
     # -- auth ------------------------------------------------------------------------
@@ -105,11 +146,34 @@ class RegistryBackend:
         raw = f"{self.username}:{self.password}".encode()
         return "Basic " + base64.b64encode(raw).decode("ascii")
 
+    @property
+    def tokens_held(self) -> int:
+        """How many bearer tokens are kept now (bounded by ``max_tokens``)."""
+        return len(self._tokens)
+
     def _authorization(self, key: tuple[str, str]) -> str | None:
         cached = self._tokens.get(key)
-        if cached is not None and cached[1] > time.monotonic():
-            return f"Bearer {cached[0]}"
+        if cached is not None:
+            if cached[1] > time.monotonic():
+                self._tokens.move_to_end(key)
+                return f"Bearer {cached[0]}"
+            del self._tokens[key]
         return self._basic()
+
+    def _keep_token(self, key: tuple[str, str], token: str, lifetime: float) -> None:
+        """Keep a token for ``lifetime`` seconds (minus the margin), within ``max_tokens``."""
+        now = time.monotonic()
+        tokens = self._tokens
+        if now >= self._next_sweep:
+            self._next_sweep = now + TOKEN_SWEEP_INTERVAL
+            for stale in [k for k, (_, expiry) in tokens.items() if expiry <= now]:
+                del tokens[stale]
+        tokens.pop(key, None)
+        if lifetime - TOKEN_MARGIN <= 0 or self.max_tokens <= 0:
+            return  # used for this request only
+        tokens[key] = (token, now + lifetime - TOKEN_MARGIN)
+        while len(tokens) > self.max_tokens:
+            tokens.popitem(last=False)
 
     async def _fetch_token(self, challenge: Challenge, key: tuple[str, str]) -> str:
         realm = challenge.params.get("realm", "")
@@ -126,12 +190,11 @@ class RegistryBackend:
         try:
             body = resp.json()
             token = body.get("token") or body.get("access_token")
-            lifetime = float(body.get("expires_in") or DEFAULT_TOKEN_LIFETIME)
-        except (ValueError, AttributeError, TypeError):
+        except (ValueError, AttributeError):
             raise BackendUnavailableError(f"token server {realm} sent no token") from None
         if not isinstance(token, str) or not token:
             raise BackendUnavailableError(f"token server {realm} sent no token")
-        self._tokens[key] = (token, time.monotonic() + max(lifetime - TOKEN_MARGIN, 1.0))
+        self._keep_token(key, token, token_lifetime(body.get("expires_in"), body.get("issued_at")))
         return token
 
     async def _request(self, method: str, repository: str, digest: str) -> httpx.Response:
@@ -258,6 +321,8 @@ def from_config(section: RegistryBackendConfig) -> RegistryBackend:
         raise ConfigError("storage.registry.url", f"want an http:// or https:// URL, got {section.url!r}")
     if section.timeout <= 0:
         raise ConfigError("storage.registry.timeout", "must be > 0")
+    if section.maxtokens < 0:
+        raise ConfigError("storage.registry.maxtokens", "must be >= 0 (0 = keep no token)")
     try:
         verify = ssl_context(section.insecureskipverify, section.rootcas)
     except (OSError, ssl.SSLError) as err:
@@ -268,4 +333,5 @@ def from_config(section: RegistryBackendConfig) -> RegistryBackend:
         password=section.password,
         timeout=section.timeout,
         verify=verify,
+        max_tokens=section.maxtokens,
     )
