@@ -258,3 +258,58 @@ async def test_async_default_deadline_from_constructor(target: str, disk: Layout
         t = threading.Thread(target=release, args=(fifo, digest))
         t.start()
         t.join(15)
+
+
+# -- the asyncio client and its event loop ----------------------------------------------
+
+
+def test_async_client_made_before_asyncio_run(target: str, disk: Layout) -> None:
+    # Made outside any loop (at import time, in a constructor, before asyncio.run()):
+    # the channel is made on first use inside the loop that runs the call.
+    import asyncio
+
+    digest = disk.push(REPO, b"made before the loop")
+    client = AsyncDescriptorClient(target, timeout=10)
+    unknown = "sha256:" + "0" * 64
+
+    async def use() -> Descriptor:
+        with pytest.raises(BlobUnknownError):
+            await client.stat(unknown, REPO)
+        assert (await client.batch_stat([digest, unknown], REPO))[1].__class__ is BlobUnknownError
+        return await client.stat(digest, REPO)
+
+    assert asyncio.run(use()) == Descriptor(OCT, digest, len(b"made before the loop"))
+    # A second asyncio.run() is another loop: the client makes a channel there too.
+    assert asyncio.run(use()).digest == digest
+    asyncio.run(client.close())
+
+
+def test_async_client_failures_are_typed_outside_the_first_loop() -> None:
+    import asyncio
+
+    with refused_port() as port:
+        client = AsyncDescriptorClient(f"127.0.0.1:{port}", timeout=2)
+
+        async def call() -> None:
+            with pytest.raises(UnavailableError):
+                await client.stat("sha256:" + "0" * 64)
+            with pytest.raises(DigestInvalidFormatError):
+                await client.stat("sha256:\udc00")
+
+        asyncio.run(call())
+        asyncio.run(call())
+        asyncio.run(client.close())
+
+
+def test_async_client_close_before_first_use() -> None:
+    import asyncio
+
+    async def open_and_close() -> None:
+        client = AsyncDescriptorClient("127.0.0.1:1")
+        await client.close()
+        await client.close()  # twice is fine
+        async with AsyncDescriptorClient("127.0.0.1:1"):
+            pass
+
+    asyncio.run(open_and_close())
+    asyncio.run(AsyncDescriptorClient("127.0.0.1:1").close())  # made and closed in different states

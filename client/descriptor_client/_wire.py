@@ -173,7 +173,9 @@ class ClientBase:
     """What the sync and asyncio clients share: target, default deadline, token, TLS, methods.
 
     ``channels`` is the module whose ``secure_channel``/``insecure_channel`` make the
-    channel: ``grpc`` for the blocking client, ``grpc.aio`` for the asyncio one.
+    channel: ``grpc`` for the blocking client, ``grpc.aio`` for the asyncio one. The
+    blocking client opens its channel here (``lazy=False``); the asyncio one on first
+    use, inside the event loop that runs the call (:meth:`_open`).
     """
 
     def __init__(
@@ -185,15 +187,26 @@ class ClientBase:
         tls: ClientTLS | None,
         options: Sequence[tuple[str, Any]],
         channels: Any,
+        lazy: bool = False,
     ) -> None:
         self.target = normalize_target(target or os.environ.get("DESCRIPTOR_TARGET") or DEFAULT_TARGET)
         self.timeout = timeout
         self._metadata = call_metadata(token)
-        opts = channel_options(tls, options)
-        if tls is not None:
-            self._channel = channels.secure_channel(self.target, tls.credentials(), options=opts)
+        self._tls = tls
+        self._options = channel_options(tls, options)
+        self._channels = channels
+        self._channel: Any = None
+        self._methods: dict[str, Callable[..., Any]] = {}
+        self._health: Any = None
+        if not lazy:
+            self._open()
+
+    def _open(self) -> None:
+        """Make the channel and bind the methods (the asyncio client: in the running loop)."""
+        if self._tls is not None:
+            self._channel = self._channels.secure_channel(self.target, self._tls.credentials(), options=self._options)
         else:
-            self._channel = channels.insecure_channel(self.target, options=opts)
+            self._channel = self._channels.insecure_channel(self.target, options=self._options)
         self._methods = bind_methods(self._channel)
         self._health = self._channel.unary_unary(
             HEALTH_CHECK,

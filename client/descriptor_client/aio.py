@@ -39,6 +39,10 @@ class AsyncDescriptorClient(ClientBase):
     seconds for every call; each verb also takes ``timeout=``. ``token`` (default
     ``$DESCRIPTOR_TOKEN``) is sent as a bearer token; ``tls`` turns on TLS or mTLS.
     Errors are raised as the typed exceptions of :mod:`descriptor_client.errors`.
+
+    The channel is made on first use, in the event loop running the call, so a client
+    made before ``asyncio.run()`` (or at import time) works; used later from another
+    loop (a second ``asyncio.run()``), or after ``close()``, it makes a new channel.
     """
 
     def __init__(
@@ -50,13 +54,25 @@ class AsyncDescriptorClient(ClientBase):
         tls: ClientTLS | None = None,
         options: Sequence[tuple[str, Any]] = (),
     ) -> None:
-        super().__init__(target, timeout=timeout, token=token, tls=tls, options=options, channels=grpc.aio)
+        super().__init__(target, timeout=timeout, token=token, tls=tls, options=options, channels=grpc.aio, lazy=True)
+        self._loop: asyncio.AbstractEventLoop | None = None
+
+    def _bound(self) -> dict[str, Any]:
+        """The methods on a channel of the running loop (made here on first use)."""
+        loop = asyncio.get_running_loop()
+        if self._channel is None or self._loop is not loop:
+            # A channel belongs to the loop it was made in; one from a finished
+            # asyncio.run() cannot serve this loop (its close would need that loop).
+            self._open()
+            self._loop = loop
+        return self._methods
 
     async def _call(self, name: str, request: Any, timeout: float | None) -> Any:
+        methods = self._bound()
         retry = CallRetry(name, self._deadline(timeout))
         while True:
             try:
-                return await self._methods[name](request, timeout=retry.remaining(), metadata=self._metadata)
+                return await methods[name](request, timeout=retry.remaining(), metadata=self._metadata)
             except grpc.RpcError as err:
                 await asyncio.sleep(retry.delay_or_raise(from_rpc_error(err)))
 
@@ -90,6 +106,7 @@ class AsyncDescriptorClient(ClientBase):
     async def health(self, service: str = SERVICE, *, timeout: float | None = None) -> str:
         """The grpc.health.v1 status of ``service`` ("" = the whole server): ``SERVING``,
         ``NOT_SERVING`` (draining, or its backend fails its probe) or ``SERVICE_UNKNOWN``."""
+        self._bound()
         try:
             resp = await self._health(
                 health_pb2.HealthCheckRequest(service=service), timeout=self._deadline(timeout), metadata=self._metadata
@@ -105,7 +122,11 @@ class AsyncDescriptorClient(ClientBase):
         return AsyncRepositoryClient(self, name)
 
     async def close(self) -> None:
-        await self._channel.close()
+        """Close the channel: nothing to do before the first call; a later call opens a new one."""
+        channel, loop, self._channel, self._loop = self._channel, self._loop, None, None
+        if channel is not None and loop is asyncio.get_running_loop():
+            await channel.close()
+        # A channel of another loop (a finished asyncio.run()) went with that loop.
 
     async def __aenter__(self) -> AsyncDescriptorClient:
         return self
