@@ -13,7 +13,8 @@ drives each with the same native load generator (``h2load`` posting a framed gRP
 ``StatRequest``: one connection, 16 concurrent streams), then measures BatchStat end
 to end, the peer that pipelines ``HMGET blobs::<d>`` to Redis directly, p99 latency at
 half the maximum rate, memory per entry with tracemalloc, hit cost at 1,000 versus
-1,000,000 entries, scan resistance, miss coalescing and ``--workers`` scaling. It
+1,000,000 entries, scan resistance, miss coalescing, memory bounds
+(``benchmarks/memory_bench.py``) and ``--workers`` scaling. It
 prints a table of absolute figures and goal ratios and writes it, with the raw
 figures, to ``benchmarks/results/``.
 
@@ -54,6 +55,7 @@ HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 sys.path[:0] = [str(ROOT / "client"), str(ROOT / "server"), str(ROOT / "tests")]
 
+import memory_bench  # noqa: E402  (benchmarks/memory_bench.py, beside this file)
 from descriptor_client._proto.descriptor.v1 import descriptor_pb2 as pb  # noqa: E402
 from descriptor_client.descriptor import Descriptor  # noqa: E402
 from descriptor_client.errors import BlobUnknownError  # noqa: E402
@@ -637,6 +639,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     results["hit_cost"] = hit_cost(mem_entries)
     say("scan resistance and coalescing")
     results["scan"] = scan_and_coalescing(scan_capacity)
+    say("memory bounds: SetDescriptor in many repositories, Stat against a hung backend")
+    results["memory_bounds"] = memory_bench.measure(quick)
 
     table = render(results, mem_entries, scan_capacity)
     print(table)
@@ -792,6 +796,8 @@ def render(res: dict[str, Any], mem_entries: int, scan_capacity: int) -> str:
             f"= 1 {goal(scan['backend_calls_for_100_misses'] == 1)}",
         )
     )
+    if "memory_bounds" in res:
+        rows.extend(memory_bench.rows(res["memory_bounds"]))
     workers = res.get("workers")
     if workers:
         ratio = workers["2"] / workers["1"]
