@@ -142,3 +142,28 @@ def test_bounded_follows_the_configuration(tmp_path: Path) -> None:
     assert (wrapped.timeout, wrapped.max_inflight, wrapped.max_pending) == (2.0, 3, 5)
     assert bounded(fs, timeout=0, max_inflight=0, max_pending=9) is fs  # nothing to bound
     assert from_config(fs, from_dict({}).storage) is not fs  # bounded by default
+
+
+async def test_the_probe_has_the_deadline_takes_no_slot_and_never_runs_twice() -> None:
+    # Fault injection: a socket that accepts connections but never answers (no real
+    # registry hangs on demand); the registry backend's own timeout is far longer.
+    import socket
+
+    from descriptor_server.backends.registry import RegistryBackend
+
+    with socket.socket() as silent:
+        silent.bind(("127.0.0.1", 0))
+        silent.listen(16)
+        registry = RegistryBackend(f"http://127.0.0.1:{silent.getsockname()[1]}", timeout=30)
+        backend = bounded(registry, timeout=0.3, max_inflight=1, max_pending=0)
+        assert isinstance(backend, BoundedProbedBackend)
+        try:
+            with pytest.raises(BackendUnavailableError) as info:
+                await backend.probe()
+            assert "timed out after 0.3s" in info.value.message
+            with pytest.raises(BackendUnavailableError) as info:
+                await backend.probe()  # the first is still in the backend: not a second one
+            assert "still unanswered" in info.value.message
+            assert (backend.inflight, backend.timeouts_total) == (0, 1)  # no slot taken
+        finally:
+            await backend.close()

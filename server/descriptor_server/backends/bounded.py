@@ -1,12 +1,13 @@
 """``BoundedBackend``: a deadline and a bounded queue in front of any backend.
 
 A wrapper (BuildGrid style) implementing the Backend protocol around another
-backend. Every backend call (Stat, Clear, the health probe) takes one of
+backend. Every backend call (Stat, Clear) takes one of
 ``max_inflight`` slots; a call that finds them all taken waits in a queue of at most
 ``max_pending``; a call beyond that is refused at once with UNAVAILABLE /
 ``BACKEND_UNAVAILABLE`` and counted in :attr:`BoundedBackend.shed_total`. Each call
 has ``timeout`` seconds, waiting included; past it the caller gets
-BACKEND_UNAVAILABLE and :attr:`timeouts_total` counts it.
+BACKEND_UNAVAILABLE and :attr:`timeouts_total` counts it. The health probe has
+the deadline too, takes no slot, and is never run twice at once.
 
 A call that timed out keeps its slot until the backend really answers. A thread-pool
 backend (filesystem, s3) keeps a thread blocked on a hung mount whatever the caller
@@ -162,11 +163,30 @@ class BoundedBackend:
 
 
 class BoundedProbedBackend(BoundedBackend):
-    """A :class:`BoundedBackend` whose inner backend has a health probe (bounded too)."""
+    """A :class:`BoundedBackend` whose inner backend has a health probe.
+
+    The probe has the deadline but takes no slot (a busy backend is not an unhealthy
+    one), and at most one probe is in the backend at a time: while a probe has not
+    answered (a hung mount), the next one fails at once instead of queueing behind it.
+    """
+
+    _probing: asyncio.Future[None] | None = None
 
     async def probe(self) -> None:
-        probe: Callable[[], Awaitable[None]] = getattr(self.inner, "probe")  # noqa: B009
-        await self._call("probe", probe)
+        if self._probing is not None and not self._probing.done():
+            raise BackendUnavailableError("backend probe still unanswered (storage hung?)")
+        inner_probe: Callable[[], Awaitable[None]] = getattr(self.inner, "probe")  # noqa: B009
+        self._probing = task = asyncio.ensure_future(inner_probe())
+        task.add_done_callback(_retrieve)
+        try:
+            await asyncio.wait_for(asyncio.shield(task), self.timeout or None)
+        except TimeoutError:
+            raise self._timed_out("probe") from None
+
+
+def _retrieve(task: asyncio.Future[Any]) -> None:
+    if not task.cancelled():
+        task.exception()
 
 
 def bounded(inner: Backend, *, timeout: float, max_inflight: int, max_pending: int) -> Backend:
