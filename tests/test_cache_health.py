@@ -60,6 +60,14 @@ async def test_start_check_names_the_key_at_fault(
     addr = redis_own.addr
     caplog.set_level(logging.ERROR, logger="descriptor_server.cache")
     assert await _check(redis_env(addr, passwordfile=str(secret))) is None
+    config = load(None, redis_env(addr, password="wrong"))
+    watched = WatchedCache(from_config(config.redis), "redis cache")  # as the server may wrap it
+    try:
+        found = await check_cache_at_start(config, watched)
+    finally:
+        await watched.close()
+    assert found is not None
+    assert found.startswith("redis.password: authentication failed")
     wrong = await _check(redis_env(addr, password="wrong"))
     assert wrong is not None
     assert wrong.startswith("redis.password: authentication failed")
@@ -74,7 +82,7 @@ async def test_start_check_names_the_key_at_fault(
     assert down is not None
     assert down.startswith(f"redis.addrs: cannot connect to 127.0.0.1:{port}")
     errors = [r.getMessage() for r in caplog.records if r.levelno == logging.ERROR]
-    assert len(errors) == 4
+    assert len(errors) == 5
     assert all("redis cache unusable at start" in e for e in errors)
     # Other caches need no check.
     assert await check_cache_at_start(load(None, {}), from_config(load(None, {}).redis)) is None

@@ -75,6 +75,8 @@ async def check_cache_at_start(config: Config, cache: BlobDescriptorService) -> 
     """
     if config.storage.cache.blobdescriptor != "redis":
         return None
+    if isinstance(cache, WatchedCache):
+        cache = cache.inner
     client = getattr(cache, "client", None)
     if client is None:
         return None
