@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 from descriptor_client import BackendUnavailableError, Descriptor
-from descriptor_server.backends.bounded import BoundedBackend, BoundedProbedBackend, bounded
+from descriptor_server.backends.bounded import BoundedBackend, bounded
 from descriptor_server.backends.filesystem import FilesystemBackend
 from descriptor_server.caches.inmemory import InMemoryCache
 from descriptor_server.config import from_dict
@@ -138,7 +138,7 @@ def test_bounded_follows_the_configuration(tmp_path: Path) -> None:
     from descriptor_server.backends.bounded import from_config
 
     wrapped = from_config(fs, config.storage)
-    assert isinstance(wrapped, BoundedProbedBackend)  # the filesystem backend's probe is kept
+    assert isinstance(wrapped, BoundedBackend)
     assert (wrapped.timeout, wrapped.max_inflight, wrapped.max_pending) == (2.0, 3, 5)
     assert bounded(fs, timeout=0, max_inflight=0, max_pending=9) is fs  # nothing to bound
     assert from_config(fs, from_dict({}).storage) is not fs  # bounded by default
@@ -156,7 +156,7 @@ async def test_the_probe_has_the_deadline_takes_no_slot_and_never_runs_twice() -
         silent.listen(16)
         registry = RegistryBackend(f"http://127.0.0.1:{silent.getsockname()[1]}", timeout=30)
         backend = bounded(registry, timeout=0.3, max_inflight=1, max_pending=0)
-        assert isinstance(backend, BoundedProbedBackend)
+        assert isinstance(backend, BoundedBackend)
         try:
             with pytest.raises(BackendUnavailableError) as info:
                 await backend.probe()

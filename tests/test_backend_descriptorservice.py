@@ -139,7 +139,6 @@ async def test_backend_passes_a_late_unsupported_through(tmp_path: Path, back_la
     assert back_layout.link(REPO, digest).exists()
 
 
-@pytest.mark.xfail(strict=True, reason="the statter restores the cache on a late UNSUPPORTED (issue 12 item 2, lead)")
 def test_unsupported_clear_leaves_the_front_cache_as_it_was(tmp_path: Path, back_layout: Layout) -> None:
     digest = back_layout.push(REPO, b"still cached")
     with (

@@ -182,7 +182,6 @@ async def test_registry_backend_maps_delete_405_to_unsupported(registry_nodelete
         await backend.close()
 
 
-@pytest.mark.xfail(strict=True, reason="the statter restores the cache on a late UNSUPPORTED (issue 12 item 2, lead)")
 def test_unsupported_clear_leaves_the_cache_as_it_was(tmp_path: Path, registry_nodelete: RegistryProcess) -> None:
     repo = new_repo()
     digest = push_blob(registry_nodelete.url, repo, b"still cached")

@@ -26,6 +26,7 @@ from descriptor_client.descriptor import Descriptor
 from descriptor_client.errors import BackendUnavailableError, BlobUnknownError, InvalidArgumentError
 from descriptor_client.protocol import BlobDescriptorService
 
+from .caches import Cache
 from .config import Config, RedisConfig
 from .logutil import describe
 
@@ -105,13 +106,11 @@ _ANSWERS = (BlobUnknownError, InvalidArgumentError)
 class WatchedCache:
     """``inner`` with its failures and recovery logged once each; also a readiness probe."""
 
-    def __init__(self, inner: BlobDescriptorService, name: str = "cache") -> None:
+    def __init__(self, inner: Cache, name: str = "cache") -> None:
         self.inner = inner
         self.name = name
         self.failing_since: float | None = None
         self.failed_calls = 0
-        if callable(getattr(inner, "stat_many", None)):
-            self.stat_many = self._stat_many
 
     @property
     def failing(self) -> bool:
@@ -149,9 +148,8 @@ class WatchedCache:
         desc: Descriptor = await self._watch(lambda: self.inner.stat(digest, repository))
         return desc
 
-    async def _stat_many(self, digests: Sequence[str], repository: str = "") -> list[Descriptor | None]:
-        stat_many = getattr(self.inner, "stat_many")  # noqa: B009 - present, checked in __init__
-        found: list[Descriptor | None] = await self._watch(lambda: stat_many(digests, repository))
+    async def stat_many(self, digests: Sequence[str], repository: str = "") -> list[Descriptor | None]:
+        found: list[Descriptor | None] = await self._watch(lambda: self.inner.stat_many(digests, repository))
         return found
 
     async def set_descriptor(self, digest: str, descriptor: Descriptor, repository: str = "") -> None:
@@ -170,9 +168,7 @@ class WatchedCache:
             raise BackendUnavailableError(f"{self.name} unavailable: {describe(err)}") from None
 
     async def close(self) -> None:
-        close = getattr(self.inner, "close", None)
-        if close is not None:
-            await close()
+        await self.inner.close()
 
 
 Probe = Callable[[], Awaitable[None]]

@@ -59,6 +59,7 @@ class BoundedBackend:
         #: Calls holding a slot now (including timed-out ones the backend has not answered).
         self.inflight = 0
         self._waiters: deque[asyncio.Future[None]] = deque()
+        self._probing: asyncio.Future[None] | None = None
         self._log = RateLimitedLog(log)
 
     @property
@@ -155,33 +156,25 @@ class BoundedBackend:
     def supports_clear(self, repository: str) -> bool:
         return self.inner.supports_clear(repository)
 
-    async def close(self) -> None:
-        for waiter in self._waiters:
-            if not waiter.done():
-                waiter.cancel()
-        await self.inner.close()
-
-
-class BoundedProbedBackend(BoundedBackend):
-    """A :class:`BoundedBackend` whose inner backend has a health probe.
-
-    The probe has the deadline but takes no slot (a busy backend is not an unhealthy
-    one), and at most one probe is in the backend at a time: while a probe has not
-    answered (a hung mount), the next one fails at once instead of queueing behind it.
-    """
-
-    _probing: asyncio.Future[None] | None = None
-
     async def probe(self) -> None:
+        """The inner backend's probe, with the deadline; it takes no slot (a busy backend
+        is not an unhealthy one), and at most one probe is in the backend at a time: while
+        a probe has not answered (a hung mount), the next one fails at once instead of
+        queueing behind it."""
         if self._probing is not None and not self._probing.done():
             raise BackendUnavailableError("backend probe still unanswered (storage hung?)")
-        inner_probe: Callable[[], Awaitable[None]] = getattr(self.inner, "probe")  # noqa: B009
-        self._probing = task = asyncio.ensure_future(inner_probe())
+        self._probing = task = asyncio.ensure_future(self.inner.probe())
         task.add_done_callback(_retrieve)
         try:
             await asyncio.wait_for(asyncio.shield(task), self.timeout or None)
         except TimeoutError:
             raise self._timed_out("probe") from None
+
+    async def close(self) -> None:
+        for waiter in self._waiters:
+            if not waiter.done():
+                waiter.cancel()
+        await self.inner.close()
 
 
 def _retrieve(task: asyncio.Future[Any]) -> None:
@@ -190,11 +183,10 @@ def _retrieve(task: asyncio.Future[Any]) -> None:
 
 
 def bounded(inner: Backend, *, timeout: float, max_inflight: int, max_pending: int) -> Backend:
-    """``inner`` wrapped when any bound is set (keeping its ``probe``), else ``inner`` itself."""
+    """``inner`` wrapped when any bound is set, else ``inner`` itself."""
     if not timeout and not max_inflight:
         return inner
-    cls = BoundedProbedBackend if callable(getattr(inner, "probe", None)) else BoundedBackend
-    return cls(inner, timeout=timeout, max_inflight=max_inflight, max_pending=max_pending)
+    return BoundedBackend(inner, timeout=timeout, max_inflight=max_inflight, max_pending=max_pending)
 
 
 def from_config(inner: Backend, storage: StorageConfig) -> Backend:
@@ -204,4 +196,4 @@ def from_config(inner: Backend, storage: StorageConfig) -> Backend:
     )
 
 
-__all__ = ["BoundedBackend", "BoundedProbedBackend", "bounded", "from_config"]
+__all__ = ["BoundedBackend", "bounded", "from_config"]
