@@ -330,3 +330,39 @@ def test_bounded_backend_keys_are_validated() -> None:
         with pytest.raises(ConfigError) as info:
             from_dict({"storage": {key: value}})
         assert info.value.key == f"storage.{key}"
+
+
+def test_check_config_with_secret_files_masks_them_and_names_bad_keys(tmp_path: Path) -> None:
+    import os
+
+    from helpers.support import run_server_command
+
+    secret = tmp_path / "redis-password"
+    secret.write_text("#s3cret from a file\n")
+    access, key = tmp_path / "access", tmp_path / "key"
+    access.write_text("AKIA-FROM-FILE\n")
+    key.write_text("SECRET-FROM-FILE\n")
+    path = write(
+        tmp_path, {"storage": {"s3": {"bucket": "b", "accesskeyfile": str(access), "secretkeyfile": str(key)}}}
+    )
+    env = {**os.environ, "DESCRIPTOR_REDIS_PASSWORDFILE": str(secret)}
+    proc = run_server_command(["--check-config", path], cwd=tmp_path, env=env)
+    assert proc.returncode == 0, proc.stderr
+    for text in ("#s3cret", "AKIA-FROM-FILE", "SECRET-FROM-FILE"):
+        assert text not in proc.stdout
+    shown = yaml.safe_load(proc.stdout)
+    assert shown["redis"]["password"] == "*****"
+    assert shown["redis"]["passwordfile"] == str(secret)
+    assert shown["storage"]["s3"]["accesskey"] == "*****"
+    # Both set, or an unreadable file: one line naming the key, exit 2.
+    env["DESCRIPTOR_REDIS_PASSWORD"] = "inline"
+    proc = run_server_command(["--check-config", path], cwd=tmp_path, env=env)
+    assert proc.returncode == 2
+    assert "redis.password and redis.passwordfile are both set" in proc.stderr
+    del env["DESCRIPTOR_REDIS_PASSWORD"]
+    env["DESCRIPTOR_REDIS_PASSWORDFILE"] = str(tmp_path / "absent")
+    proc = run_server_command(["--check-config", path], cwd=tmp_path, env=env)
+    assert proc.returncode == 2
+    assert proc.stderr.strip().endswith(
+        "redis.passwordfile: cannot read " + str(tmp_path / "absent") + ": No such file or directory"
+    )
