@@ -1,10 +1,9 @@
 """Issue 12 items 5 and 6 through the server command: the backend bounds, the Redis
 start-up check and readiness following the cache, as configured.
 
-These need the wiring in app.py (``backends.bounded.from_config`` around the backend,
+The wiring is in app.py: ``backends.bounded.from_config`` around the backend,
 ``cachehealth.check_cache_at_start`` at start, ``WatchedCache`` and
-``grpc.healthprobecache`` in the health probe); until it lands they are expected to
-fail (strict: the marker must go when it does).
+``grpc.healthprobecache`` in the health probe.
 """
 
 from __future__ import annotations
@@ -14,15 +13,12 @@ import errno
 import os
 from pathlib import Path
 
-import pytest
 from descriptor_client import AsyncDescriptorClient, BackendUnavailableError
 from helpers.backend_support import health_of
 from helpers.fifo_support import make_fifo
 from helpers.redis_servers import RedisProcess
 from helpers.support import REPO, Layout, ServerProcess, base_config, digest_of, wait_for
 from helpers.targets_redis import server_redis_config
-
-WIRING = pytest.mark.xfail(strict=True, reason="wired in app.py by the lead (issue 12 items 5 and 6)")
 
 
 def _unblock(fifos: list[Path]) -> None:
@@ -34,7 +30,6 @@ def _unblock(fifos: list[Path]) -> None:
                 raise
 
 
-@WIRING
 async def test_a_hung_backend_sheds_with_backend_unavailable(tmp_path: Path) -> None:
     layout = Layout(tmp_path / "registry")
     digests = [digest_of(f"hung {i}".encode()) for i in range(30)]
@@ -54,7 +49,6 @@ async def test_a_hung_backend_sheds_with_backend_unavailable(tmp_path: Path) -> 
         proc.stop()
 
 
-@WIRING
 def test_a_wrong_redis_password_is_an_error_naming_the_key_at_start(redis_own: RedisProcess, tmp_path: Path) -> None:
     with redis_own.client() as admin:
         admin.config_set("requirepass", "right")
@@ -68,7 +62,6 @@ def test_a_wrong_redis_password_is_an_error_naming_the_key_at_start(redis_own: R
         proc.stop()
 
 
-@WIRING
 def test_readiness_follows_the_cache_when_configured(redis_own: RedisProcess, tmp_path: Path) -> None:
     layout = Layout(tmp_path / "registry")
     layout.root.mkdir(parents=True)

@@ -218,22 +218,23 @@ class ClientBase:
         return self.timeout if timeout is None else timeout
 
 
-#: Attempts in all for a call answered ``SERVER_DRAINING`` (the idempotent RPCs are
-#: also retried by gRPC's own retry policy, :func:`service_config`).
-DRAIN_ATTEMPTS = 3
+#: Calls in all for a call answered ``SERVER_DRAINING`` (each call of an idempotent RPC
+#: also makes gRPC's own retry attempts, :func:`service_config`).
+DRAIN_ATTEMPTS = 5
 
 
 class CallRetry:
     """The deadline and the drain retries of one call.
 
-    A non-idempotent call (SetDescriptor, Clear) is sent again only when the server
-    answered ``SERVER_DRAINING``: that answer promises it did nothing, so the call is
-    safe to repeat on another replica. Any other UNAVAILABLE may have come after the
+    A call answered ``SERVER_DRAINING`` is sent again, whatever the RPC: that answer
+    promises the server did nothing, so even a non-idempotent call (SetDescriptor,
+    Clear) is safe to repeat, and round robin sends it to another replica. (gRPC's own
+    retries of an idempotent call may all land on the draining replica while several
+    threads share the channel's picks.) Any other UNAVAILABLE may have come after the
     server acted, and is raised. Every attempt shares the call's one deadline.
     """
 
-    def __init__(self, name: str, deadline: float | None) -> None:
-        self.name = name
+    def __init__(self, deadline: float | None) -> None:
         self.until = None if deadline is None else time.monotonic() + deadline
         self.attempt = 0
 
@@ -246,7 +247,6 @@ class CallRetry:
         self.attempt += 1
         if (
             not isinstance(err, ServerDrainingError)
-            or RPCS[self.name].idempotent
             or self.attempt >= DRAIN_ATTEMPTS
             or (self.until is not None and time.monotonic() + delay >= self.until)
         ):

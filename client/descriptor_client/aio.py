@@ -69,7 +69,7 @@ class AsyncDescriptorClient(ClientBase):
 
     async def _call(self, name: str, request: Any, timeout: float | None) -> Any:
         methods = self._bound()
-        retry = CallRetry(name, self._deadline(timeout))
+        retry = CallRetry(self._deadline(timeout))
         while True:
             try:
                 return await methods[name](request, timeout=retry.remaining(), metadata=self._metadata)

@@ -53,7 +53,7 @@ class DescriptorClient(ClientBase):
         super().__init__(target, timeout=timeout, token=token, tls=tls, options=options, channels=grpc)
 
     def _call(self, name: str, request: Any, timeout: float | None) -> Any:
-        retry = CallRetry(name, self._deadline(timeout))
+        retry = CallRetry(self._deadline(timeout))
         while True:
             try:
                 return self._methods[name](request, timeout=retry.remaining(), metadata=self._metadata)

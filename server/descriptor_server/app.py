@@ -30,7 +30,8 @@ from grpc_health.v1 import health_pb2
 from grpc_reflection.v1alpha import reflection
 
 from . import security
-from .backends import Backend
+from .backends import Backend, bounded
+from .cachehealth import WatchedCache, check_cache_at_start, combined_probe
 from .caches import Cache
 from .config import Config, ConfigError, check_workers, load, to_dict
 from .debug_http import MetricsEndpoint
@@ -60,7 +61,7 @@ def build_cache(config: Config, *, observe: RedisObserver | None = None) -> Cach
         redis_cache: Cache = importlib.import_module("descriptor_server.caches.redis").from_config(
             config.redis, observe=observe
         )
-        return redis_cache
+        return WatchedCache(redis_cache, "redis cache")
     from .caches.none import NoneCache
 
     return NoneCache()
@@ -95,7 +96,7 @@ def build_revalidator(config: Config) -> Revalidator | None:
 def build_statter(config: Config, *, observe: RedisObserver | None = None) -> CachedBlobStatter:
     return CachedBlobStatter(
         build_cache(config, observe=observe),
-        build_backend(config),
+        bounded.from_config(build_backend(config), config.storage),
         delete_enabled=config.storage.delete.enabled,
         max_batch=config.grpc.maxbatch,
         revalidator=build_revalidator(config),
@@ -149,7 +150,9 @@ class DescriptorServer:
             self.statter, authorizer=security.build_authorizer(config.auth), observer=self.observe
         )
         self.metrics.track_inflight(lambda: self.servicer.inflight)
-        self.health = Health(self.statter.backend.probe, config.grpc.healthprobeinterval)
+        cache = self.statter.cache
+        cache_probe = cache.probe if config.grpc.healthprobecache and isinstance(cache, WatchedCache) else None
+        self.health = Health(combined_probe(self.statter.backend.probe, cache_probe), config.grpc.healthprobeinterval)
         debug = config.http.debug
         self.endpoint = (
             MetricsEndpoint(self.metrics.registry, debug.addr, debug.prometheus.path)
@@ -196,6 +199,7 @@ class DescriptorServer:
         await server.start()
         self.server = server
         await self.health.start()
+        await check_cache_at_start(self.config, self.statter.cache)
         host = g.addr.rsplit(":", 1)[0]
         log.info(
             "descriptor-server listening on %s:%d (cache %s, backend %s)",
