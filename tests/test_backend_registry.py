@@ -1,6 +1,7 @@
-"""The ``registry`` backend against a real distribution registry (Debian's docker-registry).
+"""The ``registry`` backend against real distribution registries: Debian's 2.8 and v3.1.1.
 
-Blobs are pushed through the registry's HTTP API; Stat, Clear and the errors go
+Every test runs against both releases (the module-scoped ``registry_release`` fixture,
+helpers/targets_backends.py). Blobs are pushed through the registry's HTTP API; Stat, Clear and the errors go
 through our server started from a config with ``storage.registry``.
 
 The conformance suite is not registered as a target for this backend: the registry's
@@ -32,11 +33,11 @@ from descriptor_client import (
 )
 from helpers.backend_support import (
     RegistryProcess,
+    RegistryRelease,
     TokenServer,
     health_of,
     htpasswd_line,
     push_blob,
-    registry_available,
 )
 from helpers.pki import CA
 from helpers.support import OCT, REPO, ServerProcess, digest_of, refused_port, running_server
@@ -44,8 +45,6 @@ from helpers.targets_backends import server_config
 from test_conformance import test_case3_alias_is_stored_under_both_digests as _case3
 from test_conformance import test_case4_repository_media_type_overrides_global as _case4
 from test_conformance import test_case5_repository_clear as _case5
-
-pytestmark = pytest.mark.skipif(not registry_available(), reason="docker-registry is not installed")
 
 USER, PASSWORD = "registry-user", "s3cret pass"
 _repos = itertools.count()
@@ -61,8 +60,10 @@ def registry_storage(url: str, **extra: Any) -> dict[str, Any]:
 
 
 @pytest.fixture(scope="module")
-def registry_nodelete(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RegistryProcess]:
-    proc = RegistryProcess(tmp_path_factory.mktemp("registry-nodelete"), delete=False)
+def registry_nodelete(
+    tmp_path_factory: pytest.TempPathFactory, registry_release: RegistryRelease
+) -> Iterator[RegistryProcess]:
+    proc = RegistryProcess(tmp_path_factory.mktemp("registry-nodelete"), delete=False, release=registry_release)
     try:
         yield proc
     finally:
@@ -70,11 +71,14 @@ def registry_nodelete(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Regi
 
 
 @pytest.fixture(scope="module")
-def registry_basic(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RegistryProcess]:
+def registry_basic(
+    tmp_path_factory: pytest.TempPathFactory, registry_release: RegistryRelease
+) -> Iterator[RegistryProcess]:
     workdir = tmp_path_factory.mktemp("registry-basic")
     htpasswd = workdir / "htpasswd"
     htpasswd.write_text(htpasswd_line(USER, PASSWORD) + "\n")
-    proc = RegistryProcess(workdir, auth={"htpasswd": {"realm": "test", "path": str(htpasswd)}})
+    auth = {"htpasswd": {"realm": "test", "path": str(htpasswd)}}
+    proc = RegistryProcess(workdir, auth=auth, release=registry_release)
     try:
         yield proc
     finally:
@@ -91,8 +95,11 @@ def token_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TokenServ
 
 
 @pytest.fixture(scope="module")
-def registry_token(tmp_path_factory: pytest.TempPathFactory, token_server: TokenServer) -> Iterator[RegistryProcess]:
-    proc = RegistryProcess(tmp_path_factory.mktemp("registry-token"), auth=token_server.registry_auth())
+def registry_token(
+    tmp_path_factory: pytest.TempPathFactory, token_server: TokenServer, registry_release: RegistryRelease
+) -> Iterator[RegistryProcess]:
+    auth = token_server.registry_auth()
+    proc = RegistryProcess(tmp_path_factory.mktemp("registry-token"), auth=auth, release=registry_release)
     try:
         yield proc
     finally:
@@ -374,11 +381,14 @@ def test_token_lifetime_follows_distribution() -> None:
 
 
 @pytest.fixture(scope="module")
-def registry_https(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[RegistryProcess, CA]]:
+def registry_https(
+    tmp_path_factory: pytest.TempPathFactory, registry_release: RegistryRelease
+) -> Iterator[tuple[RegistryProcess, CA]]:
     pki = tmp_path_factory.mktemp("registry-pki")
     ca = CA(pki, "registry-ca")
     cert = ca.issue("registry", ips=("127.0.0.1",))
-    proc = RegistryProcess(tmp_path_factory.mktemp("registry-https"), tls=(cert.cert, cert.key, ca.pem))
+    tls = (cert.cert, cert.key, ca.pem)
+    proc = RegistryProcess(tmp_path_factory.mktemp("registry-https"), tls=tls, release=registry_release)
     try:
         yield proc, ca
     finally:

@@ -1,4 +1,4 @@
-"""Real peers for the backend tests: moto's S3 server, Debian's distribution registry.
+"""Real peers for the backend tests: moto's S3 server, distribution registries (2.8, v3.1.1).
 
 Each is a real process on a free loopback port, stopped by the fixture that started
 it (also on failure).
@@ -17,6 +17,7 @@ import sys
 import threading
 import time
 from collections.abc import Mapping
+from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
@@ -177,17 +178,49 @@ class S3Layout:
         return self._exists(self.link_key(repository, digest))
 
 
-# -- distribution registry (Debian's docker-registry) --------------------------------------
+# -- distribution registries: Debian's 2.8 and v3.1.1 from the Go module proxy -------------
 
-REGISTRY_BINARY = shutil.which("docker-registry") or "/usr/bin/docker-registry"
+TOOLS_BIN = Path(__file__).resolve().parents[2] / ".tools" / "bin"
+
+
+@dataclass(frozen=True)
+class RegistryRelease:
+    """A distribution registry binary and the config dialect of its release."""
+
+    name: str  # the test id: "2.8" or "3.1.1"
+    binary: str
+    #: 2.8 takes ``redis.addr`` (one address); v3 takes go-redis's ``redis.addrs``.
+    redis_addrs: bool
+
+    def available(self) -> bool:
+        return os.access(self.binary, os.X_OK)
+
+    def missing(self) -> str:
+        how = "./dev test installs it" if self.name == "2.8" else "./dev test builds it with go install"
+        return f"distribution {self.name} ({self.binary}) is not installed ({how})"
+
+
+#: Debian's docker-registry, and distribution v3.1.1 built by ./dev (``go install
+#: github.com/distribution/distribution/v3/cmd/registry@v3.1.1`` into .tools/bin).
+REGISTRY_28 = RegistryRelease("2.8", shutil.which("docker-registry") or "/usr/bin/docker-registry", redis_addrs=False)
+REGISTRY_31 = RegistryRelease("3.1.1", str(TOOLS_BIN / "registry-v3.1.1"), redis_addrs=True)
+#: v3.1.1 with this service compiled in as its blob descriptor cache (registry-go/).
+REGISTRY_DESCRIPTOR = RegistryRelease("3.1.1+descriptorcache", str(TOOLS_BIN / "registry-descriptor"), redis_addrs=True)
+REGISTRY_RELEASES = (REGISTRY_28, REGISTRY_31)
 
 
 def registry_available() -> bool:
-    return os.access(REGISTRY_BINARY, os.X_OK)
+    return REGISTRY_28.available()
 
 
 class RegistryProcess:
-    """distribution's registry with filesystem storage on a free loopback port."""
+    """distribution's registry with filesystem storage on a free loopback port.
+
+    ``release`` picks the binary (Debian's 2.8 by default); ``cache`` sets its own blob
+    descriptor cache (``inmemory`` or ``redis``; none when None), ``redis`` the address
+    of the Redis it then uses, and ``extra`` is merged into the top of its config (for
+    ``middleware``).
+    """
 
     def __init__(
         self,
@@ -196,17 +229,23 @@ class RegistryProcess:
         delete: bool = True,
         auth: Mapping[str, Any] | None = None,
         tls: tuple[Path, Path, Path] | None = None,
-        redis: str = "",
+        release: RegistryRelease = REGISTRY_28,
+        cache: str | None = None,
+        redis: str | None = None,
+        extra: Mapping[str, Any] | None = None,
+        storage: Path | None = None,
     ) -> None:
         """``tls`` is (certificate, key, CA that signed it): serve https:// with them;
-        ``redis`` is the ``host:port`` of a Redis for the registry's own blob descriptor cache."""
-        self.redis = redis
+        ``redis`` is the ``host:port`` of a Redis for the registry's own blob descriptor
+        cache (``cache`` defaults to ``redis`` then)."""
         workdir.mkdir(parents=True, exist_ok=True)
+        self.release = release
+        self.root = storage or workdir / "storage"
         self.verify: ssl.SSLContext | bool = ssl.create_default_context(cafile=str(tls[2])) if tls else True
         self.log = (workdir / "registry.log").open("wb")
         for attempt in range(PORT_ATTEMPTS):
             try:
-                self._start(workdir, delete, auth, tls)
+                self._start(workdir, delete=delete, auth=auth, tls=tls, cache=cache, redis=redis, extra=extra or {})
                 break
             except BaseException as err:
                 if attempt + 1 < PORT_ATTEMPTS and lost_port_race(err, workdir / "registry.log"):
@@ -217,9 +256,13 @@ class RegistryProcess:
     def _start(
         self,
         workdir: Path,
+        *,
         delete: bool,
         auth: Mapping[str, Any] | None,
         tls: tuple[Path, Path, Path] | None,
+        cache: str | None,
+        redis: str | None,
+        extra: Mapping[str, Any],
     ) -> None:
         self.port = free_port()
         self.url = f"{'https' if tls else 'http'}://127.0.0.1:{self.port}"
@@ -227,23 +270,26 @@ class RegistryProcess:
             "version": 0.1,
             "log": {"level": "warn", "accesslog": {"disabled": True}},
             "storage": {
-                "filesystem": {"rootdirectory": str(workdir / "storage")},
+                "filesystem": {"rootdirectory": str(self.root)},
                 "delete": {"enabled": delete},
                 "maintenance": {"uploadpurging": {"enabled": False}},
             },
             "http": {"addr": f"127.0.0.1:{self.port}", "secret": "test-secret"},
         }
+        cache = cache or ("redis" if redis else None)
+        if cache:
+            config["storage"]["cache"] = {"blobdescriptor": cache}
+        if redis:
+            config["redis"] = {"addrs": [redis], "db": 0} if self.release.redis_addrs else {"addr": redis, "db": 0}
         if auth:
             config["auth"] = dict(auth)
-        if self.redis:
-            config["storage"]["cache"] = {"blobdescriptor": "redis"}
-            config["redis"] = {"addr": self.redis, "db": 0}
         if tls:
             config["http"]["tls"] = {"certificate": str(tls[0]), "key": str(tls[1])}
+        config.update(extra)
         self.config_path = workdir / "registry.yml"
         self.config_path.write_text(yaml.safe_dump(config))
         self.proc = subprocess.Popen(
-            [REGISTRY_BINARY, "serve", str(self.config_path)],
+            [self.release.binary, "serve", str(self.config_path)],
             stdin=subprocess.DEVNULL,
             stdout=self.log,
             stderr=subprocess.STDOUT,
@@ -252,14 +298,14 @@ class RegistryProcess:
         wait_http(self.url + "/v2/", self.proc, verify=self.verify)
 
     @property
-    def root(self) -> Path:
-        """The storage root (the directory holding ``docker/registry/v2``)."""
-        return self.config_path.parent / "storage"
+    def output(self) -> str:
+        self.log.flush()
+        return Path(self.log.name).read_text(errors="replace")
 
     def garbage_collect(self) -> str:
         """``registry garbage-collect`` on this registry's storage, as an operator runs it."""
         out = subprocess.run(
-            [REGISTRY_BINARY, "garbage-collect", str(self.config_path)],
+            [self.release.binary, "garbage-collect", str(self.config_path)],
             capture_output=True,
             text=True,
             timeout=60,

@@ -1,5 +1,5 @@
 """Fixtures for the backends with real peers: S3 (moto's server), another descriptor
-service (two of our servers chained), and distribution's registry.
+service (two of our servers chained), and distribution's registry (2.8 and v3.1.1).
 
 Conformance targets (listed in ``targets.TARGETS``):
 - ``target_server_s3``: our server with ``storage.s3`` over an empty bucket.
@@ -18,7 +18,14 @@ import pytest
 from descriptor_client import AsyncDescriptorClient
 from descriptor_client.protocol import BlobDescriptorService
 
-from helpers.backend_support import S3_ENV, MotoServer, RegistryProcess, registry_available, s3_storage
+from helpers.backend_support import (
+    REGISTRY_RELEASES,
+    S3_ENV,
+    MotoServer,
+    RegistryProcess,
+    RegistryRelease,
+    s3_storage,
+)
 from helpers.support import ServerProcess, base_config
 
 _buckets = itertools.count()
@@ -90,12 +97,20 @@ async def target_server_chained(tmp_path: Path, back_server: ServerProcess) -> A
         proc.stop()
 
 
+@pytest.fixture(scope="module", params=REGISTRY_RELEASES, ids=[r.name for r in REGISTRY_RELEASES])
+def registry_release(request: pytest.FixtureRequest) -> RegistryRelease:
+    """Each distribution release the registry tests run against: Debian's 2.8 and
+    v3.1.1 built from the Go module proxy (./dev)."""
+    release: RegistryRelease = request.param
+    if not release.available():
+        pytest.skip(release.missing())
+    return release
+
+
 @pytest.fixture(scope="module")
-def registry(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RegistryProcess]:
-    """distribution's registry (Debian's docker-registry), deletion enabled, no auth."""
-    if not registry_available():
-        pytest.skip("docker-registry is not installed (./dev test installs it)")
-    proc = RegistryProcess(tmp_path_factory.mktemp("registry"))
+def registry(tmp_path_factory: pytest.TempPathFactory, registry_release: RegistryRelease) -> Iterator[RegistryProcess]:
+    """distribution's registry (each release), deletion enabled, no auth."""
+    proc = RegistryProcess(tmp_path_factory.mktemp("registry"), release=registry_release)
     try:
         yield proc
     finally:
