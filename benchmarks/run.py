@@ -55,6 +55,7 @@ HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 sys.path[:0] = [str(ROOT / "client"), str(ROOT / "server"), str(ROOT / "tests")]
 
+import go_bench  # noqa: E402  (benchmarks/go_bench.py: ghz, the Go client, registry HEADs)
 import memory_bench  # noqa: E402  (benchmarks/memory_bench.py, beside this file)
 from descriptor_client._proto.descriptor.v1 import descriptor_pb2 as pb  # noqa: E402
 from descriptor_client.descriptor import Descriptor  # noqa: E402
@@ -598,6 +599,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                 }
                 say(f"{name} at {half:.0f}/s: p50 {p50:.2f} ms, p99 {p99:.2f} ms ({samples} samples)")
 
+        # ghz and the Go client against the same servers (go_bench.py).
+        results["go"] = go_bench.unary(servers, hot, n_unary, rounds, lambda target: asyncio.run(metrics(target)))
+
         # BatchStat end to end (this process is the client), and the Redis peer.
         results["batch"] = {}
         for name in ("inmemory", "redis"):
@@ -632,6 +636,29 @@ def main(argv: Sequence[str] | None = None) -> int:
                 finally:
                     svc.stop()
             results["workers"] = scaling
+
+        # distribution v3.1.1's blob HEAD rate with each cache (go_bench.py).
+        def start_heads_service(name: str, root: Path) -> Server:
+            config = {
+                "storage": {"filesystem": {"rootdirectory": str(root)}, "cache": {"blobdescriptor": "inmemory"}},
+                "grpc": {"addr": "127.0.0.1:0"},
+                "log": {"level": "info"},
+            }
+            path = work / f"{name}.yml"
+            path.write_text(yaml.safe_dump(config))
+            return Server(name, [sys.executable, "-m", "descriptor_server", "--config", str(path)], work).start()
+
+        results["go"].update(
+            go_bench.registry_heads(
+                work=work,
+                redis_addr=redis_addr,
+                start_service=start_heads_service,
+                metrics=lambda target: asyncio.run(metrics(target)),
+                free_port=free_port,
+                n=3000 if quick else 20000,
+                rounds=1 if quick else 2,
+            )
+        )
 
     say(f"memory: {mem_entries} entries")
     results["memory"] = memory_per_entry(mem_entries)
@@ -798,6 +825,7 @@ def render(res: dict[str, Any], mem_entries: int, scan_capacity: int) -> str:
     )
     if "memory_bounds" in res:
         rows.extend(memory_bench.rows(res["memory_bounds"]))
+    rows += go_bench.rows(res)
     workers = res.get("workers")
     if workers:
         ratio = workers["2"] / workers["1"]

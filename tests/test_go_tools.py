@@ -92,8 +92,8 @@ def test_grpcurl_calls_stat_by_name(grpcurl: str, served: ServerProcess, pushed:
     body = json.dumps({"digest": digest, "repository": REPO})
     result = run([grpcurl, "-plaintext", "-d", body, served.target, f"{SERVICE}/Stat"])
     assert result.returncode == 0, result.stderr
-    # proto3 JSON: camelCase names, int64 as a string.
-    assert json.loads(result.stdout) == {"descriptor": {"mediaType": OCT, "digest": digest, "size": str(len(content))}}
+    # grpcurl prints the proto field names; int64 is a string in proto3 JSON.
+    assert json.loads(result.stdout) == {"descriptor": {"media_type": OCT, "digest": digest, "size": str(len(content))}}
     # A write by name, read back by the Python client.
     key = digest_of(b"set through grpcurl")
     body = json.dumps({"digest": key, "descriptor": {"mediaType": "application/json", "digest": key, "size": 7}})
@@ -176,6 +176,7 @@ def test_health_probe_on_healthaddr_beside_mutual_tls(
     probe: str, pushed: tuple[Layout, str, bytes], tmp_path: Path
 ) -> None:
     layout, _, _ = pushed
+    (tmp_path / "pki").mkdir()
     ca = CA(tmp_path / "pki", "probe-ca")
     server_cert = ca.issue("server", ips=("127.0.0.1",))
     client_cert = ca.issue("probe", client=True)
