@@ -22,12 +22,20 @@ from typing import Any
 
 import pytest
 from descriptor_client import Descriptor, DescriptorClient
-from helpers.go_tools import require_go_tool
+from helpers.go_tools import ROOT, require_go_tool
 from helpers.pki import CA
 from helpers.support import OCT, REPO, Layout, ServerProcess, base_config, digest_of, wait_for
 
 SERVICE = "descriptor.v1.BlobDescriptorService"
 HEALTH_LINE = r"health-only listener at (\S+):(\d+)"
+#: ghz v0.120.0's reflection client does not find the service through the server's
+#: reflection (grpcurl does), so ghz reads the repository's proto.
+GHZ_PROTO = [
+    "--proto",
+    str(ROOT / "protos/descriptor/v1/descriptor.proto"),
+    "--import-paths",
+    f"{ROOT / 'protos'},{ROOT / 'third_party/googleapis'}",
+]
 #: grpcurl exits with 64 + the gRPC status code of a failed call.
 GRPCURL_STATUS_OFFSET = 64
 
@@ -224,6 +232,7 @@ def test_ghz_drives_stat_hits_that_the_server_counts(
         [
             ghz,
             "--insecure",
+            *GHZ_PROTO,
             "--call",
             f"{SERVICE}/Stat",
             "-d",
