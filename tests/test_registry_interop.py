@@ -11,8 +11,10 @@ must see what the other wrote:
 - a repository media type our service cached is what the registry answers;
 - a repository Clear through our service removes the membership, the repository hash
   and the global entry, and the registry answers 404;
-- a DELETE through the registry leaves our service answering BLOB_UNKNOWN (v3.1's
-  repository Clear removes the same three keys in one transaction, checked key by key).
+- a DELETE through the registry leaves our service answering BLOB_UNKNOWN. The keys
+  left differ by release and are checked key by key: v3.1's repository Clear removes
+  the same three keys in one MULTI/EXEC (our Clear then answers BLOB_UNKNOWN); 2.8's
+  removes only the global hash (our Clear then answers OK and removes the rest).
 """
 
 from __future__ import annotations
