@@ -40,6 +40,7 @@ import (
 	"strings"
 	"sync"
 
+	"github.com/descriptor-service/descriptor-service/client-go/descriptor"
 	"github.com/distribution/distribution/v3"
 	middleware "github.com/distribution/distribution/v3/registry/middleware/repository"
 	"github.com/distribution/distribution/v3/registry/storage/cache"
@@ -63,6 +64,7 @@ var providers sync.Map // options key -> *providerEntry
 type providerEntry struct {
 	once     sync.Once
 	provider cache.BlobDescriptorCacheProvider
+	batchers *batchers // nil: batchstat off
 	err      error
 }
 
@@ -70,14 +72,30 @@ type providerEntry struct {
 // first call and sharing it afterwards. Exported so a registry's main can check the
 // options at start (and for tests).
 func ProviderFor(options map[string]any) (cache.BlobDescriptorCacheProvider, error) {
+	e, err := entryFor(options)
+	if err != nil {
+		return nil, err
+	}
+	return e.provider, nil
+}
+
+func entryFor(options map[string]any) (*providerEntry, error) {
 	key, err := optionsKey(options)
 	if err != nil {
 		return nil, err
 	}
 	entry, _ := providers.LoadOrStore(key, &providerEntry{})
 	e := entry.(*providerEntry)
-	e.once.Do(func() { e.provider, e.err = newProvider(options) })
-	return e.provider, e.err
+	e.once.Do(func() {
+		var batch bool
+		e.provider, batch, e.err = newProvider(options)
+		if e.err == nil && batch {
+			if p, ok := e.provider.(interface{ Client() *descriptor.Client }); ok {
+				e.batchers = newBatchers(p.Client())
+			}
+		}
+	})
+	return e, e.err
 }
 
 func optionsKey(options map[string]any) (string, error) {
@@ -94,27 +112,30 @@ func optionsKey(options map[string]any) (string, error) {
 }
 
 func initRepository(ctx context.Context, repository distribution.Repository, options map[string]any) (distribution.Repository, error) {
-	provider, err := ProviderFor(options)
+	e, err := entryFor(options)
 	if err != nil {
 		return nil, fmt.Errorf("%s middleware: %w", Name, err)
 	}
-	scoped, err := provider.RepositoryScoped(repository.Named().Name())
+	name := repository.Named().Name()
+	scoped, err := e.provider.RepositoryScoped(name)
 	if err != nil {
 		return nil, fmt.Errorf("%s middleware: %w", Name, err)
 	}
-	return &repositoryWithCache{Repository: repository, service: scoped}, nil
+	return &repositoryWithCache{Repository: repository, service: scoped, batchers: e.batchers}, nil
 }
 
 // repositoryWithCache is the registry's repository with its blob store wrapped.
 type repositoryWithCache struct {
 	distribution.Repository
-	service distribution.BlobDescriptorService
+	service  distribution.BlobDescriptorService
+	batchers *batchers
 }
 
 func (r *repositoryWithCache) Blobs(ctx context.Context) distribution.BlobStore {
 	return &blobStore{
 		BlobStore: r.Repository.Blobs(ctx),
 		service:   r.service,
+		batchers:  r.batchers,
 		repo:      r.Repository.Named().Name(),
 	}
 }
@@ -124,8 +145,9 @@ func (r *repositoryWithCache) Blobs(ctx context.Context) distribution.BlobStore 
 // Stat can serve the HEAD that follows it without asking the service twice.
 type blobStore struct {
 	distribution.BlobStore
-	service distribution.BlobDescriptorService
-	repo    string
+	service  distribution.BlobDescriptorService
+	batchers *batchers // nil: one Stat RPC per Stat
+	repo     string
 
 	mu   sync.Mutex
 	last *distribution.Descriptor // the last Stat answered, for ServeBlob
@@ -135,8 +157,16 @@ func (bs *blobStore) log(ctx context.Context) *logrus.Entry {
 	return logrus.WithFields(logrus.Fields{"middleware": Name, "repository": bs.repo})
 }
 
+// serviceStat asks the service, through the repository's batcher when batchstat is on.
+func (bs *blobStore) serviceStat(ctx context.Context, dgst digest.Digest) (distribution.Descriptor, error) {
+	if bs.batchers == nil {
+		return bs.service.Stat(ctx, dgst)
+	}
+	return bs.batchers.get(bs.repo, bs.service).Stat(ctx, bs.batchers, bs.repo, dgst)
+}
+
 func (bs *blobStore) Stat(ctx context.Context, dgst digest.Digest) (distribution.Descriptor, error) {
-	desc, err := bs.service.Stat(ctx, dgst)
+	desc, err := bs.serviceStat(ctx, dgst)
 	switch {
 	case err == nil:
 		bs.remember(desc)

@@ -23,18 +23,30 @@ import (
 //	  certificate: client.crt  client certificate and key, for mutual TLS
 //	  key: client.key
 //	  servername: name         the name the service's certificate must carry
+//	batchstat: true            send Stats that arrive while others are in flight as one
+//	                           BatchStat (default true; see batch.go)
 //
 // An unknown key is refused, naming it, so that a typo is not silently ignored.
-var knownOptions = map[string]bool{"target": true, "timeout": true, "token": true, "tokenfile": true, "tls": true}
+var knownOptions = map[string]bool{
+	"target": true, "timeout": true, "token": true, "tokenfile": true, "tls": true, "batchstat": true,
+}
 var knownTLS = map[string]bool{"ca": true, "certificate": true, "key": true, "servername": true}
 
-// newProvider builds the provider from the middleware's options.
-func newProvider(options map[string]any) (cache.BlobDescriptorCacheProvider, error) {
+// newProvider builds the provider from the middleware's options, and says whether
+// Stats are batched.
+func newProvider(options map[string]any) (cache.BlobDescriptorCacheProvider, bool, error) {
 	opts, target, err := clientOptions(options)
 	if err != nil {
-		return nil, err
+		return nil, false, err
 	}
-	return descriptorcache.NewProvider(target, opts...)
+	batch := true
+	if raw, ok := options["batchstat"]; ok && raw != nil {
+		if batch, ok = raw.(bool); !ok {
+			return nil, false, fmt.Errorf("options.batchstat: want true or false, got %T", raw)
+		}
+	}
+	p, err := descriptorcache.NewProvider(target, opts...)
+	return p, batch, err
 }
 
 func clientOptions(options map[string]any) ([]descriptor.Option, string, error) {

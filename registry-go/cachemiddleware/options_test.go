@@ -65,4 +65,13 @@ func TestProviderForSharesOneProviderPerOptions(t *testing.T) {
 	if _, err := ProviderFor(map[string]any{"target": ""}); err == nil {
 		t.Error("an empty target must be refused")
 	}
+	if _, err := ProviderFor(map[string]any{"target": "a:1", "batchstat": "yes"}); err == nil ||
+		!strings.Contains(err.Error(), "options.batchstat") {
+		t.Errorf("batchstat: yes = %v, want an error naming options.batchstat", err)
+	}
+	on, _ := entryFor(map[string]any{"target": "a:1"})
+	off, _ := entryFor(map[string]any{"target": "a:1", "batchstat": false})
+	if on.batchers == nil || off.batchers != nil {
+		t.Error("batchstat is on by default and off with batchstat: false")
+	}
 }

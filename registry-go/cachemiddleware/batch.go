@@ -1,0 +1,149 @@
+package cachemiddleware
+
+import (
+	"context"
+	"sync"
+
+	"github.com/descriptor-service/descriptor-service/client-go/descriptor"
+	"github.com/distribution/distribution/v3"
+	"github.com/opencontainers/go-digest"
+)
+
+// Stat batching (option batchstat, on by default).
+//
+// Each registry HEAD is one Stat, and a Stat is one RPC whose fixed cost on the
+// service dwarfs the lookup itself. When Stats for one repository arrive while
+// earlier ones are still in flight, the batcher sends the waiting ones together as
+// one BatchStat ("natural batching"): at most maxInFlight RPCs per repository are
+// in flight, and a Stat that arrives when fewer are goes out at once, so a lone
+// HEAD waits for nothing. Each digest of a BatchStat is still its own lookup on the
+// service (its own request, hit or miss in GetMetrics, its own backend read on a
+// miss, its own error), so the semantics are those of one Stat per HEAD.
+const (
+	maxInFlight = 2
+	maxBatch    = 256 // well under the service's default grpc.maxbatch (1000)
+)
+
+type statCall struct {
+	dgst digest.Digest
+	desc distribution.Descriptor
+	err  error
+	done chan struct{}
+}
+
+// statBatcher batches the Stats of one repository.
+type statBatcher struct {
+	repo   *descriptor.Repository
+	single distribution.BlobDescriptorService // the scoped provider, for lone Stats
+
+	mu       sync.Mutex
+	inFlight int
+	queue    []*statCall
+}
+
+// batchers holds one statBatcher per (provider, repository); an idle one is
+// dropped, so the map is bounded by the repositories being read at the moment.
+type batchers struct {
+	client *descriptor.Client
+	mu     sync.Mutex
+	byRepo map[string]*statBatcher
+}
+
+func newBatchers(client *descriptor.Client) *batchers {
+	return &batchers{client: client, byRepo: map[string]*statBatcher{}}
+}
+
+func (bs *batchers) get(repo string, single distribution.BlobDescriptorService) *statBatcher {
+	bs.mu.Lock()
+	defer bs.mu.Unlock()
+	b, ok := bs.byRepo[repo]
+	if !ok {
+		b = &statBatcher{repo: bs.client.Repository(repo), single: single}
+		bs.byRepo[repo] = b
+	}
+	return b
+}
+
+func (bs *batchers) release(repo string, b *statBatcher) {
+	bs.mu.Lock()
+	defer bs.mu.Unlock()
+	b.mu.Lock()
+	idle := b.inFlight == 0 && len(b.queue) == 0
+	b.mu.Unlock()
+	if idle && bs.byRepo[repo] == b {
+		delete(bs.byRepo, repo)
+	}
+}
+
+// Stat queues dgst and waits for its answer (or for ctx).
+func (b *statBatcher) Stat(ctx context.Context, owner *batchers, repoName string, dgst digest.Digest) (distribution.Descriptor, error) {
+	call := &statCall{dgst: dgst, done: make(chan struct{})}
+	b.mu.Lock()
+	b.queue = append(b.queue, call)
+	var batch []*statCall
+	if b.inFlight < maxInFlight {
+		batch = b.take()
+	}
+	b.mu.Unlock()
+	if batch != nil {
+		go b.send(owner, repoName, batch)
+	}
+	select {
+	case <-call.done:
+		return call.desc, call.err
+	case <-ctx.Done():
+		return distribution.Descriptor{}, ctx.Err()
+	}
+}
+
+// take removes up to maxBatch waiting calls and counts one more RPC in flight;
+// b.mu must be held.
+func (b *statBatcher) take() []*statCall {
+	n := min(len(b.queue), maxBatch)
+	batch := b.queue[:n:n]
+	b.queue = b.queue[n:]
+	if len(b.queue) == 0 {
+		b.queue = nil
+	}
+	b.inFlight++
+	return batch
+}
+
+// send answers one batch, then the calls that queued meanwhile.
+func (b *statBatcher) send(owner *batchers, repoName string, batch []*statCall) {
+	for batch != nil {
+		// The calls' own contexts belong to different requests: the RPC runs under
+		// the client's default deadline, and a caller that gives up stops waiting.
+		ctx := context.Background()
+		if len(batch) == 1 {
+			c := batch[0]
+			c.desc, c.err = b.single.Stat(ctx, c.dgst)
+			close(c.done)
+		} else {
+			digests := make([]digest.Digest, len(batch))
+			for i, c := range batch {
+				digests[i] = c.dgst
+			}
+			results, err := b.repo.BatchStat(ctx, digests)
+			for i, c := range batch {
+				switch {
+				case err != nil:
+					c.err = descriptor.Standard(err)
+				case results[i].Err != nil:
+					c.err = descriptor.Standard(results[i].Err)
+				default:
+					c.desc = results[i].Descriptor
+				}
+				close(c.done)
+			}
+		}
+		b.mu.Lock()
+		b.inFlight--
+		batch = nil
+		if len(b.queue) > 0 {
+			batch = b.take()
+		}
+		b.mu.Unlock()
+	}
+	owner.release(repoName, b)
+}
