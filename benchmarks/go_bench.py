@@ -19,7 +19,9 @@ storage driver and release:
 - ``service``: ``registry-descriptor`` with the ``descriptorcache`` middleware and no
   cache of its own, in front of a descriptor-server (in-memory cache, filesystem
   backend over the registry's root); the server's GetMetrics must count one hit per
-  HEAD.
+  HEAD. With the middleware's default ``batchstat: true`` (Stats that arrive while
+  others are in flight go out as one BatchStat), and ``service_unbatched`` with
+  ``batchstat: false`` (one Stat RPC per HEAD).
 
 The serving side (registry, plus Redis or the descriptor-server) is pinned to CPU 0
 and the load generators to CPU 1, as in ``run.py``.
@@ -234,7 +236,7 @@ def registry_heads(
         say("registry-v3.1.1, registry-descriptor or descriptor-bench missing from .tools/bin: HEAD rows skipped")
         return {}
     content = b"a layer for the HEAD benchmark" * 100
-    setups: list[str] = ["inmemory", "service"] + (["redis"] if redis_addr else [])
+    setups: list[str] = ["inmemory", "service", "service_unbatched"] + (["redis"] if redis_addr else [])
     if not redis_addr:
         say("no Redis: the registry's own redis cache row is skipped")
     results: dict[str, dict[str, float]] = {}
@@ -253,8 +255,9 @@ def registry_heads(
                 extra = {"storage": {"cache": {"blobdescriptor": "redis"}}, "redis": {"addrs": [redis_addr]}}
                 registry = Registry(plain, base, root, free_port(), extra)
             else:
-                service = start_service("heads-service", root)
-                middleware = {"repository": [{"name": "descriptorcache", "options": {"target": service.target}}]}
+                service = start_service(f"heads-{setup}", root)
+                options = {"target": service.target, "batchstat": setup == "service"}
+                middleware = {"repository": [{"name": "descriptorcache", "options": options}]}
                 registry = Registry(plugged, base, root, free_port(), {"middleware": middleware})
             try:
                 digest = registry.push("bench/layer", content)
