@@ -103,7 +103,7 @@ func stat(args []string) error {
 		}
 		return err
 	})
-	out := map[string]any{"calls": *n, "errors": failed, "seconds": elapsed.Seconds(), "rps": float64(*n) / elapsed.Seconds()}
+	out := map[string]any{"calls": *n, "warmup_calls": 1, "errors": failed, "seconds": elapsed.Seconds(), "rps": float64(*n) / elapsed.Seconds()}
 	if e := firstErr.Load(); e != nil {
 		out["first_error"] = e
 	}
@@ -157,7 +157,7 @@ func head(args []string) error {
 	mu.Unlock()
 	elapsed, failed := run(*n, *c, do)
 	return report(map[string]any{
-		"requests": *n, "failed": failed, "statuses": statuses,
+		"requests": *n, "warmup_requests": *c, "failed": failed, "statuses": statuses,
 		"seconds": elapsed.Seconds(), "rps": float64(*n) / elapsed.Seconds(),
 	})
 }
