@@ -112,8 +112,13 @@ def _descriptor(reply: Sequence[Any]) -> Descriptor | None:
 
 
 def _scoped(member: Any, reply: Sequence[Any], media_type: Any) -> Descriptor | None:
-    """A repository-scoped answer: membership, global hash, per-repository media type."""
-    if not member:
+    """A repository-scoped answer: membership, global hash, per-repository media type.
+
+    As distribution's repository Stat: not a member, or no ``mediatype`` in
+    ``repository::<r>::blobs::<d>`` (that hash evicted under ``allkeys-lru``, say), is
+    unknown; an empty per-repository media type means the global one.
+    """
+    if not member or media_type is None:
         return None
     desc = _descriptor(reply)
     if desc is None:
