@@ -58,6 +58,8 @@ from .inmemory import InMemoryCache
 log = logging.getLogger(__name__)
 
 CHANNEL = "__redis__:invalidate"
+#: The invalidation connection's name (``CLIENT LIST``, ``CLIENT KILL``).
+CLIENT_NAME = "descriptor-service-nearcache"
 PREFIXES = ("blobs::", "repository::")
 #: Default ``redis.nearcache.size``.
 DEFAULT_SIZE = 10000
@@ -354,6 +356,8 @@ class NearCache:
         async with asyncio.timeout(self.setup_timeout):
             conn = await self.pool.get_connection()
         try:
+            await conn.send_command("CLIENT", "SETNAME", CLIENT_NAME)  # what CLIENT LIST shows operators
+            await self._read(conn, self.setup_timeout)
             await conn.send_command("CLIENT", "ID")
             client_id = await self._read(conn, self.setup_timeout)
             prefixes = [part for prefix in PREFIXES for part in ("PREFIX", prefix)]
