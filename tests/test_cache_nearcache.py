@@ -520,3 +520,29 @@ async def test_server_reflects_registry_writes_and_counts_near_hits(
                 await until(gone, bool)
     finally:
         proc.stop()
+
+
+async def test_user_without_the_invalidation_channel_gets_redis_answers_and_one_log_line(
+    redis_own: RedisProcess, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Redis 7 ACL users get no Pub/Sub channels by default: tracking cannot be set up."""
+    with redis_own.client() as admin:
+        admin.execute_command("ACL", "SETUSER", "registry", "on", ">s3cret", "~*", "+@all", "resetchannels")
+    caplog.set_level(logging.INFO)
+    cache = from_config(RedisConfig(addrs=[redis_own.addr], username="registry", password="s3cret"))
+    near = cache.near
+    assert near is not None
+    try:
+        await cache.set_descriptor(B256, Descriptor(OCT, B256, 1))
+        for _ in range(30):
+            assert await cache.stat(B256) == Descriptor(OCT, B256, 1)
+            await asyncio.sleep(0.02)
+        with redis_own.client() as raw:
+            raw.hset(f"blobs::{B256}", "size", "2")
+        assert await cache.stat(B256) == Descriptor(OCT, B256, 2)  # at once: nothing is held
+        assert not near.live
+        assert near.hits == 0
+        messages = [r.getMessage() for r in caplog.records if "cannot set up invalidation tracking" in r.getMessage()]
+        assert len(messages) == 1, messages
+    finally:
+        await cache.close()
