@@ -267,13 +267,25 @@ def kill_tracking(raw: Any) -> int:
     return ids[0]
 
 
+@pytest.mark.parametrize("binary", server_binaries())
 async def test_client_kill_flushes_bypasses_then_tracks_again(
-    cache: RedisCache, redis_standalone: RedisProcess, caplog: pytest.LogCaptureFixture
+    binary: str, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
+    server = start_standalone(binary, tmp_path / "redis")
+    cache = from_config(redis_config([server.addr]))
+    try:
+        await live(cache)
+        await _kill_and_recover(cache, server, caplog)
+    finally:
+        await cache.close()
+        server.stop()
+
+
+async def _kill_and_recover(cache: RedisCache, server: RedisProcess, caplog: pytest.LogCaptureFixture) -> None:
     near = cache.near
     assert near is not None
     caplog.set_level(logging.INFO)
-    with redis_standalone.client() as raw:
+    with server.client() as raw:
         distribution_push(raw, B256, 1)
         assert await held_hit(cache, B256) == Descriptor(LAYER, B256, 1)
         flushes, setups = near.flushes, near.setups
@@ -373,8 +385,9 @@ async def test_stopped_redis_restarted_empty_answers_nothing_stale(redis_own: Re
         await cache.close()
 
 
-async def test_sentinel_failover_answers_nothing_stale(redis_binary: str, tmp_path: Path) -> None:
-    setup = start_sentinel(redis_binary, tmp_path / "failover", replica=True, down_after_ms=300)
+@pytest.mark.parametrize("binary", server_binaries())
+async def test_sentinel_failover_answers_nothing_stale(binary: str, tmp_path: Path) -> None:
+    setup = start_sentinel(binary, tmp_path / "failover", replica=True, down_after_ms=300)
     assert setup.replica is not None
     cache = from_config(redis_config([setup.sentinel.addr], mastername=setup.mastername, readtimeout=0.3))
     cache.retry_after = 0
