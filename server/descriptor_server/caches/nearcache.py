@@ -217,6 +217,10 @@ class NearCache:
                         return
                 await self._scoped.set_descriptor(digest, desc, alias)
             else:
+                # Replace, not merge: the in-memory cache's global media type is first-write-wins,
+                # and two reads that raced a change may land in either order.
+                with contextlib.suppress(BlobUnknownError):
+                    await self._global.clear(digest)
                 await self._global.set_descriptor(digest, desc)
 
     async def put(
