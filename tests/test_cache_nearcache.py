@@ -10,6 +10,7 @@ change to show: without invalidation the old answer would be served forever.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import shutil
 import subprocess
@@ -202,6 +203,50 @@ async def test_own_set_descriptor_and_clear_hold_before_they_return(cache: Redis
     await cache.clear(C256)
     with pytest.raises(BlobUnknownError):
         await cache.stat(C256)
+
+
+@contextlib.asynccontextmanager
+async def invalidations_held(cache: RedisCache) -> AsyncIterator[None]:
+    """Hold the invalidation messages back (a slow network: loopback delivers them at
+    once, before the writer's own reply is processed, so it cannot show this)."""
+    near = cache.near
+    assert near is not None
+    gate = asyncio.Event()
+    real = near.invalidate
+
+    async def delayed(keys: Any) -> None:
+        await gate.wait()
+        await real(keys)
+
+    near.invalidate = delayed  # type: ignore[method-assign]
+    try:
+        yield
+    finally:
+        gate.set()
+        near.invalidate = real  # type: ignore[method-assign]
+
+
+async def test_own_writes_evict_without_waiting_for_redis_to_say_so(cache: RedisCache) -> None:
+    await cache.set_descriptor(B256, Descriptor(OCT, B256, 1), REPO)
+    assert await held_hit(cache, B256) == Descriptor(OCT, B256, 1)
+    assert await held_hit(cache, B256, REPO) == Descriptor(OCT, B256, 1)
+    near = cache.near
+    assert near is not None
+    async with invalidations_held(cache):
+        await cache.set_descriptor(B256, Descriptor(JSON, B256, 2), REPO)
+        assert await cache.stat(B256) == Descriptor(OCT, B256, 2)
+        assert await cache.stat(B256, REPO) == Descriptor(JSON, B256, 2)
+        seq = near.seq  # a read sent now, answered before the Clear and arriving after it
+        late = await cache.stat(B256, REPO)
+        await cache.clear(B256, REPO)
+        for repository in (REPO, ""):
+            with pytest.raises(BlobUnknownError):
+                await cache.stat(B256, repository)
+        await near.put(seq, B256, REPO, late, JSON)
+        await near.put(seq, B256, "", late)
+        for repository in (REPO, ""):
+            with pytest.raises(BlobUnknownError):
+                await cache.stat(B256, repository)
 
 
 async def test_batch_stat_is_served_and_invalidated(cache: RedisCache, redis_standalone: RedisProcess) -> None:
