@@ -36,8 +36,9 @@ JSON = "application/json"
 LAYER = "application/vnd.oci.image.layer.v1.tar+gzip"
 B256 = "sha256:" + "b" * 64
 C256 = "sha256:" + "c" * 64
-#: Bound on waits for a change to show (against hangs; the benchmark measures the delay).
-BOUND = 10.0
+#: Bound on waits for a change to show (against hangs on a loaded machine; the
+#: benchmark measures the delay).
+BOUND = 30.0
 
 
 async def until(probe: Callable[[], Awaitable[T]], ok: Callable[[T], bool], timeout: float = BOUND) -> T:
@@ -156,7 +157,7 @@ async def test_redis_cli_writes_are_reflected(cache: RedisCache, redis_standalon
         pytest.skip("no redis-cli (./dev installs Debian's redis-tools)")
 
     def run(*args: str) -> None:
-        subprocess.run([cli, "-p", str(redis_standalone.port), *args], check=True, capture_output=True, timeout=30)
+        subprocess.run([cli, "-p", str(redis_standalone.port), *args], check=True, capture_output=True)
 
     run("HSET", f"blobs::{B256}", "digest", B256, "size", "5", "mediatype", OCT)
     assert await held_hit(cache, B256) == Descriptor(OCT, B256, 5)
@@ -458,7 +459,7 @@ async def test_sentinel_failover_answers_nothing_stale(binary: str, tmp_path: Pa
             async def promoted_yet() -> bool:
                 return is_master()
 
-            await until(promoted_yet, bool, timeout=30)
+            await until(promoted_yet, bool)
             promoted.hset(f"blobs::{B256}", "size", "2")  # written on the new master by someone else
 
             async def stat() -> Descriptor | None:
@@ -468,15 +469,15 @@ async def test_sentinel_failover_answers_nothing_stale(binary: str, tmp_path: Pa
                     return None
 
             # Every answer is the new one (or a cache error while the client finds the master).
-            for _ in range(30):
+            for i in range(30):
                 got = await stat()
-                assert got in (None, Descriptor(OCT, B256, 2))
-            await until(stat, lambda d: d == Descriptor(OCT, B256, 2), timeout=30)
+                assert got in (None, Descriptor(OCT, B256, 2)), (i, got, near.stats())
+            await until(stat, lambda d: d == Descriptor(OCT, B256, 2))
 
             async def is_live() -> bool:
                 return near.live
 
-            await until(is_live, bool, timeout=30)
+            await until(is_live, bool)
             assert await held_hit(cache, B256) == Descriptor(OCT, B256, 2)
             promoted.hset(f"blobs::{B256}", "size", "3")  # tracking is set up on the new master
             await until(lambda: answer(cache, B256), lambda d: d == Descriptor(OCT, B256, 3))
