@@ -157,7 +157,7 @@ async def test_redis_cli_writes_are_reflected(cache: RedisCache, redis_standalon
         pytest.skip("no redis-cli (./dev installs Debian's redis-tools)")
 
     def run(*args: str) -> None:
-        subprocess.run([cli, "-p", str(redis_standalone.port), *args], check=True, capture_output=True)
+        subprocess.run([cli, "-p", str(redis_standalone.port), *args], check=True, capture_output=True, timeout=30)
 
     run("HSET", f"blobs::{B256}", "digest", B256, "size", "5", "mediatype", OCT)
     assert await held_hit(cache, B256) == Descriptor(OCT, B256, 5)
