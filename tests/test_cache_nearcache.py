@@ -542,11 +542,11 @@ async def test_collector_reports_the_counters(cache: RedisCache) -> None:
     await held_hit(cache, B256)
     assert cache.near is not None
     families = {m.name: m.samples[0].value for m in NearCacheCollector(cache.near.stats).collect()}
-    assert families["registry_storage_cache_near_hits"] == cache.near.hits >= 1
-    assert families["registry_storage_cache_near_live"] == 1.0
-    assert families["registry_storage_cache_near_entries"] == len(cache.near) >= 1
-    assert "registry_storage_cache_near_invalidations" in families
-    assert "registry_storage_cache_near_flushes" in families
+    assert families["descriptor_cache_near_hits"] == cache.near.hits >= 1
+    assert families["descriptor_cache_near_live"] == 1.0
+    assert families["descriptor_cache_near_entries"] == len(cache.near) >= 1
+    assert "descriptor_cache_near_invalidations" in families
+    assert "descriptor_cache_near_flushes" in families
 
 
 async def test_server_reflects_registry_writes_and_counts_near_hits(

@@ -447,10 +447,10 @@ class NearCacheCollector(Collector):
             ("flushes", s.flushes, "Times the near cache was emptied (connection lost or set up, server flush)."),
             ("losses", s.losses, "Times the invalidation connection was lost."),
         ):
-            yield CounterMetricFamily(f"registry_storage_cache_near_{name}", doc, value=value)
-        yield GaugeMetricFamily("registry_storage_cache_near_entries", "Entries held in the near cache.", s.entries)
+            yield CounterMetricFamily(f"descriptor_cache_near_{name}", doc, value=value)
+        yield GaugeMetricFamily("descriptor_cache_near_entries", "Entries held in the near cache.", s.entries)
         yield GaugeMetricFamily(
-            "registry_storage_cache_near_live",
+            "descriptor_cache_near_live",
             "1 while invalidation tracking is set up (near cache in use).",
             float(s.live),
         )
