@@ -457,6 +457,16 @@ async def test_tls_with_client_certificate(tmp_path: Path) -> None:
         try:
             await cache.set_descriptor(B256, Descriptor(OCT, B256, 8))
             assert await cache.stat(B256) == Descriptor(OCT, B256, 8)
+            # The near cache's invalidation connection uses the same TLS settings.
+            near = cache.near
+            assert near is not None
+
+            async def near_hits() -> int:
+                assert await cache.stat(B256) == Descriptor(OCT, B256, 8)
+                assert near is not None
+                return near.hits
+
+            await _until(near_hits, lambda h: h >= 1)
         finally:
             await cache.close()
         for bad in (
