@@ -442,17 +442,22 @@ def from_config(cfg: RedisConfig, observe: Observer | None = None) -> RedisCache
         )
         master = sentinel.master_for(cfg.mastername, max_connections=cfg.poolsize)
         near = None
+        closers: list[Closer] = []
         if size:
-            near_pool = sentinel.master_for(cfg.mastername, **near_kwargs).connection_pool
+            # Its own client and pool: a Sentinel-managed connection to the current master.
+            near_client = sentinel.master_for(cfg.mastername, **near_kwargs)
+            near_pool = near_client.connection_pool
             near = NearCache(
                 size, near_pool, master_address=near_pool.get_master_address, setup_timeout=cfg.dialtimeout
             )
+            closers.append(near_client.aclose)
 
         async def close_sentinels() -> None:
             for s in sentinel.sentinels:
                 await s.aclose()
 
-        return make(master, closers=(close_sentinels,), near=near)
+        closers.append(close_sentinels)
+        return make(master, closers=closers, near=near)
     if len(nodes) > 1:
         client = RedisCluster(
             startup_nodes=[ClusterNode(host, port) for host, port in nodes],
