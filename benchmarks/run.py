@@ -225,6 +225,19 @@ def framed(message: bytes) -> bytes:
     return b"\x00" + len(message).to_bytes(4, "big") + message
 
 
+def h2load_command(
+    h2: str, port: int, body: Path, n: int, *, clients: int = 1, streams: int = 16, rps: float = 0, pin: bool = True
+) -> list[str]:
+    cmd = [h2, "-n", str(n), "-c", str(clients), "-m", str(streams), "-d", str(body)]
+    cmd += ["-H", "content-type: application/grpc", "-H", "te: trailers"]
+    if rps:
+        cmd += ["--rps", str(rps)]
+    cmd.append(f"http://127.0.0.1:{port}/{SERVICE}/Stat")
+    if pin and PIN:
+        cmd = ["taskset", "-c", str(CLIENT_CPU), *cmd]
+    return cmd
+
+
 def h2load(
     h2: str,
     port: int,
@@ -494,8 +507,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true", help="a short smoke run (smaller counts, one round)")
     parser.add_argument("--rounds", type=int, default=0, help="h2load rounds per server (best is kept)")
     parser.add_argument("--out", type=Path, default=HERE / "results")
+    parser.add_argument(
+        "--only", choices=("all", "near"), default="all", help="near: only the Redis near cache's rows (near_bench.py)"
+    )
     args = parser.parse_args(argv)
     quick = args.quick
+    near_only = args.only == "near"
     rounds = args.rounds or (1 if quick else 3)
     n_unary = 4000 if quick else 30000
     batch_seconds = 2.0 if quick else 6.0
@@ -540,9 +557,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         data = work / "registry" / "docker" / "registry" / "v2" / "blobs" / "sha256" / hexpart[:2] / hexpart / "data"
         data.parent.mkdir(parents=True, exist_ok=True)
         data.write_bytes(b"x" * 1000)
-        reval = service("revalidate", work, "inmemory", cache_settings={"revalidate": "1m"})
-        servers["revalidate"] = reval.start()
-        stack.callback(reval.stop)
+        if not near_only:
+            reval = service("revalidate", work, "inmemory", cache_settings={"revalidate": "1m"})
+            servers["revalidate"] = reval.start()
+            stack.callback(reval.stop)
         redis_addr = stack.enter_context(redis_server(work))
         if redis_addr and redis_cache:
             rsvc = service("redis", work, "redis", redis_addr)
@@ -577,6 +595,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                     say(f"round {r + 1}: Stat {name}: {res['rps']:.0f}/s")
             results["unary"] = {name: max(v) for name, v in unary.items()}
             results["unary_all"] = unary
+        if h2 and not near_only:
             # Latency at half the in-memory maximum; the no-op servicer at the same rate
             # shows what the machine itself adds (scheduling on a shared host).
             half = results["unary"]["inmemory"] / 2
@@ -614,12 +633,22 @@ def main(argv: Sequence[str] | None = None) -> int:
             results["redis_peer"] = peer["descriptors_per_s"]
             results["redis_peer_hiredis"] = bool(peer["hiredis"])
             say(f"redis-py pipelined HMGET: {peer['descriptors_per_s']:.0f} descriptors/s")
+        if h2 and "redis" in servers:
+            import near_bench
+
+            half_redis = results["unary"]["redis"] / 2
+            load = h2load_command(h2, servers["redis"].port, body, int(half_redis * 600), rps=half_redis)
+            results["near"] = {
+                "coherence": near_bench.coherence(servers["redis"].target, redis_addr, load, quick=quick)
+            }
 
         for srv in list(servers.values()):
             srv.stop()
+        if "near" in results:
+            results["near"]["failover"] = near_bench.failover(Server, redis_binary())
 
         # --workers: 1 versus 2 processes on the shared port, nothing pinned (see notes).
-        if h2:
+        if h2 and not near_only:
             # Each worker has its own in-memory cache: the hot blob is on disk too (see
             # above), so the first Stat in each worker fills its cache from the backend.
             scaling: dict[str, float] = {}
@@ -660,14 +689,15 @@ def main(argv: Sequence[str] | None = None) -> int:
             )
         )
 
-    say(f"memory: {mem_entries} entries")
-    results["memory"] = memory_per_entry(mem_entries)
-    say("hit cost")
-    results["hit_cost"] = hit_cost(mem_entries)
-    say("scan resistance and coalescing")
-    results["scan"] = scan_and_coalescing(scan_capacity)
-    say("memory bounds: SetDescriptor in many repositories, Stat against a hung backend")
-    results["memory_bounds"] = memory_bench.measure(quick)
+    if not near_only:
+        say(f"memory: {mem_entries} entries")
+        results["memory"] = memory_per_entry(mem_entries)
+        say("hit cost")
+        results["hit_cost"] = hit_cost(mem_entries)
+        say("scan resistance and coalescing")
+        results["scan"] = scan_and_coalescing(scan_capacity)
+        say("memory bounds: SetDescriptor in many repositories, Stat against a hung backend")
+        results["memory_bounds"] = memory_bench.measure(quick)
 
     table = render(results, mem_entries, scan_capacity)
     print(table)
@@ -739,6 +769,12 @@ def render(res: dict[str, Any], mem_entries: int, scan_capacity: int) -> str:
     if peer:
         hi = "hiredis" if res.get("redis_peer_hiredis") else "NO hiredis"
         rows.append((f"redis-py pipelined 1000 HMGET ({hi})", f"{peer:,.0f} descriptors/s", "peer", ""))
+    if "near" in res or "redis" in unary:
+        import near_bench
+
+        rows += near_bench.rows(res)
+    if "memory" not in res:  # --only near
+        return _table(res, rows)
     mem = res["memory"]
     rows.append(
         (
@@ -837,6 +873,10 @@ def render(res: dict[str, Any], mem_entries: int, scan_capacity: int) -> str:
                 "see note",
             )
         )
+    return _table(res, rows)
+
+
+def _table(res: dict[str, Any], rows: list[tuple[str, str, str, str]]) -> str:
     m = res["machine"]
     head = (
         f"Machine: {m['nproc']} x {m['cpu']}, Python {m['python']}, grpcio {m['grpcio']}, "

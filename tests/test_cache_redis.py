@@ -107,6 +107,25 @@ async def test_old_or_malformed_entries_are_misses(cache: RedisCache, raw: Any) 
             await cache.stat(digest)
 
 
+async def test_repository_stat_without_its_media_type_hash_is_a_miss(cache: RedisCache, raw: Any) -> None:
+    # allkeys-lru evicted repository::<r>::blobs::<d> but left the set and the global hash:
+    # distribution's repository Stat answers ErrBlobUnknown (HGET is nil), so a miss here too.
+    raw.hset(f"blobs::{B256}", mapping={"digest": B256, "size": "42", "mediatype": LAYER})
+    raw.sadd(f"repository::{REPO}::blobs", B256)
+    with pytest.raises(BlobUnknownError):
+        await cache.stat(B256, REPO)
+    assert await cache.stat_many([B256], REPO) == [None]
+    # The hash without its mediatype field is a miss as well (HGET is nil there too).
+    raw.hset(f"repository::{REPO}::blobs::{B256}", "other", "x")
+    with pytest.raises(BlobUnknownError):
+        await cache.stat(B256, REPO)
+    # An empty per-repository media type falls back to the global one, as in distribution.
+    raw.hset(f"repository::{REPO}::blobs::{B256}", "mediatype", "")
+    assert await cache.stat(B256, REPO) == Descriptor(LAYER, B256, 42)
+    assert await cache.stat_many([B256], REPO) == [Descriptor(LAYER, B256, 42)]
+    assert await cache.stat(B256) == Descriptor(LAYER, B256, 42)
+
+
 async def test_set_descriptor_writes_distribution_layout(cache: RedisCache, raw: Any) -> None:
     await cache.set_descriptor(A384, Descriptor(OCT, A256, 10), REPO)
 
@@ -438,6 +457,16 @@ async def test_tls_with_client_certificate(tmp_path: Path) -> None:
         try:
             await cache.set_descriptor(B256, Descriptor(OCT, B256, 8))
             assert await cache.stat(B256) == Descriptor(OCT, B256, 8)
+            # The near cache's invalidation connection uses the same TLS settings.
+            near = cache.near
+            assert near is not None
+
+            async def near_hits() -> int:
+                assert await cache.stat(B256) == Descriptor(OCT, B256, 8)
+                assert near is not None
+                return near.hits
+
+            await _until(near_hits, lambda h: h >= 1)
         finally:
             await cache.close()
         for bad in (

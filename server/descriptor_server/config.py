@@ -160,6 +160,12 @@ class RedisTLSConfig:
 
 
 @dataclass(frozen=True)
+class RedisNearCacheConfig:
+    #: Entries held in this process in front of Redis (per scope table); 0 turns it off.
+    size: int = 10000
+
+
+@dataclass(frozen=True)
 class RedisConfig:
     addrs: list[str] = field(default_factory=lambda: ["127.0.0.1:6379"])
     db: int = 0
@@ -172,6 +178,7 @@ class RedisConfig:
     writetimeout: Duration = 0.5
     poolsize: int = 32
     tls: RedisTLSConfig = field(default_factory=RedisTLSConfig)
+    nearcache: RedisNearCacheConfig = field(default_factory=RedisNearCacheConfig)
 
 
 @dataclass(frozen=True)
@@ -573,6 +580,8 @@ def validate_redis(redis: RedisConfig) -> None:
         raise ConfigError("redis.tls.enabled", "must be true when certificate, key or rootcas are set")
     if bool(tls.certificate) != bool(tls.key):
         raise ConfigError("redis.tls", "certificate and key go together")
+    if redis.nearcache.size < 0:
+        raise ConfigError("redis.nearcache.size", "must be >= 0 (0 turns the near cache off)")
 
 
 def validate(config: Config) -> None:
@@ -611,6 +620,8 @@ def validate(config: Config) -> None:
         raise ConfigError("redis.db", "must be >= 0")
     if config.redis.poolsize < 1:
         raise ConfigError("redis.poolsize", "must be >= 1")
+    if config.redis.nearcache.size < 0:
+        raise ConfigError("redis.nearcache.size", "must be >= 0 (0 turns the near cache off)")
     grpc = config.grpc
     check_address(grpc.addr, "grpc.addr")
     check_address(grpc.healthaddr, "grpc.healthaddr", allow_empty=True)

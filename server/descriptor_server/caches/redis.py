@@ -16,11 +16,15 @@ retried, and after a connection failure or timeout the cache fails fast for
 ``RETRY_AFTER`` seconds before one call probes Redis again, so a stopped or hung Redis
 costs callers at most one timeout per probe. Failures raise :class:`RedisCacheError`;
 the statter counts and logs them and answers from the backend.
+
+In front of Redis sits a near cache (``redis.nearcache.size``, :mod:`.nearcache`) kept
+coherent by Redis client-side caching; it is off on Cluster.
 """
 
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
@@ -41,7 +45,10 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from ..config import ConfigError, RedisConfig, validate_redis
 from ..logutil import describe
+from .nearcache import NearCache, NearStats
 from .validation import check_key, check_set
+
+log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 
@@ -112,8 +119,13 @@ def _descriptor(reply: Sequence[Any]) -> Descriptor | None:
 
 
 def _scoped(member: Any, reply: Sequence[Any], media_type: Any) -> Descriptor | None:
-    """A repository-scoped answer: membership, global hash, per-repository media type."""
-    if not member:
+    """A repository-scoped answer: membership, global hash, per-repository media type.
+
+    As distribution's repository Stat: not a member, or no ``mediatype`` in
+    ``repository::<r>::blobs::<d>`` (that hash evicted under ``allkeys-lru``, say), is
+    unknown; an empty per-repository media type means the global one.
+    """
+    if not member or media_type is None:
         return None
     desc = _descriptor(reply)
     if desc is None:
@@ -137,6 +149,7 @@ class RedisCache:
         retry_after: float = RETRY_AFTER,
         observe: Observer | None = None,
         closers: Sequence[Closer] = (),
+        near: NearCache | None = None,
     ) -> None:
         self.client = client
         self.cluster = cluster
@@ -150,6 +163,12 @@ class RedisCache:
         self._closers = tuple(closers)
         self._down = False
         self._retry_at = 0.0
+        #: The near cache in front of Redis, or None (off, or Cluster).
+        self.near = near
+
+    def near_stats(self) -> NearStats | None:
+        """The near cache's counters (None when it is off), for a collector at scrape time."""
+        return self.near.stats() if self.near is not None else None
 
     # -- the one path every Redis round trip takes ----------------------------------
 
@@ -186,12 +205,27 @@ class RedisCache:
     # -- Stat -------------------------------------------------------------------------
 
     async def stat(self, digest: str, repository: str = "") -> Descriptor:
+        near = self.near
+        seq = -1
+        if near is not None:
+            if near.live:
+                held = await near.get(digest, repository)
+                if held is not None:
+                    return held
+                seq = near.seq  # taken before the read is sent (see nearcache)
+            else:
+                near.start()
         check_key(digest, repository)
         if repository:
-            desc = (await self._stat_replies([digest], repository))[0]
+            descs, media_types = await self._stat_replies([digest], repository)
+            desc = descs[0]
+            if near is not None and desc is not None:
+                await near.put(seq, digest, repository, desc, media_types[0])
         else:
             reply = await self._run("stat", self.read_timeout, lambda: self._hmget(digest))
             desc = _descriptor(reply)
+            if near is not None and desc is not None:
+                await near.put(seq, digest, "", desc)
         if desc is None:
             raise BlobUnknownError.of(digest, repository)
         return desc
@@ -209,23 +243,43 @@ class RedisCache:
         """
         if not digests:
             return []
+        near = self.near
+        if near is None:
+            return (await self._read_many(digests, repository))[0]
+        if not near.live:
+            near.start()
+            return (await self._read_many(digests, repository))[0]
+        found = await near.get_many(digests, repository)
+        if all(found):  # a Descriptor is always true
+            return found
+        seq = near.seq
+        missing = [i for i, d in enumerate(found) if d is None]
+        wanted = [digests[i] for i in missing]
+        descs, media_types = await self._read_many(wanted, repository)
+        for i, desc in zip(missing, descs, strict=True):
+            found[i] = desc
+        await near.put_many(seq, wanted, repository, descs, media_types)
+        return found
+
+    async def _read_many(self, digests: Sequence[str], repository: str) -> tuple[list[Descriptor | None], list[Any]]:
+        """Answers from Redis, and (repository scope) the per-repository media types read."""
         if self.cluster:
             return await self._stat_replies(digests, repository, operation="stat_many")
         if not repository:
             keys = [blob_key(d) for d in digests]
             replies = await self._run("stat_many", self.read_timeout, lambda: self._global_script(keys=keys))
-            return [_descriptor(r) for r in replies]
+            return [_descriptor(r) for r in replies], []
         keys = [repository_set_key(repository)]
         for d in digests:
             keys += (blob_key(d), repository_blob_key(repository, d))
         replies = await self._run(
             "stat_many", self.read_timeout, lambda: self._scoped_script(keys=keys, args=list(digests))
         )
-        return [_scoped(r[0], r[1:4], r[4]) for r in replies]
+        return [_scoped(r[0], r[1:4], r[4]) for r in replies], [r[4] for r in replies]
 
     async def _stat_replies(
         self, digests: Sequence[str], repository: str, operation: str = "stat"
-    ) -> list[Descriptor | None]:
+    ) -> tuple[list[Descriptor | None], list[Any]]:
         async def call() -> list[Any]:
             pipe = self._pipeline(atomic=False)
             for digest in digests:
@@ -239,8 +293,9 @@ class RedisCache:
 
         replies = await self._run(operation, self.read_timeout, call)
         if not repository:
-            return [_descriptor(r) for r in replies]
-        return [_scoped(*replies[i : i + 3]) for i in range(0, len(replies), 3)]
+            return [_descriptor(r) for r in replies], []
+        triples = [replies[i : i + 3] for i in range(0, len(replies), 3)]
+        return [_scoped(*t) for t in triples], [t[2] for t in triples]
 
     # -- SetDescriptor ----------------------------------------------------------------
 
@@ -260,7 +315,12 @@ class RedisCache:
                     pipe.hset(repository_blob_key(repository, key), "mediatype", descriptor.media_type)
             await pipe.execute()
 
-        await self._run("set_descriptor", self.write_timeout, call)
+        try:
+            await self._run("set_descriptor", self.write_timeout, call)
+        finally:
+            # Once Redis has answered (or failed: its state is then unknown), before returning.
+            if self.near is not None:
+                await self.near.forget(keys, repository)
 
     # -- Clear ------------------------------------------------------------------------
 
@@ -284,11 +344,18 @@ class RedisCache:
             replies: list[Any] = await pipe.execute()
             return replies
 
-        replies = await self._run("clear", self.write_timeout, call, gate=False)
+        try:
+            replies = await self._run("clear", self.write_timeout, call, gate=False)
+        finally:
+            # Clear is final: no held answer, and no read that began before, survives it.
+            if self.near is not None:
+                await self.near.forget((digest,), repository)
         if not replies[0]:
             raise BlobUnknownError.of(digest, repository)
 
     async def close(self) -> None:
+        if self.near is not None:
+            await self.near.close()
         await self.client.aclose()
         for closer in self._closers:
             await closer()
@@ -350,7 +417,9 @@ def from_config(cfg: RedisConfig, observe: Observer | None = None) -> RedisCache
         **_tls_kwargs(cfg),
     }
 
-    def make(client: _Client, *, cluster: bool = False, closers: Sequence[Closer] = ()) -> RedisCache:
+    def make(
+        client: _Client, *, cluster: bool = False, closers: Sequence[Closer] = (), near: NearCache | None = None
+    ) -> RedisCache:
         return RedisCache(
             client,
             cluster=cluster,
@@ -359,7 +428,12 @@ def from_config(cfg: RedisConfig, observe: Observer | None = None) -> RedisCache
             pool_size=cfg.poolsize,
             observe=observe,
             closers=closers,
+            near=near,
         )
+
+    size = cfg.nearcache.size
+    # The invalidation connection speaks RESP2 (invalidations as Pub/Sub messages).
+    near_kwargs: dict[str, Any] = {"max_connections": 1, "protocol": 2}
 
     if cfg.mastername:
         sentinel_kwargs = {k: v for k, v in common.items() if k not in ("username", "password", "decode_responses")}
@@ -367,22 +441,42 @@ def from_config(cfg: RedisConfig, observe: Observer | None = None) -> RedisCache
             nodes, sentinel_kwargs=sentinel_kwargs, db=cfg.db, **common
         )
         master = sentinel.master_for(cfg.mastername, max_connections=cfg.poolsize)
+        near = None
+        closers: list[Closer] = []
+        if size:
+            # Its own client and pool: a Sentinel-managed connection to the current master.
+            near_client = sentinel.master_for(cfg.mastername, **near_kwargs)
+            near_pool = near_client.connection_pool
+            near = NearCache(
+                size, near_pool, master_address=near_pool.get_master_address, setup_timeout=cfg.dialtimeout
+            )
+            closers.append(near_client.aclose)
 
         async def close_sentinels() -> None:
             for s in sentinel.sentinels:
                 await s.aclose()
 
-        return make(master, closers=(close_sentinels,))
+        closers.append(close_sentinels)
+        return make(master, closers=closers, near=near)
     if len(nodes) > 1:
         client = RedisCluster(
             startup_nodes=[ClusterNode(host, port) for host, port in nodes],
             max_connections=cfg.poolsize,
             **common,
         )
+        if size:
+            log.info(
+                "redis.nearcache: off on Redis Cluster (invalidation tracking is per node and "
+                "not followed across slot moves here); every Stat asks Redis"
+            )
         return make(client, cluster=True)
     host, port = nodes[0]
     pool = ConnectionPool(host=host, port=port, db=cfg.db, max_connections=cfg.poolsize, **_pool_kwargs(common))
-    return make(Redis(connection_pool=pool))
+    near = None
+    if size:
+        near_pool = ConnectionPool(host=host, port=port, db=cfg.db, **near_kwargs, **_pool_kwargs(common))
+        near = NearCache(size, near_pool, setup_timeout=cfg.dialtimeout)
+    return make(Redis(connection_pool=pool), near=near)
 
 
 def _pool_kwargs(common: dict[str, Any]) -> dict[str, Any]:
