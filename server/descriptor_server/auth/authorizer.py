@@ -119,6 +119,8 @@ class Authorizer:
         self.logger = logger
         access = token_config.globalaccess if token_config is not None else None
         self.global_resource = (access.type, access.name) if access is not None else ("registry", "descriptors")
+        #: method -> (action, whether the request's repository names the resource)
+        self._needs = {name: (rpc.action or "pull", rpc.action is not None) for name, rpc in RPCS.items()}
 
     @property
     def enabled(self) -> bool:
@@ -148,13 +150,11 @@ class Authorizer:
 
     def scope_of(self, method: str, request: Any) -> tuple[str, str, str]:
         """(resource type, resource name, action) a registry token must grant for this call."""
-        rpc = RPCS.get(method)
-        if rpc is None:  # an RPC without a rule: the strictest grant (deny by default)
+        need = self._needs.get(method)
+        if need is None:  # an RPC without a rule: the strictest grant (deny by default)
             action, repository = "push", getattr(request, "repository", "")
-        elif rpc.action is None:  # GetMetrics: no repository, read-only
-            action, repository = "pull", ""
-        else:
-            action, repository = rpc.action, request.repository
+        else:  # GetMetrics names no repository: the global resource, read-only
+            action, repository = need[0], request.repository if need[1] else ""
         if repository:
             return ("repository", repository, action)
         return (*self.global_resource, action)
@@ -166,7 +166,18 @@ class Authorizer:
                 who = Principal(subject or "anonymous", "certificate" if subject else "anonymous", "auth off")
                 _current.set(_Call(context, who))
             return
-        token = bearer_token(context.invocation_metadata())
+        metadata = context.invocation_metadata()
+        registry = self.registry
+        if registry is not None and method not in AUDITED:
+            # The hot path: a registry token verified before, still valid, granting the call.
+            for key, value in metadata or ():
+                if key == "authorization":
+                    if isinstance(value, str) and value.startswith("Bearer "):
+                        grant = registry.peek(value[7:])
+                        if grant is not None and grant.allows(*self.scope_of(method, request)):
+                            return
+                    break
+        token = bearer_token(metadata)
         try:
             principal = self._authorize(method, request, token)
         except (UnauthenticatedError, PermissionDeniedError) as err:
