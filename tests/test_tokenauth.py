@@ -496,9 +496,12 @@ def test_audit_lines(secured: Secured) -> None:
     assert "repository:team/app:push" in ok["reason"]
     denied = by[("Clear", "PERMISSION_DENIED")]
     assert "repository:team/app:delete" in denied["reason"]
+    assert denied["principal"] == "uploader"
+    assert denied["principal_kind"] == "registry-token"
     assert by[("Clear", "OK")]["principal"] == "gc"
     assert by[("Clear", "OK")]["principal_kind"] == "static-token"
     assert "invalid bearer token" in by[("Stat", "UNAUTHENTICATED")]["reason"]
+    assert by[("Stat", "UNAUTHENTICATED")]["principal_kind"] == "unknown"
     assert all(a["level"] == "info" and a["logger"] == "descriptor_server.audit" for a in mine)
     # Plain reads that pass are not audited (the call log has them at debug).
     assert not [a for a in secured.audit() if a["method"] == "Stat" and a["outcome"] == "OK"]

@@ -181,7 +181,13 @@ class Authorizer:
         try:
             principal = self._authorize(method, request, token)
         except (UnauthenticatedError, PermissionDeniedError) as err:
-            self._audit(method, request, context, None, outcome=err.code.name, reason=err.message)
+            known = err.metadata
+            who = None
+            if "subject" in known:
+                who = Principal(known["subject"], "registry-token", "")
+            elif "token" in known:
+                who = Principal(known["token"], "static-token", "")
+            self._audit(method, request, context, who, outcome=err.code.name, reason=err.message)
             raise
         if method in AUDITED:
             _current.set(_Call(context, principal))
