@@ -182,12 +182,12 @@ class Authorizer:
             principal = self._authorize(method, request, token)
         except (UnauthenticatedError, PermissionDeniedError) as err:
             known = err.metadata
-            who = None
+            caller: Principal | None = None
             if "subject" in known:
-                who = Principal(known["subject"], "registry-token", "")
+                caller = Principal(known["subject"], "registry-token", "")
             elif "token" in known:
-                who = Principal(known["token"], "static-token", "")
-            self._audit(method, request, context, who, outcome=err.code.name, reason=err.message)
+                caller = Principal(known["token"], "static-token", "")
+            self._audit(method, request, context, caller, outcome=err.code.name, reason=err.message)
             raise
         if method in AUDITED:
             _current.set(_Call(context, principal))
