@@ -602,7 +602,7 @@ def test_sighup_and_file_changes_rotate_keys(tmp_path: Path) -> None:
 
 
 def test_workers_forward_sighup(tmp_path: Path, rsa_issuer: TokenIssuer) -> None:
-    config = base_config(tmp_path)
+    config = base_config(tmp_path, delete=False)  # per-worker caches: deletion is refused with workers
     config["auth"] = {"token": rsa_issuer.auth_config()}
     config["grpc"]["workers"] = 2
     with _serve(config, tmp_path) as server:
