@@ -117,14 +117,12 @@ class Authorizer:
         self.registry = registry
         self.config = token_config
         self.logger = logger
+        #: False: no token of any kind configured, every call is allowed (and audited).
+        self.enabled = static is not None or registry is not None
         access = token_config.globalaccess if token_config is not None else None
         self.global_resource = (access.type, access.name) if access is not None else ("registry", "descriptors")
         #: method -> (action, whether the request's repository names the resource)
         self._needs = {name: (rpc.action or "pull", rpc.action is not None) for name, rpc in RPCS.items()}
-
-    @property
-    def enabled(self) -> bool:
-        return self.static is not None or self.registry is not None
 
     def describe(self) -> str:
         parts = []

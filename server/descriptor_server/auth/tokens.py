@@ -31,6 +31,8 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from cryptography.exceptions import UnsupportedAlgorithm
+
 from .jose import ALGORITHMS, JoseError, PublicKey, parse_compact, public_key_from_jwk, verify_signature
 from .keys import KeySet, TrustStore, verify_chain
 
@@ -198,6 +200,8 @@ class RegistryTokenVerifier:
             verify_signature(jws, key)
         except JoseError as err:
             raise TokenInvalid(str(err)) from None
+        except (ValueError, TypeError, OverflowError, UnsupportedAlgorithm) as err:  # key material cryptography refuses
+            raise TokenInvalid(f"unusable signing key or signature: {type(err).__name__}") from None
         claims = jws.claims
         issuer, subject = _str_claim(claims, "iss"), _str_claim(claims, "sub")
         _str_claim(claims, "jti")
