@@ -249,9 +249,12 @@ def h2load(
     rps: float = 0,
     log: Path | None = None,
     pin: bool = True,
+    headers: Sequence[str] = (),
 ) -> dict[str, float]:
     cmd = [h2, "-n", str(n), "-c", str(clients), "-m", str(streams), "-d", str(body)]
     cmd += ["-H", "content-type: application/grpc", "-H", "te: trailers"]
+    for header in headers:
+        cmd += ["-H", header]
     if rps:
         cmd += ["--rps", str(rps)]
     if log is not None:
@@ -510,6 +513,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument(
         "--only", choices=("all", "near"), default="all", help="near: only the Redis near cache's rows (near_bench.py)"
     )
+    parser.add_argument("--no-auth", action="store_true", help="skip the token-auth figures (auth_bench.py)")
     args = parser.parse_args(argv)
     quick = args.quick
     near_only = args.only == "near"
@@ -647,6 +651,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         if "near" in results:
             results["near"]["failover"] = near_bench.failover(Server, redis_binary())
 
+        if h2 and not args.no_auth:  # registry-token auth on the hit path (auth_bench.py)
+            import auth_bench
+
+            results["auth"] = auth_bench.measure(h2, work, rounds, n_unary)
+
         # --workers: 1 versus 2 processes on the shared port, nothing pinned (see notes).
         if h2 and not near_only:
             # Each worker has its own in-memory cache: the hot blob is on disk too (see
@@ -744,6 +753,10 @@ def render(res: dict[str, Any], mem_entries: int, scan_capacity: int) -> str:
             )
     else:
         rows.append(("Stat (unary)", "not measured: h2load missing", "", ""))
+    if "auth" in res:
+        import auth_bench
+
+        rows.extend(auth_bench.render(res["auth"]))
     batch = res.get("batch", {})
     peer = res.get("redis_peer")
     if "inmemory" in batch:

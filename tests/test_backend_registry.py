@@ -28,7 +28,9 @@ from descriptor_client import (
     Descriptor,
     DescriptorClient,
     DigestInvalidFormatError,
+    PermissionDeniedError,
     RepositoryNameInvalidError,
+    UnauthenticatedError,
     UnsupportedError,
 )
 from helpers.backend_support import (
@@ -42,6 +44,7 @@ from helpers.backend_support import (
 from helpers.pki import CA
 from helpers.support import OCT, REPO, ServerProcess, digest_of, refused_port, running_server
 from helpers.targets_backends import server_config
+from helpers.tokens import TokenIssuer
 from test_conformance import test_case3_alias_is_stored_under_both_digests as _case3
 from test_conformance import test_case4_repository_media_type_overrides_global as _case4
 from test_conformance import test_case5_repository_clear as _case5
@@ -375,6 +378,56 @@ def test_token_lifetime_follows_distribution() -> None:
     assert token_lifetime(300, "2023-11-14T22:23:20Z", now) == 300  # a clock ahead never extends it
     assert token_lifetime(300, "2023-11-14T21:00:00Z", now) < 0  # long expired
     assert token_lifetime(300, "not a time", now) == 300
+
+
+# -- one registry token, for the registry and for the service (auth.token on both) ------------
+
+
+@pytest.mark.parametrize(
+    ("algorithm", "via"),
+    [("RS256", "x5c"), ("ES256", "x5c"), ("ES256", "root-kid")],
+    ids=["RS256-x5c-chain", "ES256-x5c-chain", "ES256-kid-of-root"],
+)
+def test_registry_token_is_honoured_by_the_registry_and_the_service(tmp_path: Path, algorithm: str, via: str) -> None:
+    """Debian's docker-registry 2.8 and our server, configured alike, grant the same token the same."""
+    from descriptor_server.auth.jose import libtrust_key_id
+
+    issuer = TokenIssuer(tmp_path / "issuer", algorithm=algorithm, intermediate=algorithm == "ES256")
+    realm = "http://127.0.0.1:9/token"  # the challenge's realm; tokens are minted here directly
+    registry = RegistryProcess(tmp_path / "registry", auth={"token": issuer.auth_config(realm)})
+    try:
+        repo, other, content = new_repo(), new_repo(), b"one token, two verifiers"
+        for name in (repo, other):
+            pusher = issuer.mint([f"repository:{name}:pull,push"], subject="ci")
+            digest = push_blob(registry.url, name, content, headers={"Authorization": f"Bearer {pusher}"})
+        if via == "x5c":
+            token = issuer.mint([f"repository:{repo}:pull"], subject="puller")
+        else:  # distribution 2.x names a root certificate's key by its libtrust key ID
+            kid = libtrust_key_id(issuer.root_key.public_key())
+            token = issuer.mint([f"repository:{repo}:pull"], via="none", header={"kid": kid}, key=issuer.root_key)
+        bearer = {"Authorization": f"Bearer {token}"}
+        assert head_status(registry.url, repo, digest, bearer) == 200
+        assert head_status(registry.url, other, digest, bearer) == 401
+        challenge = httpx.head(f"{registry.url}/v2/{other}/blobs/{digest}", headers=bearer).headers
+        assert f'scope="repository:{other}:pull"' in challenge["www-authenticate"]
+
+        # A token from other keys (same issuer name, same claims) is refused by both.
+        rogue = TokenIssuer(tmp_path / "rogue", algorithm=algorithm).mint([f"repository:{repo}:pull"])
+        assert head_status(registry.url, repo, digest, {"Authorization": f"Bearer {rogue}"}) == 401
+
+        config = server_config({"filesystem": {"rootdirectory": str(tmp_path / "registry" / "storage")}})
+        config["auth"] = {"token": issuer.auth_config(realm)}
+        with running_server(config, tmp_path) as server:
+            with DescriptorClient(server.target, token=token) as client:
+                assert client.stat(digest, repo) == Descriptor(OCT, digest, len(content))
+                with pytest.raises(PermissionDeniedError) as info:
+                    client.stat(digest, other)
+                assert info.value.metadata["scope"] == f"repository:{other}:pull"
+                assert info.value.metadata["www-authenticate"].startswith(f'Bearer realm="{realm}"')
+            with DescriptorClient(server.target, token=rogue) as client, pytest.raises(UnauthenticatedError):
+                client.stat(digest, repo)
+    finally:
+        registry.stop()
 
 
 # -- https ---------------------------------------------------------------------------------

@@ -75,6 +75,7 @@ def test_reference_config_shows_the_defaults() -> None:
     data = uncommented()
     defaults = key_paths(cfg.Config)
     examples = {"storage.registry.url", "storage.descriptorservice.target", "storage.s3.bucket"}
+    examples |= {f"auth.token.{key}" for key in ("realm", "service", "issuer", "rootcertbundle")}
     for path, default in defaults.items():
         if path in examples or path.startswith("auth.tokens[]"):
             continue

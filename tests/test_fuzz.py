@@ -10,6 +10,7 @@ and the raw-bytes mutations come from a seeded generator.
 
 from __future__ import annotations
 
+import json
 import os
 import random
 import re
@@ -464,6 +465,185 @@ def test_undecodable_body_is_request_invalid(fuzzed: Fuzzed, method: str) -> Non
 @given(method=st.sampled_from(sorted(METHODS)), body=st.binary(max_size=512))
 def test_arbitrary_bodies_get_contract_answers(fuzzed: Fuzzed, method: str, body: bytes) -> None:
     assert_contract_answer(method, body, fuzzed.channel.unary_unary(f"/{SERVICE}/{method}"))
+
+
+# -- registry bearer tokens (auth.token) -----------------------------------------------------------
+
+#: Metadata limit of the token-fuzzing server: large enough that huge tokens reach the
+#: authorizer (its own bound, 256 KiB, refuses them unparsed); beyond it gRPC core
+#: answers RESOURCE_EXHAUSTED before any handler runs.
+TOKEN_METADATA = 512 * 1024
+TOKEN_ANSWERS = {grpc.StatusCode.OK, grpc.StatusCode.UNAUTHENTICATED, grpc.StatusCode.PERMISSION_DENIED}
+
+
+class TokenFuzzed:
+    def __init__(self, proc: ServerProcess, issuer: Any, blob: str) -> None:
+        self.proc, self.issuer, self.blob = proc, issuer, blob
+        self.channel = grpc.insecure_channel(proc.target, options=[("grpc.max_metadata_size", 2 * TOKEN_METADATA)])
+        self.stat = self.channel.unary_unary(f"/{SERVICE}/Stat")
+
+    def answer(self, token: str, repository: str = "library/app") -> tuple[grpc.StatusCode, str | None]:
+        """The code and ErrorInfo reason of a Stat carrying ``token``."""
+        body = pb.StatRequest(digest=self.blob, repository=repository).SerializeToString()
+        try:
+            self.stat(body, timeout=10, metadata=[("authorization", f"Bearer {token}")])
+        except grpc.RpcError as err:
+            status = rpc_status.from_call(err)
+            info = error_info(status) if status is not None else None
+            return err.code(), info.reason if info is not None else None
+        return grpc.StatusCode.OK, None
+
+
+@pytest.fixture(scope="module")
+def token_fuzzed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TokenFuzzed]:
+    from helpers.tokens import TokenIssuer
+
+    workdir = tmp_path_factory.mktemp("fuzz-tokens")
+    layout = Layout(workdir / "registry")
+    layout.root.mkdir()
+    blob = layout.push("library/app", b"behind a registry token")
+    issuer = TokenIssuer(workdir / "issuer", algorithm="ES256", intermediate=True)
+    config = base_config(layout.root, maxmetadatasize=TOKEN_METADATA)
+    config["auth"] = {"token": {**issuer.auth_config(), "jwks": str(issuer.jwks_path)}}
+    proc = ServerProcess(config, workdir).start()
+    target = TokenFuzzed(proc, issuer, blob)
+    try:
+        yield target
+    finally:
+        target.channel.close()
+        proc.stop()
+        assert "unexpected error" not in proc.output, proc.output
+
+
+def test_hostile_tokens_are_refused(token_fuzzed: TokenFuzzed) -> None:
+    """Malformed, unsigned, wrongly signed, huge, skewed: each UNAUTHENTICATED or PERMISSION_DENIED."""
+    from helpers.tokens import b64url, new_key
+
+    issuer = token_fuzzed.issuer
+    pull = ["repository:library/app:pull"]
+    now = int(__import__("time").time())
+    claims = b64url(json.dumps(issuer.claims(["repository:library/app:*"])).encode())
+    unauthenticated = [
+        "",
+        ".",
+        "..",
+        "a.b.c",
+        "e30.e30.e30",
+        "e30." + claims + ".c2ln",  # no alg
+        b64url(b'{"alg":"none"}') + "." + claims + ".",
+        b64url(b'{"alg":"none"}') + "." + claims + ".c2ln",
+        b64url(b'{"alg":"HS256","kid":"' + issuer.kid.encode() + b'"}') + "." + claims + ".c2ln",
+        b64url(b'{"alg":"ES256","x5c":"' + b"A" * 5000 + b'"}') + "." + claims + ".c2ln",
+        b64url(b'{"alg":"ES256","x5c":[' + b'"AAAA",' * 2000 + b'"AAAA"]}') + "." + claims + ".c2ln",
+        b64url(b"[" * 10000 + b"]" * 10000) + "." + claims + ".c2ln",  # nesting deeper than JSON parsers like
+        issuer.mint(pull, key=new_key("ES256")),  # wrong key
+        issuer.mint(pull, algorithm="ES384", key=new_key("ES384")),
+        issuer.mint(pull, exp=now - 3600),  # clock skew beyond the leeway, both ways
+        issuer.mint(pull, nbf=now + 3600),
+        issuer.mint(pull, exp=2**70),
+        issuer.mint(pull, exp=-(2**70)),
+        issuer.mint(pull, exp="tomorrow"),
+        issuer.mint(pull, aud=[1, 2]),
+        "A" * 300_000 + ".e30.c2ln",  # over the authorizer's 256 KiB bound: refused unparsed
+    ]
+    for token in unauthenticated:
+        code, reason = token_fuzzed.answer(token)
+        assert code == grpc.StatusCode.UNAUTHENTICATED, (token[:80], code)
+        assert reason == "UNAUTHENTICATED"
+    many = issuer.mint([f"repository:team/r{i}:pull,push,delete" for i in range(2500)])
+    assert token_fuzzed.answer(many) == (grpc.StatusCode.PERMISSION_DENIED, "PERMISSION_DENIED")
+    assert token_fuzzed.answer(many, "team/r2499")[0] != grpc.StatusCode.PERMISSION_DENIED  # granted: BLOB_UNKNOWN
+    code, _ = token_fuzzed.answer("A" * (TOKEN_METADATA + 1024))
+    assert code == grpc.StatusCode.RESOURCE_EXHAUSTED  # grpc.maxmetadatasize, before any handler
+
+
+@WIRE
+@given(data=st.data())
+def test_mutated_tokens_never_pass_unchanged_checks(token_fuzzed: TokenFuzzed, data: st.DataObject) -> None:
+    """Bit flips and cuts of a valid token: refused, unless the bytes it decodes to are the same."""
+    from descriptor_server.auth.jose import JoseError, b64url_decode
+
+    token = token_fuzzed.issuer.mint(["repository:library/app:pull"])
+    chars = list(token)
+    for _ in range(data.draw(st.integers(1, 3))):
+        i = data.draw(st.integers(0, len(chars) - 1))
+        chars[i] = data.draw(st.sampled_from("AZaz09-_.=+/ ~"))
+    cut = data.draw(st.integers(0, len(chars)))
+    mutated = "".join(chars[:cut]) if data.draw(st.booleans()) else "".join(chars)
+    code, _ = token_fuzzed.answer(mutated)
+    assert code in TOKEN_ANSWERS, (mutated, code)
+
+    def decoded(t: str) -> list[bytes] | None:
+        try:
+            return [b64url_decode(p) for p in t.split(".")]
+        except JoseError:
+            return None
+
+    if code != grpc.StatusCode.UNAUTHENTICATED:
+        assert decoded(mutated) == decoded(token), mutated
+
+
+@WIRE
+@given(
+    shape=st.fixed_dictionaries(
+        {
+            "exp": st.sampled_from([-100000, -61, -30, 300, 10**12, 2**63, None]),
+            "nbf": st.sampled_from([None, -100, 30, 90, 10**6]),
+            "aud": st.sampled_from(["test-registry", ["x", "test-registry"], "other", None, 5]),
+            "iss": st.sampled_from(["test-token-issuer", "evil", None]),
+            "access": st.sampled_from(
+                [
+                    [{"type": "repository", "name": "library/app", "actions": ["pull"]}],
+                    [{"type": "repository", "name": "library/app", "actions": ["*"]}],
+                    [{"type": "repository", "name": "library/other", "actions": ["pull"]}],
+                    [{"type": "registry", "name": "library/app", "actions": ["pull"]}],
+                    [{"type": "repository", "name": "library/app", "actions": "pull"}],
+                    [None, {"type": "repository", "name": "library/app"}],
+                    None,
+                    "all",
+                ]
+            ),
+        }
+    )
+)
+def test_signed_claims_follow_distribution(token_fuzzed: TokenFuzzed, shape: dict[str, Any]) -> None:
+    """Validly signed tokens with every shape of claim: the answer is the one distribution's rules give."""
+    exp, nbf, aud, iss, access = (shape[k] for k in ("exp", "nbf", "aud", "iss", "access"))
+    now = int(__import__("time").time())
+    claims: dict[str, Any] = {"aud": aud, "iss": iss, "access": access}
+    claims["exp"] = None if exp is None else (exp if abs(exp) >= 10**12 else now + exp)
+    claims["nbf"] = None if nbf is None else now + nbf
+    token = token_fuzzed.issuer.mint([], **claims)
+    code, _ = token_fuzzed.answer(token)
+    well_formed = isinstance(access, list | type(None)) and access != [
+        {"type": "repository", "name": "library/app", "actions": "pull"}
+    ]
+    exp_ok = claims["exp"] is not None and claims["exp"] < 2**63 and now <= claims["exp"] + 60
+    valid = (
+        well_formed
+        and iss == "test-token-issuer"
+        and aud in ("test-registry", ["x", "test-registry"])
+        and exp_ok
+        and (claims["nbf"] is None or claims["nbf"] - 60 <= now)
+    )
+    granted = valid and any(
+        isinstance(e, dict) and e.get("type") == "repository" and e.get("name") == "library/app"
+        and set(e.get("actions") or []) & {"pull", "*"}
+        for e in access or []
+    )  # fmt: skip
+    if not valid:
+        assert code == grpc.StatusCode.UNAUTHENTICATED, claims
+    elif granted:
+        assert code == grpc.StatusCode.OK, claims
+    else:
+        assert code == grpc.StatusCode.PERMISSION_DENIED, claims
+
+
+def test_zz_token_server_survived(token_fuzzed: TokenFuzzed) -> None:
+    assert token_fuzzed.proc.proc is not None
+    assert token_fuzzed.proc.proc.poll() is None
+    token = token_fuzzed.issuer.mint(["repository:library/app:pull"])
+    assert token_fuzzed.answer(token) == (grpc.StatusCode.OK, None)
 
 
 def test_zz_server_survived(fuzzed: Fuzzed) -> None:

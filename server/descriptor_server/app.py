@@ -146,8 +146,9 @@ class DescriptorServer:
         self.metrics = ServerMetrics(lambda: self.statter.metrics, redis=config.storage.cache.blobdescriptor == "redis")
         self.statter = statter if statter is not None else build_statter(config, observe=self.metrics.observe_redis)
         self.call_logger = CallLogger()
+        authorizer = security.build_authorizer(config.auth)
         self.servicer = DescriptorServicer(
-            self.statter, authorizer=security.build_authorizer(config.auth), observer=self.observe
+            self.statter, authorizer=authorizer, observer=security.audited(self.observe, authorizer)
         )
         self.metrics.track_inflight(lambda: self.servicer.inflight)
         cache = self.statter.cache
@@ -210,11 +211,10 @@ class DescriptorServer:
         )
         if self.health_server is not None:
             log.info("health-only listener at %s:%d (plaintext)", g.healthaddr.rsplit(":", 1)[0], self.health_port)
-        authorizer = self.servicer.authorizer
         log.info(
-            "security: tls %s, bearer tokens %s",
+            "security: tls %s, %s",
             ("mutual" if g.tls.clientcas else "on") if credentials is not None else "off",
-            f"on ({len(authorizer)} configured)" if isinstance(authorizer, security.TokenAuthorizer) else "off",
+            security.describe_auth(self.servicer.authorizer),
         )
         return self.port
 
@@ -259,6 +259,7 @@ async def serve(config: Config) -> None:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, server.request_stop)
+    security.install_reload(loop, server.servicer.authorizer)
     await server.start()
     await server.wait()
     await server.drain()

@@ -227,9 +227,54 @@ class AuthToken:
 
 
 @dataclass(frozen=True)
+class TokenAccessConfig:
+    """A resource of a registry token's ``access`` claim: ``{type, name}``."""
+
+    type: str = "registry"
+    name: str = "descriptors"
+
+
+#: distribution's token signing algorithms (``auth.token.signingalgorithms``).
+SIGNING_ALGORITHMS = (
+    "EdDSA",
+    "HS256",
+    "HS384",
+    "HS512",
+    "RS256",
+    "RS384",
+    "RS512",
+    "ES256",
+    "ES384",
+    "ES512",
+    "PS256",
+    "PS384",
+    "PS512",
+)
+
+
+@dataclass(frozen=True)
+class TokenAuthConfig:
+    """``auth.token``: distribution's token auth (the registry's own bearer tokens)."""
+
+    realm: str = ""
+    service: str = ""
+    issuer: str = ""
+    rootcertbundle: str = ""
+    jwks: str = ""
+    signingalgorithms: list[str] = field(default_factory=list)
+    #: The resource a token must grant for a call in the global scope and for GetMetrics.
+    globalaccess: TokenAccessConfig = field(default_factory=TokenAccessConfig)
+    #: Verified tokens kept (LRU, each until its exp); 0 = verify every call.
+    cachesize: int = 10000
+    #: How often rootcertbundle and jwks are checked for changes (0 = only on SIGHUP).
+    reloadinterval: Duration = 10.0
+
+
+@dataclass(frozen=True)
 class AuthConfig:
     tokens: list[AuthToken] = field(default_factory=list)
     tokensfile: str = ""
+    token: TokenAuthConfig | None = None
 
 
 @dataclass(frozen=True)
@@ -651,6 +696,8 @@ def validate(config: Config) -> None:
             raise ConfigError(f"auth.tokens[{i}].scope", f"unknown scope {token.scope!r} (want read or write)")
         if not re.fullmatch(r"[0-9a-f]{64}", token.sha256):
             raise ConfigError(f"auth.tokens[{i}].sha256", "want the 64 lowercase hex of the token's SHA-256")
+    if config.auth.token is not None:
+        validate_token_auth(config.auth.token)
     check_address(config.http.debug.addr, "http.debug.addr", allow_empty=True)
     if config.http.debug.prometheus.enabled and not config.http.debug.addr:
         raise ConfigError("http.debug.addr", "required when http.debug.prometheus.enabled is true")
@@ -660,6 +707,25 @@ def validate(config: Config) -> None:
         raise ConfigError("log.level", f"unknown level {config.log.level!r} (want debug, info, warn or error)")
     if config.log.formatter not in ("text", "json"):
         raise ConfigError("log.formatter", f"unknown formatter {config.log.formatter!r} (want text or json)")
+
+
+def validate_token_auth(token: TokenAuthConfig) -> None:
+    """``auth.token``: what distribution requires of it, each check naming its key."""
+    for key in ("realm", "service", "issuer"):
+        if not getattr(token, key):
+            raise ConfigError(f"auth.token.{key}", "required with token auth")
+    if not token.rootcertbundle and not token.jwks:
+        raise ConfigError("auth.token", "token auth needs rootcertbundle or jwks (the keys tokens are signed with)")
+    for i, alg in enumerate(token.signingalgorithms):
+        if alg not in SIGNING_ALGORITHMS:
+            raise ConfigError(
+                f"auth.token.signingalgorithms[{i}]",
+                f"unsupported signing algorithm {alg!r} (want {', '.join(SIGNING_ALGORITHMS)})",
+            )
+    if not token.globalaccess.type or not token.globalaccess.name:
+        raise ConfigError("auth.token.globalaccess", "type and name are required")
+    if token.cachesize < 0:
+        raise ConfigError("auth.token.cachesize", "must be >= 0 (0 = no cache)")
 
 
 def to_dict(config: Any, *, mask: bool = True) -> Any:

@@ -3,12 +3,18 @@
 - :func:`server_credentials` builds gRPC server credentials from ``grpc.tls``:
   ``certificate`` + ``key`` turn on TLS; ``clientcas`` (one or more PEM files) turns on
   mutual TLS, where a client certificate signed by one of those CAs is required.
-- :class:`TokenAuthorizer` is the servicer's ``authorizer`` hook: it reads
+- :class:`TokenAuthorizer` checks static bearer tokens: it reads
   ``authorization: Bearer <token>`` from the call's metadata, hashes the token with
   SHA-256 and compares the hash with every configured one in constant time
   (:func:`hmac.compare_digest`); the server never holds a token in clear. ``read``
   tokens may call Stat, BatchStat and GetMetrics; ``write`` tokens also SetDescriptor
-  and Clear. No tokens configured means authentication is off.
+  and Clear.
+- :func:`build_authorizer` builds the servicer's ``authorizer`` hook
+  (:class:`descriptor_server.auth.Authorizer`): static tokens, then the registry's own
+  bearer tokens (``auth.token``, see :mod:`descriptor_server.auth`), plus the audit
+  log; :func:`audited` adds the audit to the servicer's ``observer``;
+  :func:`install_reload` re-reads the token keys on SIGHUP. No token configured means
+  authentication is off.
 """
 
 from __future__ import annotations
@@ -17,7 +23,7 @@ import hashlib
 import hmac
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import grpc
 import yaml
@@ -26,10 +32,16 @@ from descriptor_client.rpcs import RPCS
 
 from .config import AuthConfig, AuthToken, Config, ConfigError, GrpcTLSConfig, _build
 
+if TYPE_CHECKING:
+    import asyncio
+
+    from .auth.authorizer import Authorizer, Observer
+
 READ = "read"
 WRITE = "write"
 
-#: The scope each RPC needs, from the RPC table. A method not listed needs ``write``.
+#: The scope each RPC needs of a static token, from the one RPC table. A method not
+#: listed needs ``write`` (deny by default).
 METHOD_SCOPES: dict[str, str] = {name: rpc.access for name, rpc in RPCS.items()}
 
 #: What each scope grants.
@@ -194,14 +206,52 @@ class TokenAuthorizer:
         self.authorize(method, context.invocation_metadata())
 
 
-def build_authorizer(auth: AuthConfig) -> TokenAuthorizer | None:
-    """The token authorizer for ``auth``, or None (auth off) when no token is configured."""
+def build_static(auth: AuthConfig) -> TokenAuthorizer | None:
+    """The static-token authorizer for ``auth``, or None when no static token is configured."""
     tokens = load_tokens(auth)
     if not tokens:
         if auth.tokensfile:
             raise ConfigError("auth.tokensfile", f"{auth.tokensfile} holds no token")
         return None
     return TokenAuthorizer(tokens)
+
+
+def build_authorizer(auth: AuthConfig) -> Authorizer:
+    """The servicer's authorizer: static tokens, then registry tokens (``auth.token``).
+
+    Always an object (it also feeds the audit log); with no token configured at all it
+    allows every call.
+    """
+    from .auth.authorizer import build
+
+    return build(build_static(auth), auth.token)
+
+
+def audited(observer: Observer | None, authorizer: Any) -> Observer | None:
+    """The servicer's observer followed by the audit of ``authorizer`` (if it is ours)."""
+    from .auth.authorizer import Authorizer
+    from .auth.authorizer import audited as audit
+
+    if not isinstance(authorizer, Authorizer):
+        return observer
+    return audit(observer, authorizer)
+
+
+def describe_auth(authorizer: Any) -> str:
+    """For the start log line: which token controls are on."""
+    describe = getattr(authorizer, "describe", None)
+    if describe is not None:
+        return str(describe())
+    return f"bearer tokens on ({len(authorizer)} configured)" if authorizer is not None else "bearer tokens off"
+
+
+def install_reload(loop: asyncio.AbstractEventLoop, authorizer: Any) -> None:
+    """SIGHUP re-reads the registry-token keys (root bundle, JWKS) without a restart."""
+    import signal
+
+    reload = getattr(authorizer, "reload", None)
+    if reload is not None:
+        loop.add_signal_handler(signal.SIGHUP, reload)
 
 
 def check_files(config: Config) -> None:
@@ -212,15 +262,23 @@ def check_files(config: Config) -> None:
     """
     if config.auth.tokensfile and not load_tokens(config.auth):
         raise ConfigError("auth.tokensfile", f"{config.auth.tokensfile} holds no token")
+    if config.auth.token is not None:
+        from .auth.keys import build_keyset
+
+        build_keyset(config.auth.token.rootcertbundle, config.auth.token.jwks)
     server_credentials(config.grpc.tls)
 
 
 __all__ = [
     "METHOD_SCOPES",
     "TokenAuthorizer",
+    "audited",
     "bearer_token",
     "build_authorizer",
+    "build_static",
     "check_files",
+    "describe_auth",
+    "install_reload",
     "load_tokens",
     "server_credentials",
     "token_hash",

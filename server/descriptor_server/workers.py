@@ -95,6 +95,7 @@ def run_workers(config: Config, serve: Serve) -> int:
 
     signal.signal(signal.SIGTERM, forward)
     signal.signal(signal.SIGINT, forward)
+    signal.signal(signal.SIGHUP, forward)  # each worker re-reads its token keys
     status = 0
     while remaining:
         child, raw = os.wait()

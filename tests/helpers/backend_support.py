@@ -353,45 +353,23 @@ def htpasswd_line(user: str, password: str) -> str:
 # -- a token server for distribution's `token` auth ---------------------------------------
 
 
-def _b64(data: bytes) -> str:
-    return base64.urlsafe_b64encode(data).rstrip(b"=").decode("ascii")
-
-
 class TokenServer:
-    """A Docker token server: issues JWTs signed by a self-signed certificate.
+    """A Docker token server: issues JWTs signed under a self-made root CA (``helpers.tokens``).
 
-    distribution's ``auth.token`` verifies them against ``rootcertbundle`` (the
-    certificate written to ``cert_path``) through the ``x5c`` header. The server
-    grants the actions asked for in ``scope`` to ``user``/``password`` (HTTP basic)
-    and records every request it served.
+    distribution's ``auth.token`` verifies them against ``rootcertbundle`` (the root
+    certificate written to ``cert_path``) through the ``x5c`` header, which carries the
+    signing certificate. The server grants the actions asked for in ``scope`` to
+    ``user``/``password`` (HTTP basic) and records every request it served.
     """
 
-    def __init__(self, workdir: Path, *, user: str, password: str, service: str = "test-registry") -> None:
-        import datetime
-
-        from cryptography import x509
-        from cryptography.hazmat.primitives import hashes, serialization
-        from cryptography.hazmat.primitives.asymmetric import rsa
-        from cryptography.x509.oid import NameOID
+    def __init__(
+        self, workdir: Path, *, user: str, password: str, service: str = "test-registry", algorithm: str = "RS256"
+    ) -> None:
+        from helpers.tokens import TokenIssuer
 
         self.user, self.password, self.service, self.issuer = user, password, service, "test-token-issuer"
-        self.key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
-        name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "test token signer")])
-        now = datetime.datetime.now(datetime.UTC)
-        cert = (
-            x509.CertificateBuilder()
-            .subject_name(name)
-            .issuer_name(name)
-            .public_key(self.key.public_key())
-            .serial_number(x509.random_serial_number())
-            .not_valid_before(now - datetime.timedelta(minutes=5))
-            .not_valid_after(now + datetime.timedelta(days=1))
-            .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-            .sign(self.key, hashes.SHA256())
-        )
-        self.cert_der = cert.public_bytes(serialization.Encoding.DER)
-        self.cert_path = workdir / "token-signer.pem"
-        self.cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+        self.tokens = TokenIssuer(workdir, algorithm=algorithm, issuer=self.issuer, service=service)
+        self.cert_path = self.tokens.root_path
         self.requests: list[dict[str, Any]] = []
         #: What the token responses say: ``expires_in``, and ``issued_at`` this many
         #: seconds ago (None: no ``issued_at``), as distribution's token server sends them.
@@ -405,39 +383,10 @@ class TokenServer:
 
     def registry_auth(self) -> dict[str, Any]:
         """The registry's ``auth`` section trusting this server."""
-        return {
-            "token": {
-                "realm": self.realm,
-                "service": self.service,
-                "issuer": self.issuer,
-                "rootcertbundle": str(self.cert_path),
-            }
-        }
+        return {"token": self.tokens.auth_config(self.realm)}
 
-    def issue(self, scopes: list[str]) -> str:
-        from cryptography.hazmat.primitives import hashes
-        from cryptography.hazmat.primitives.asymmetric import padding
-
-        access = []
-        for scope in scopes:
-            kind, _, rest = scope.partition(":")
-            name, _, actions = rest.rpartition(":")
-            access.append({"type": kind, "name": name, "actions": [a for a in actions.split(",") if a]})
-        now = int(time.time())
-        header = {"typ": "JWT", "alg": "RS256", "x5c": [base64.b64encode(self.cert_der).decode("ascii")]}
-        claims = {
-            "iss": self.issuer,
-            "sub": self.user,
-            "aud": self.service,
-            "exp": now + 300,
-            "nbf": now - 10,
-            "iat": now,
-            "jti": _b64(os.urandom(12)),
-            "access": access,
-        }
-        signing_input = f"{_b64(json.dumps(header).encode())}.{_b64(json.dumps(claims).encode())}"
-        signature = self.key.sign(signing_input.encode("ascii"), padding.PKCS1v15(), hashes.SHA256())
-        return f"{signing_input}.{_b64(signature)}"
+    def issue(self, scopes: list[str], **claims: Any) -> str:
+        return self.tokens.mint(scopes, subject=self.user, **claims)
 
     def _handler(self) -> type[BaseHTTPRequestHandler]:
         server = self

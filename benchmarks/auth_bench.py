@@ -1,0 +1,147 @@
+#!/usr/bin/env python3
+"""Cost of registry-token auth on the Stat hit path, as a ratio within one run.
+
+Starts, on loopback, the service (in-memory cache) three times over one storage root:
+without auth, with a static bearer token, and with ``auth.token`` (a root CA, an ES256
+signing certificate in the token's ``x5c``, as a real token server issues them). Each
+gets the same ``h2load`` load (one connection, 16 streams) of one repository-scoped
+``Stat`` hit, carrying ``authorization: Bearer <token>`` where auth is on; rounds are
+interleaved and the best kept. A control row sends the registry token's header to the server without auth (what the
+header alone costs in gRPC core, whatever checks it). A fourth server has ``auth.token.cachesize: 0`` (every
+call verifies the token: chain, signature, claims) to show what the cache saves.
+Goal: token auth keeps ≥ 0.9x the Stat-hit rate without auth.
+
+``python benchmarks/auth_bench.py [--quick]`` runs it alone; ``benchmarks/run.py``
+runs it after its own unary figures (``--no-auth`` skips it).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import hashlib
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parent
+for extra in (ROOT / "client", ROOT / "server", ROOT / "tests"):
+    if str(extra) not in sys.path:
+        sys.path.append(str(extra))
+
+import run  # noqa: E402  (this directory: the shared processes and load generator)
+from descriptor_client._proto.descriptor.v1 import descriptor_pb2 as pb  # noqa: E402
+from descriptor_client.descriptor import Descriptor  # noqa: E402
+
+REPO = "bench/app"
+STATIC = "bench-static-token"
+
+
+def _server(name: str, work: Path, auth: dict[str, Any] | None) -> run.Server:
+    root = work / "registry"
+    root.mkdir(exist_ok=True)
+    config: dict[str, Any] = {
+        "storage": {"filesystem": {"rootdirectory": str(root)}, "cache": {"blobdescriptor": "inmemory"}},
+        "grpc": {"addr": "127.0.0.1:0", "maxmetadatasize": 16384},
+        "log": {"level": "info"},
+    }
+    if auth:
+        config["auth"] = auth
+    path = work / f"auth-{name}.yml"
+    path.write_text(yaml.safe_dump(config))
+    return run.Server(name, [sys.executable, "-m", "descriptor_server", "--config", str(path)], work)
+
+
+async def _prime(target: str, digest: str, token: str) -> None:
+    from descriptor_client import AsyncDescriptorClient
+
+    async with AsyncDescriptorClient(target, token=token) as client:
+        await client.set_descriptor(digest, Descriptor(run.OCT, digest, 1000), REPO)
+        assert (await client.stat(digest, REPO)).size == 1000
+
+
+def measure(h2: str, work: Path, rounds: int, n: int) -> dict[str, Any]:
+    """Stat-hit rates without auth, with a static token, with registry tokens (cached and not)."""
+    from helpers.tokens import TokenIssuer
+
+    issuer = TokenIssuer(work / "issuer", algorithm="ES256", intermediate=True)
+    pull_push = issuer.mint([f"repository:{REPO}:pull,push"], lifetime=3600)
+    token_auth = {"token": issuer.auth_config("https://auth.example/token")}
+    static_auth = {
+        "tokens": [{"name": "bench", "scope": "write", "sha256": hashlib.sha256(STATIC.encode()).hexdigest()}]
+    }
+    setups = {
+        "noauth": (None, ""),
+        "noauth_header": (None, pull_push),  # control: the same header, nothing checks it
+        "static": (static_auth, STATIC),
+        "token": (token_auth, pull_push),
+        "token_nocache": ({"token": {**token_auth["token"], "cachesize": 0}}, pull_push),
+    }
+    digest = run.digest_of(0, "auth")
+    body = work / "auth-stat.grpc"
+    body.write_bytes(run.framed(pb.StatRequest(digest=digest, repository=REPO).SerializeToString()))
+    servers: dict[str, run.Server] = {}
+    try:
+        for name, (auth, token) in setups.items():
+            if name == "noauth_header":
+                servers[name] = servers["noauth"]
+                continue
+            servers[name] = _server(name, work, auth).start()
+            asyncio.run(_prime(servers[name].target, digest, token))
+        rates: dict[str, list[float]] = {name: [] for name in setups}
+        for r in range(rounds):
+            for name, (_, token) in setups.items():
+                headers = [f"authorization: Bearer {token}"] if token else []
+                res = run.h2load(h2, servers[name].port, body, n, headers=headers)
+                if res["failed"]:
+                    raise RuntimeError(f"auth {name}: {res['failed']} failed requests")
+                rates[name].append(res["rps"])
+                run.say(f"round {r + 1}: Stat hit, auth {name}: {res['rps']:.0f}/s")
+    finally:
+        for srv in {id(s): s for s in servers.values()}.values():
+            srv.stop()
+    best = {name: max(v) for name, v in rates.items()}
+    return {"rps": best, "all": rates, "token_bytes": len(pull_push)}
+
+
+def render(res: dict[str, Any]) -> list[tuple[str, str, str, str]]:
+    rps = res["rps"]
+    base = rps["noauth"]
+    rows = [("Stat hit in a repository, no auth", f"{base:,.0f} calls/s", "baseline", "")]
+    labels = {
+        "noauth_header": "  no auth, same token header sent (transport cost)",
+        "static": "  static bearer token",
+        "token": f"  registry token (ES256 x5c chain, {res['token_bytes']} B), cached",
+        "token_nocache": "  registry token, cachesize 0 (verified every call)",
+    }
+    for name, label in labels.items():
+        ratio = rps[name] / base
+        want = f"≥ 0.9x {'met' if ratio >= 0.9 else 'NOT met'}" if name == "token" else "(no goal)"
+        rows.append((label, f"{rps[name]:,.0f} calls/s", f"{ratio:.2f}x no auth", want))
+    return rows
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description="Cost of registry-token auth on Stat hits (see module docstring).")
+    parser.add_argument("--quick", action="store_true", help="fewer calls, one round")
+    parser.add_argument("--rounds", type=int, default=0)
+    args = parser.parse_args(argv)
+    h2 = run.ensure_h2load()
+    if h2 is None:
+        run.say("h2load missing: nothing measured")
+        return 1
+    rounds = args.rounds or (1 if args.quick else 3)
+    with tempfile.TemporaryDirectory(prefix="descriptor-auth-bench-") as tmp:
+        res = measure(h2, Path(tmp), rounds, 4000 if args.quick else 30000)
+    width = max(len(r[0]) for r in render(res))
+    for row in render(res):
+        print(f"{row[0]:<{width}}  {row[1]:>16}  {row[2]:>16}  {row[3]}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
