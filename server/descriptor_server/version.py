@@ -11,7 +11,8 @@ line carries it, and :func:`build_info_collector` exports it to Prometheus as
 ``revision`` is the source commit: ``$DESCRIPTOR_REVISION`` when set (an image build
 passes it in), else the commit pip recorded for a VCS install (PEP 610
 ``direct_url.json``), else, for an editable install in a git checkout, that
-checkout's ``HEAD``; empty when none of these is known.
+checkout's ``HEAD`` (the package runs from ``server/`` of a checkout); empty when none
+of these is known (a wheel installed from a file or an index).
 """
 
 from __future__ import annotations
@@ -45,24 +46,20 @@ def version() -> str:
 
 
 def _installed_revision() -> str:
-    """The commit of a VCS install, or of the git checkout behind an editable install."""
+    """The commit of a VCS install, or of the git checkout this module runs from."""
     try:
-        dist = importlib.metadata.distribution(DISTRIBUTION)
-        text = dist.read_text("direct_url.json")
+        text = importlib.metadata.distribution(DISTRIBUTION).read_text("direct_url.json")
     except importlib.metadata.PackageNotFoundError:
-        text, editable = None, True  # run from the source tree itself
-    else:
-        editable = False
+        text = None
     if text:
         try:
-            info = json.loads(text)
-        except ValueError:
-            info = {}
-        commit = info.get("vcs_info", {}).get("commit_id")
+            commit = json.loads(text).get("vcs_info", {}).get("commit_id")
+        except (ValueError, AttributeError):
+            commit = None
         if isinstance(commit, str) and commit:
             return commit
-        editable = bool(info.get("dir_info", {}).get("editable"))
-    if not editable or not (SOURCE_ROOT / ".git").exists():
+    # An editable install or PYTHONPATH: this file is server/descriptor_server/ of a checkout.
+    if not (SOURCE_ROOT / ".git").exists() or not (SOURCE_ROOT / "server" / "descriptor_server").is_dir():
         return ""
     try:
         done = subprocess.run(
