@@ -4,7 +4,8 @@
 ``py.typed``, and work with nothing of the server installed: no redis, PyYAML,
 prometheus-client, httpx, boto3 or ``descriptor_server``. ``descriptor-service`` (from
 the root) carries the server only and depends on the client at the same version. Each
-wheel is built from the local tree with ``pip wheel --no-deps`` (build dependencies and
+wheel is built from a copy of the local tree (so no earlier ``build/`` can leak into it)
+with ``pip wheel --no-deps`` (build dependencies and
 the runtime dependencies come from pip's cache or PyPI), and the server installed from
 its wheel serves the client installed from its own.
 """
@@ -13,6 +14,7 @@ from __future__ import annotations
 
 import os
 import re
+import shutil
 import subprocess
 import sys
 import threading
@@ -45,10 +47,21 @@ def run(*args: str | Path, timeout: float = 600, **kwargs: object) -> subprocess
     return result
 
 
+def source_copy(dest: Path) -> Path:
+    """The files a build reads (as deploy/Containerfile copies them), without build leftovers."""
+    leftovers = shutil.ignore_patterns("build", "dist", "*.egg-info", "__pycache__")
+    for name in ("pyproject.toml", "README.md", "LICENSE"):
+        shutil.copy2(ROOT / name, dest / name)
+    for folder in ("client", "server"):
+        shutil.copytree(ROOT / folder, dest / folder, symlinks=True, ignore=leftovers)
+    return dest
+
+
 @pytest.fixture(scope="module")
 def wheels(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    src = source_copy(tmp_path_factory.mktemp("src"))
     out = tmp_path_factory.mktemp("wheels")
-    run(sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "-w", out, ROOT / "client", ROOT)
+    run(sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "-w", out, src / "client", src)
     found = {p.name.split("-")[0]: p for p in out.glob("*.whl")}
     assert set(found) == {"descriptor_client", "descriptor_service"}, found
     return found
