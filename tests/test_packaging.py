@@ -226,11 +226,12 @@ def test_server_venv_reports_its_version(server_venv: Path, wheel_server: VenvSe
 
 CLIENT_SCRIPT = """
 import sys
-from descriptor_client import BlobUnknownError, Descriptor, DescriptorClient, ServingStatus
+from descriptor_client import BlobUnknownError, Descriptor, DescriptorClient
 
 digest = "sha256:" + "ab" * 32
 with DescriptorClient(sys.argv[1], timeout=10) as client:
-    assert client.health() is ServingStatus.SERVING
+    assert client.health() == "SERVING"  # grpc.health.v1 without grpcio-health-checking
+    assert client.health("no.such.Service") == "SERVICE_UNKNOWN"
     try:
         client.stat(digest, "lean/client")
     except BlobUnknownError:
