@@ -12,9 +12,11 @@ import hashlib
 import json
 import os
 import pty
+import queue
 import select
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator, Mapping
 from pathlib import Path
@@ -206,10 +208,9 @@ def test_progress_bar_on_a_terminal(shared: tuple[ServerProcess, Layout]) -> Non
     assert proc.returncode == 0
     assert len(out.splitlines()) == 12
     text = terminal.decode()
-    assert "3/12" in text
-    assert "9/12" in text
-    assert "#" in text
-    assert text.endswith("\r\x1b[K")  # the bar is wiped at the end
+    assert "3 answered" in text  # batch streams: a running count, no total
+    assert "9 answered" in text
+    assert text.endswith("\r\x1b[K")  # the line is wiped at the end
 
 
 def test_metrics(shared: tuple[ServerProcess, Layout]) -> None:
@@ -266,3 +267,103 @@ def test_entry_point_is_installed() -> None:
     assert done.stdout.startswith("usage: descriptorctl")
     for verb in ("stat", "set", "clear", "batch", "metrics", "health"):
         assert verb in done.stdout
+
+
+def test_version() -> None:
+    from importlib.metadata import version
+
+    done = ctl("127.0.0.1:1", "--version")
+    assert (done.returncode, done.stdout) == (0, f"descriptorctl {version('descriptor-client')}\n")
+
+
+def test_connection_options_before_or_after_the_verb(shared: tuple[ServerProcess, Layout], tmp_path: Path) -> None:
+    server, layout = shared
+    digest = layout.put_blob(b"options anywhere")
+    with refused_port() as port:
+        nobody = f"127.0.0.1:{port}"
+        # The environment points nowhere: only the --target given on the command line reaches the server.
+        for args in (
+            ("stat", digest, "--target", server.target),
+            ("--target", server.target, "stat", digest),
+            ("--target", nobody, "stat", digest, "--target", server.target),  # after the verb wins
+        ):
+            done = ctl(nobody, *args)
+            assert (done.returncode, done.stdout) == (0, f"{digest}\t{OCT}\t{len(b'options anywhere')}\n"), args
+        done = ctl(nobody, "stat", digest, "--target", nobody, "--timeout", "0.5")
+        assert done.returncode == 3
+        done = ctl(server.target, "metrics", "--json", "--timeout", "5")
+        assert set(json.loads(done.stdout)) == {"requests", "hits", "misses", "errors"}
+        done = ctl(server.target, "stat", "bogus", "--json")
+        assert json.loads(done.stderr)["error"]["reason"] == "DIGEST_INVALID_FORMAT"
+        missing = str(tmp_path / "missing-ca.pem")
+        done = ctl(server.target, "health", "--tls-ca", missing)  # read after the verb too
+        assert done.returncode == 2
+        assert "missing-ca.pem" in done.stderr
+
+
+def test_health_of_an_unknown_service(shared: tuple[ServerProcess, Layout]) -> None:
+    server, _ = shared
+    done = ctl(server.target, "health", "--service", "foo")
+    assert (done.returncode, done.stdout) == (1, "SERVICE_UNKNOWN\n")
+    assert done.stderr == "descriptorctl: service 'foo' is unknown to the server\n"
+    done = ctl(server.target, "--json", "health", "--service", "foo")
+    assert done.returncode == 1
+    assert json.loads(done.stdout) == {"service": "foo", "status": "SERVICE_UNKNOWN"}
+
+
+class LineReader:
+    """The stdout lines of a process as they come (a thread reads them into a queue)."""
+
+    def __init__(self, proc: subprocess.Popen[str]) -> None:
+        assert proc.stdout is not None
+        self.lines: queue.Queue[str] = queue.Queue()
+        stream = proc.stdout
+        threading.Thread(target=lambda: [self.lines.put(line) for line in stream], daemon=True).start()
+
+    def line(self, timeout: float = 30.0) -> str:
+        """The next line, or fail if none comes within ``timeout``."""
+        try:
+            return self.lines.get(timeout=timeout)
+        except queue.Empty:
+            raise AssertionError("no output line while stdin is still open") from None
+
+
+def test_batch_answers_stdin_lines_as_they_come(shared: tuple[ServerProcess, Layout]) -> None:
+    """Each digest is answered while stdin is still open, and the chunk limit still holds."""
+    server, layout = shared
+    digests = [layout.put_blob(f"streamed {i}".encode()) for i in range(4)]
+    environ = {k: v for k, v in os.environ.items() if not k.startswith("DESCRIPTOR_")}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "descriptor_client.cli", "batch", "--target", server.target, "--chunk", "2"],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        env=environ,
+        text=True,
+        bufsize=1,
+    )
+    assert proc.stdin is not None
+    out = LineReader(proc)
+    try:
+        proc.stdin.write(digests[0] + "\n")
+        proc.stdin.flush()
+        assert out.line().startswith(digests[0] + "\t")  # sent after a short idle, stdin open
+        proc.stdin.write("\n".join(digests[1:]) + "\nbogus\n")  # 4 lines at once: chunks of 2
+        proc.stdin.flush()
+        lines = [out.line() for _ in range(4)]
+        assert [line.split("\t")[0] for line in lines] == [*digests[1:], "bogus"]
+        assert lines[-1].startswith("bogus\terror\tDIGEST_INVALID_FORMAT")
+        proc.stdin.close()
+        assert proc.wait(30) == 2  # the worst item: an invalid digest
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+
+
+def test_batch_chunks_follow_the_server_limit_while_streaming(shared: tuple[ServerProcess, Layout]) -> None:
+    server, layout = shared
+    digests = [layout.put_blob(f"chunked {i}".encode()) for i in range(2 * MAXBATCH + 1)]
+    done = ctl(server.target, "batch", "--chunk", str(4 * MAXBATCH), stdin="\n".join(digests) + "\n")
+    assert done.returncode == 0, done.stderr
+    assert [line.split("\t")[0] for line in done.stdout.splitlines()] == digests

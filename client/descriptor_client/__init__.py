@@ -37,6 +37,16 @@ from .protocol import BlobDescriptorService, SyncBlobDescriptorService
 from .rpcs import RPCS, SERVICE, Rpc
 from .tls import ClientTLS
 
+
+def __getattr__(name: str) -> str:
+    """``__version__``, read from the installed distribution on first use."""
+    if name == "__version__":
+        from ._version import version
+
+        return version()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
 __all__ = [
     "ERROR_TABLE",
     "OCTET_STREAM",

@@ -8,7 +8,7 @@ import time
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
-from grpc_health.v1 import health_pb2
+from google.protobuf import descriptor_pb2, descriptor_pool, message_factory
 
 from ._proto.descriptor.v1 import descriptor_pb2 as pb
 from .descriptor import Descriptor
@@ -146,15 +146,56 @@ def metrics_of(resp: pb.GetMetricsResponse) -> Metrics:
 
 #: grpc.health.v1's Check method.
 HEALTH_CHECK = "/grpc.health.v1.Health/Check"
+#: ``grpc.health.v1.HealthCheckResponse.ServingStatus``, by number.
+SERVING_STATUSES = ("UNKNOWN", "SERVING", "NOT_SERVING", "SERVICE_UNKNOWN")
 
 
-def health_status(resp: health_pb2.HealthCheckResponse | None) -> str:
+def _health_messages() -> tuple[type[Any], type[Any]]:
+    """``HealthCheckRequest`` and ``HealthCheckResponse`` of ``grpc/health/v1/health.proto``.
+
+    Built in a private descriptor pool from the two messages' field numbers, so the
+    client needs no ``grpcio-health-checking`` (a server dependency) and cannot clash
+    with that package's registration of the same file in the default pool.
+    """
+    fd = descriptor_pb2.FileDescriptorProto(name="grpc/health/v1/health.proto", package="grpc.health.v1")
+    fd.syntax = "proto3"
+    field = descriptor_pb2.FieldDescriptorProto
+    request = fd.message_type.add(name="HealthCheckRequest")
+    request.field.add(name="service", number=1, type=field.TYPE_STRING, label=field.LABEL_OPTIONAL)
+    response = fd.message_type.add(name="HealthCheckResponse")
+    statuses = response.enum_type.add(name="ServingStatus")
+    for number, status in enumerate(SERVING_STATUSES):
+        statuses.value.add(name=status, number=number)
+    response.field.add(
+        name="status",
+        number=1,
+        type=field.TYPE_ENUM,
+        type_name=".grpc.health.v1.HealthCheckResponse.ServingStatus",
+        label=field.LABEL_OPTIONAL,
+    )
+    pool = descriptor_pool.DescriptorPool()
+    pool.Add(fd)
+    return (
+        message_factory.GetMessageClass(pool.FindMessageTypeByName("grpc.health.v1.HealthCheckRequest")),
+        message_factory.GetMessageClass(pool.FindMessageTypeByName("grpc.health.v1.HealthCheckResponse")),
+    )
+
+
+HealthCheckRequest, HealthCheckResponse = _health_messages()
+
+
+def health_request(service: str) -> Any | None:
+    """The request for ``service``; None when the name cannot be sent (no server knows it)."""
+    return HealthCheckRequest(service=service) if _sendable(service) else None
+
+
+def health_status(resp: Any | None) -> str:
     """The status name of a health answer; None (the server knows no such service) is
     ``SERVICE_UNKNOWN``."""
     if resp is None:
         return "SERVICE_UNKNOWN"
-    name: str = health_pb2.HealthCheckResponse.ServingStatus.Name(resp.status)
-    return name
+    number = int(resp.status)
+    return SERVING_STATUSES[number] if 0 <= number < len(SERVING_STATUSES) else "UNKNOWN"
 
 
 def bind_methods(channel: Any) -> dict[str, Callable[..., Any]]:
@@ -210,8 +251,8 @@ class ClientBase:
         self._methods = bind_methods(self._channel)
         self._health = self._channel.unary_unary(
             HEALTH_CHECK,
-            request_serializer=health_pb2.HealthCheckRequest.SerializeToString,
-            response_deserializer=health_pb2.HealthCheckResponse.FromString,
+            request_serializer=HealthCheckRequest.SerializeToString,
+            response_deserializer=HealthCheckResponse.FromString,
         )
 
     def _deadline(self, timeout: float | None) -> float | None:

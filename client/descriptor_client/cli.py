@@ -18,16 +18,19 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import queue
 import sys
-from collections.abc import Iterator, Sequence
+import threading
+from collections.abc import Sequence
 from typing import Any, TextIO
 
 import grpc
 
-from ._wire import DEFAULT_TARGET, call_metadata, normalize_target
+from ._version import version
+from ._wire import DEFAULT_TARGET, normalize_target
 from .client import DescriptorClient
 from .descriptor import Descriptor
-from .errors import BatchTooLargeError, DescriptorError, from_rpc_error
+from .errors import BatchTooLargeError, DescriptorError
 from .rpcs import SERVICE
 from .tls import ClientTLS
 
@@ -76,30 +79,31 @@ def descriptor_line(desc: Descriptor) -> str:
 
 
 class Progress:
-    """A one-line progress bar on a terminal (stderr); nothing anywhere else."""
+    """A one-line count of answered digests on a terminal (stderr); nothing anywhere else.
 
-    WIDTH = 30
+    ``batch`` streams its input, so the total is not known in advance: the line shows
+    how many digests have been answered so far, and is wiped at the end.
+    """
 
-    def __init__(self, stream: TextIO, total: int, enabled: bool) -> None:
+    def __init__(self, stream: TextIO, enabled: bool) -> None:
         self.stream = stream
-        self.total = total
         self.enabled = enabled
         self.done = 0
+        self.shown = False
 
     def update(self, done: int) -> None:
         self.done = done
         if not self.enabled:
             return
-        filled = self.WIDTH * done // self.total if self.total else self.WIDTH
-        pct = 100 * done // self.total if self.total else 100
-        bar = "#" * filled + "." * (self.WIDTH - filled)
-        self.stream.write(f"\r[{bar}] {done}/{self.total} {pct:3d}%")
+        self.stream.write(f"\r[batch] {done} answered")
         self.stream.flush()
+        self.shown = True
 
     def clear(self) -> None:
-        if self.enabled:
+        if self.enabled and self.shown:
             self.stream.write("\r\x1b[K")
             self.stream.flush()
+            self.shown = False
 
 
 # -- verbs --------------------------------------------------------------------------------
@@ -124,25 +128,77 @@ def cmd_clear(client: DescriptorClient, args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def read_digests(stream: TextIO) -> list[str]:
-    """One digest per line; blank lines are skipped, surrounding space is ignored."""
-    return [line.strip() for line in stream if line.strip()]
+#: How long ``batch`` waits for more stdin lines before sending what it has.
+IDLE_SECONDS = 0.05
+_EOF = object()
 
 
-def chunks(items: Sequence[str], size: int) -> Iterator[Sequence[str]]:
-    for start in range(0, len(items), size):
-        yield items[start : start + size]
+class DigestFeed:
+    """Digests to send, one at a time: the arguments, or stdin read line by line.
+
+    A reader thread takes stdin lines as they arrive, so a batch can be sent as soon as
+    ``size`` digests are waiting or no new line came for :data:`IDLE_SECONDS`, and its
+    answers printed while the producer on the other end of the pipe is still writing.
+    Blank lines are skipped and surrounding space is ignored.
+    """
+
+    def __init__(self, digests: Sequence[str] | None, stream: TextIO) -> None:
+        self.lines: queue.Queue[object] = queue.Queue()
+        if digests:
+            for digest in digests:
+                self.lines.put(digest)
+            self.lines.put(_EOF)
+        else:
+            threading.Thread(target=self._read, args=(stream,), daemon=True, name="stdin").start()
+        self.ended = False
+
+    def _read(self, stream: TextIO) -> None:
+        try:
+            for line in stream:
+                if line.strip():
+                    self.lines.put(line.strip())
+        finally:
+            self.lines.put(_EOF)
+
+    def fill(self, pending: list[str], size: int) -> None:
+        """Top ``pending`` up to ``size`` digests: block for the first, then wait only briefly."""
+        while not self.ended and len(pending) < size:
+            try:
+                item = self.lines.get(timeout=IDLE_SECONDS if pending else None)
+            except queue.Empty:
+                return
+            if item is _EOF:
+                self.ended = True
+            else:
+                pending.append(str(item))
+
+
+def print_result(digest: str, result: Descriptor | DescriptorError, as_json: bool) -> int:
+    """Print one batch item; its exit status."""
+    if isinstance(result, Descriptor):
+        if as_json:
+            print(json.dumps({"digest": digest, "descriptor": descriptor_json(result)}))
+        else:
+            print(f"{digest}\t{result.media_type}\t{result.size}")
+        return EXIT_OK
+    if as_json:
+        print(json.dumps({"digest": digest, "error": error_json(result)}))
+    else:
+        print(f"{digest}\terror\t{result}")
+    return exit_code(result.code)
 
 
 def cmd_batch(client: DescriptorClient, args: argparse.Namespace) -> int:
     from_stdin = not args.digests
-    digests: list[str] = read_digests(sys.stdin) if from_stdin else list(args.digests)
+    feed = DigestFeed(args.digests, sys.stdin)
+    progress = Progress(sys.stderr, from_stdin and sys.stderr.isatty())
     size = args.chunk
-    progress = Progress(sys.stderr, len(digests), from_stdin and len(digests) > size and sys.stderr.isatty())
     worst = EXIT_OK
-    done = 0
-    pending = list(digests)
-    while pending:
+    pending: list[str] = []
+    while True:
+        feed.fill(pending, size)
+        if not pending:
+            break
         part = pending[:size]
         try:
             results = client.batch_stat(part, args.repository)
@@ -153,22 +209,11 @@ def cmd_batch(client: DescriptorClient, args: argparse.Namespace) -> int:
             continue
         progress.clear()
         for digest, result in zip(part, results, strict=True):
-            if isinstance(result, Descriptor):
-                if args.json:
-                    print(json.dumps({"digest": digest, "descriptor": descriptor_json(result)}))
-                else:
-                    print(f"{digest}\t{result.media_type}\t{result.size}")
-            else:
-                worst = max(worst, exit_code(result.code))
-                if args.json:
-                    print(json.dumps({"digest": digest, "error": error_json(result)}))
-                else:
-                    print(f"{digest}\terror\t{result}")
+            worst = max(worst, print_result(digest, result, args.json))
         sys.stdout.flush()
-        pending = pending[len(part) :]
-        done += len(part)
-        if pending:
-            progress.update(done)
+        del pending[: len(part)]
+        if not feed.ended or pending:
+            progress.update(progress.done + len(part))
     progress.clear()
     return worst
 
@@ -185,23 +230,16 @@ def cmd_metrics(client: DescriptorClient, args: argparse.Namespace) -> int:
 
 
 def cmd_health(client: DescriptorClient, args: argparse.Namespace) -> int:
-    from grpc_health.v1 import health_pb2, health_pb2_grpc
-
-    stub = health_pb2_grpc.HealthStub(client._channel)
-    try:
-        resp = stub.Check(
-            health_pb2.HealthCheckRequest(service=args.service),
-            timeout=args.timeout,
-            metadata=call_metadata(args.token),
-        )
-    except grpc.RpcError as err:
-        raise from_rpc_error(err) from None
-    status = health_pb2.HealthCheckResponse.ServingStatus.Name(resp.status)
+    status = client.health(args.service)
     if args.json:
         print(json.dumps({"service": args.service, "status": status}))
     else:
         print(status)
-    return EXIT_OK if resp.status == health_pb2.HealthCheckResponse.SERVING else EXIT_UNAVAILABLE
+    if status == "SERVICE_UNKNOWN":
+        if not args.json:
+            print(f"descriptorctl: service {args.service!r} is unknown to the server", file=sys.stderr)
+        return EXIT_NOT_FOUND
+    return EXIT_OK if status == "SERVING" else EXIT_UNAVAILABLE
 
 
 VERBS = {
@@ -224,29 +262,48 @@ def _positive(text: str) -> int:
     return value
 
 
-def build_parser() -> argparse.ArgumentParser:
+def add_connection_options(parser: argparse.ArgumentParser, *, defaults: bool) -> None:
+    """The options every verb shares. On the main parser they carry the defaults; the
+    copies on each verb's parser have none (``SUPPRESS``), so an option given after the
+    verb wins and one given before it is kept."""
     env = os.environ.get
-    parser = argparse.ArgumentParser(
-        prog="descriptorctl",
-        description="Call the blob descriptor service (descriptor.v1.BlobDescriptorService).",
-        epilog="exit status: 0 ok, 1 not found, 2 bad input, 3 unavailable, 4 denied, 5 other error",
-    )
+
+    def default(value: object) -> object:
+        return value if defaults else argparse.SUPPRESS
+
     parser.add_argument(
         "--target",
-        default=env("DESCRIPTOR_TARGET") or DEFAULT_TARGET,
-        help="HOST:PORT or gRPC target URI (default $DESCRIPTOR_TARGET, else %(default)s)",
+        default=default(env("DESCRIPTOR_TARGET") or DEFAULT_TARGET),
+        help=f"HOST:PORT or gRPC target URI (default $DESCRIPTOR_TARGET, else {DEFAULT_TARGET})",
     )
-    parser.add_argument("--token", default=env("DESCRIPTOR_TOKEN") or None, help="bearer token ($DESCRIPTOR_TOKEN)")
-    parser.add_argument("--tls-ca", default=env("DESCRIPTOR_TLS_CA") or None, help="CA certificate (PEM): use TLS")
-    parser.add_argument("--tls-cert", default=env("DESCRIPTOR_TLS_CERT") or None, help="client certificate (mTLS)")
-    parser.add_argument("--tls-key", default=env("DESCRIPTOR_TLS_KEY") or None, help="client key (mTLS)")
-    parser.add_argument("--tls-servername", default=None, help="expected server name (certificate override)")
-    parser.add_argument("--timeout", type=float, default=10.0, help="deadline per call in seconds (%(default)s)")
-    parser.add_argument("--json", action="store_true", default=False, help="JSON output for scripts")
+    parser.add_argument(
+        "--token", default=default(env("DESCRIPTOR_TOKEN") or None), help="bearer token ($DESCRIPTOR_TOKEN)"
+    )
+    parser.add_argument(
+        "--tls-ca", default=default(env("DESCRIPTOR_TLS_CA") or None), help="CA certificate (PEM): use TLS"
+    )
+    parser.add_argument(
+        "--tls-cert", default=default(env("DESCRIPTOR_TLS_CERT") or None), help="client certificate (mTLS)"
+    )
+    parser.add_argument("--tls-key", default=default(env("DESCRIPTOR_TLS_KEY") or None), help="client key (mTLS)")
+    parser.add_argument("--tls-servername", default=default(None), help="expected server name (certificate override)")
+    parser.add_argument("--timeout", type=float, default=default(10.0), help="deadline per call in seconds (10)")
+    parser.add_argument("--json", action="store_true", default=default(False), help="JSON output for scripts")
 
-    # Verb-level copies of --json, so it may follow the verb as in the contract.
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="descriptorctl",
+        description="Call the blob descriptor service (descriptor.v1.BlobDescriptorService). "
+        "The connection options may come before or after the verb.",
+        epilog="exit status: 0 ok, 1 not found, 2 bad input, 3 unavailable, 4 denied, 5 other error",
+    )
+    parser.add_argument("--version", action="version", version=f"descriptorctl {version()}")
+    add_connection_options(parser, defaults=True)
+
+    # Verb-level copies of the connection options, so they may follow the verb too.
     common = argparse.ArgumentParser(add_help=False)
-    common.add_argument("--json", action="store_true", default=argparse.SUPPRESS, help="JSON output")
+    add_connection_options(common, defaults=False)
     scoped = argparse.ArgumentParser(add_help=False)
     scoped.add_argument("--repository", "-r", default="", help="repository scope (default: global)")
 

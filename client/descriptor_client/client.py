@@ -8,7 +8,6 @@ from types import TracebackType
 from typing import Any
 
 import grpc
-from grpc_health.v1 import health_pb2
 
 from ._proto.descriptor.v1 import descriptor_pb2 as pb
 from ._wire import (
@@ -18,6 +17,7 @@ from ._wire import (
     batch_results,
     clear_request,
     descriptor_of,
+    health_request,
     health_status,
     metrics_of,
     set_request,
@@ -90,10 +90,11 @@ class DescriptorClient(ClientBase):
     def health(self, service: str = SERVICE, *, timeout: float | None = None) -> str:
         """The grpc.health.v1 status of ``service`` ("" = the whole server): ``SERVING``,
         ``NOT_SERVING`` (draining, or its backend fails its probe) or ``SERVICE_UNKNOWN``."""
+        request = health_request(service)
+        if request is None:
+            return health_status(None)
         try:
-            resp = self._health(
-                health_pb2.HealthCheckRequest(service=service), timeout=self._deadline(timeout), metadata=self._metadata
-            )
+            resp = self._health(request, timeout=self._deadline(timeout), metadata=self._metadata)
         except grpc.RpcError as err:
             if err.code() == grpc.StatusCode.NOT_FOUND:
                 return health_status(None)

@@ -42,6 +42,7 @@ from .metrics import RedisObserver, ServerMetrics
 from .revalidate import DEFAULT_CAPACITY, Revalidator
 from .service import DescriptorServicer
 from .statter import CachedBlobStatter
+from .version import VersionAction, version
 
 log = logging.getLogger("descriptor_server")
 
@@ -203,7 +204,8 @@ class DescriptorServer:
         await check_cache_at_start(self.config, self.statter.cache)
         host = g.addr.rsplit(":", 1)[0]
         log.info(
-            "descriptor-server listening on %s:%d (cache %s, backend %s)",
+            "descriptor-server %s listening on %s:%d (cache %s, backend %s)",
+            version(),
             host,
             self.port,
             self.config.storage.cache.blobdescriptor,
@@ -270,6 +272,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         prog="descriptor-server",
         description="Serve the blob descriptor service (descriptor.v1.BlobDescriptorService) over gRPC.",
     )
+    parser.add_argument("--version", action=VersionAction, help="print the version and build information, and exit")
     parser.add_argument("--config", metavar="FILE", help="YAML configuration (distribution-shaped)")
     parser.add_argument(
         "--check-config",

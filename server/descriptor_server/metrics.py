@@ -22,6 +22,7 @@ from prometheus_client.registry import Collector
 from prometheus_client.utils import floatToGoString
 
 from .statter import StatterMetrics
+from .version import build_info_collector
 
 #: Latency buckets in seconds, from 50 microseconds (an in-memory hit) to 10 s.
 RPC_BUCKETS = (
@@ -158,6 +159,7 @@ class ServerMetrics:
     def __init__(self, statter_metrics: Callable[[], StatterMetrics], *, redis: bool = False) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
         self.registry.register(StatterCollector(statter_metrics))
+        self.registry.register(build_info_collector())
         self.rpcs = RpcCollector()
         self.registry.register(self.rpcs)
         self.inflight = Gauge(
