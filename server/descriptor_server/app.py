@@ -36,12 +36,14 @@ from .caches import Cache
 from .config import Config, ConfigError, check_workers, load, to_dict
 from .debug_http import MetricsEndpoint
 from .health import Health
+from .interceptor import ObservingInterceptor
 from .limits import server_options
 from .logs import CallLogger, setup_logging
 from .metrics import RedisObserver, ServerMetrics
 from .revalidate import DEFAULT_CAPACITY, Revalidator
-from .service import DescriptorServicer
+from .service import Context, DescriptorServicer
 from .statter import CachedBlobStatter
+from .tracing import BackendObserver, TracedBackend, TracedCache, Tracing, check_tracing, innermost, setup_tracing
 
 log = logging.getLogger("descriptor_server")
 
@@ -93,10 +95,33 @@ def build_revalidator(config: Config) -> Revalidator | None:
     return Revalidator(cache.revalidate, cache.revalidaterate, capacity)
 
 
-def build_statter(config: Config, *, observe: RedisObserver | None = None) -> CachedBlobStatter:
+def build_statter(
+    config: Config,
+    *,
+    observe: RedisObserver | None = None,
+    observe_backend: BackendObserver | None = None,
+    tracing: Tracing | None = None,
+) -> CachedBlobStatter:
+    """The statter over the configured cache and backend, in their observing wrappers.
+
+    The backend is always wrapped, inside its bounds (the request-duration histogram of
+    the calls it really makes, their spans, the line logged when it is back); the cache
+    only when tracing is on (its spans), inside the WatchedCache of a Redis cache.
+    """
+    tracer = tracing.tracer if tracing is not None else None
+    cache = build_cache(config, observe=observe)
+    if tracer is not None:
+        kind = config.storage.cache.blobdescriptor
+        if isinstance(cache, WatchedCache):
+            cache.inner = TracedCache(cache.inner, kind, tracer)
+        else:
+            cache = TracedCache(cache, kind, tracer)
+    backend: Backend = TracedBackend(
+        build_backend(config), config.storage.backend, tracer=tracer, observe=observe_backend
+    )
     return CachedBlobStatter(
-        build_cache(config, observe=observe),
-        bounded.from_config(build_backend(config), config.storage),
+        cache,
+        bounded.from_config(backend, config.storage),
         delete_enabled=config.storage.delete.enabled,
         max_batch=config.grpc.maxbatch,
         revalidator=build_revalidator(config),
@@ -141,10 +166,29 @@ def check_bindable(addr: str, key: str, *, reuseport: bool = False) -> None:
 class DescriptorServer:
     """The running service: a grpc.aio server with health and reflection, and its drain."""
 
-    def __init__(self, config: Config, statter: CachedBlobStatter | None = None) -> None:
+    def __init__(
+        self, config: Config, statter: CachedBlobStatter | None = None, *, tracing: Tracing | None = None
+    ) -> None:
         self.config = config
-        self.metrics = ServerMetrics(lambda: self.statter.metrics, redis=config.storage.cache.blobdescriptor == "redis")
-        self.statter = statter if statter is not None else build_statter(config, observe=self.metrics.observe_redis)
+        self.tracing = tracing if tracing is not None else setup_tracing(os.environ)
+        kind = config.storage.cache.blobdescriptor
+        self.metrics = ServerMetrics(
+            lambda: self.statter.metrics,
+            redis=kind == "redis",
+            cache=lambda: innermost(self.statter.cache),
+            cache_kind=kind,
+            backend=config.storage.backend,
+        )
+        self.statter = (
+            statter
+            if statter is not None
+            else build_statter(
+                config,
+                observe=self.metrics.observe_redis,
+                observe_backend=self.metrics.observe_backend,
+                tracing=self.tracing,
+            )
+        )
         self.call_logger = CallLogger()
         self.servicer = DescriptorServicer(
             self.statter, authorizer=security.build_authorizer(config.auth), observer=self.observe
@@ -165,14 +209,20 @@ class DescriptorServer:
         self.health_port = 0
         self._stopping = asyncio.Event()
 
-    def observe(self, method: str, code: grpc.StatusCode, seconds: float, request: Any) -> None:
+    def observe(
+        self, method: str, code: grpc.StatusCode, seconds: float, request: Any, *, context: Context, reason: str
+    ) -> None:
         """The servicer's ``observer`` hook: per-RPC metrics and the call log."""
         self.metrics.observe_call(method, code, seconds)
-        self.call_logger(method, code, seconds, request)
+        self.call_logger(method, code, seconds, request, context=context, reason=reason)
 
     async def start(self) -> int:
         g = self.config.grpc
-        server = grpc.aio.server(options=server_options(g), maximum_concurrent_rpcs=g.maxconcurrentcalls or None)
+        server = grpc.aio.server(
+            options=server_options(g),
+            maximum_concurrent_rpcs=g.maxconcurrentcalls or None,
+            interceptors=(ObservingInterceptor(self.metrics.rpcs, self.tracing.tracer),),
+        )
         server.add_generic_rpc_handlers((self.servicer.generic_handler(),))
         self.health.add_to(server)
         reflection.enable_server_reflection(
@@ -251,6 +301,7 @@ class DescriptorServer:
         await self.statter.close()
         if self.endpoint is not None:
             await asyncio.to_thread(self.endpoint.stop)
+        await asyncio.to_thread(self.tracing.shutdown)
         log.info("stopped")
 
 
@@ -297,6 +348,7 @@ def run(args: argparse.Namespace) -> int:
     """Check or serve, as ``args`` say; a bad configuration raises :class:`ConfigError`."""
     config = load(args.check_config or args.config)
     security.check_files(config)
+    check_tracing(os.environ)
     if args.check_config:
         asyncio.run(check_components(config))
         print(yaml.safe_dump(to_dict(config), sort_keys=False), end="")

@@ -25,6 +25,7 @@ from descriptor_client.errors import PermissionDeniedError, UnauthenticatedError
 from descriptor_client.rpcs import RPCS
 
 from .config import AuthConfig, AuthToken, Config, ConfigError, GrpcTLSConfig, _build
+from .principal import set_principal
 
 READ = "read"
 WRITE = "write"
@@ -191,7 +192,7 @@ class TokenAuthorizer:
         return entry.name
 
     def __call__(self, method: str, request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> None:
-        self.authorize(method, context.invocation_metadata())
+        set_principal(self.authorize(method, context.invocation_metadata()))
 
 
 def build_authorizer(auth: AuthConfig) -> TokenAuthorizer | None:

@@ -151,6 +151,11 @@ class RedisCache:
         self._down = False
         self._retry_at = 0.0
 
+    @property
+    def up(self) -> bool:
+        """False from a failed Redis round trip until the next one succeeds (the up gauge)."""
+        return not self._down
+
     # -- the one path every Redis round trip takes ----------------------------------
 
     async def _run(self, operation: str, budget: float, call: Callable[[], Awaitable[T]], *, gate: bool = True) -> T:
