@@ -29,7 +29,7 @@ from descriptor_client.rpcs import SERVICE
 from grpc_health.v1 import health_pb2
 from grpc_reflection.v1alpha import reflection
 
-from . import security
+from . import security, workers
 from .backends import Backend, bounded
 from .cachehealth import WatchedCache, check_cache_at_start, combined_probe
 from .caches import Cache
@@ -44,6 +44,7 @@ from .revalidate import DEFAULT_CAPACITY, Revalidator
 from .service import Context, DescriptorServicer
 from .statter import CachedBlobStatter
 from .tracing import BackendObserver, TracedBackend, TracedCache, Tracing, check_tracing, innermost, setup_tracing
+from .worker_metrics import SiblingListener, totals_registry
 
 log = logging.getLogger("descriptor_server")
 
@@ -198,8 +199,16 @@ class DescriptorServer:
         cache_probe = cache.probe if config.grpc.healthprobecache and isinstance(cache, WatchedCache) else None
         self.health = Health(combined_probe(self.statter.backend.probe, cache_probe), config.grpc.healthprobeinterval)
         debug = config.http.debug
+        worker = workers.current
+        # With --workers, worker 0's endpoint serves the totals; the others answer it.
+        self.sibling: SiblingListener | None = None
+        registry = self.metrics.registry
+        if worker.metrics_dir and worker.index == 0:
+            registry = totals_registry(registry, worker.metrics_dir, worker.count)
+        elif worker.metrics_dir:
+            self.sibling = SiblingListener(self.metrics.registry, worker.metrics_dir, worker.index)
         self.endpoint = (
-            MetricsEndpoint(self.metrics.registry, debug.addr, debug.prometheus.path)
+            MetricsEndpoint(registry, debug.addr, debug.prometheus.path)
             if debug.addr and debug.prometheus.enabled
             else None
         )
@@ -239,6 +248,8 @@ class DescriptorServer:
         except RuntimeError as err:
             raise ConfigError("grpc.addr", f"cannot listen on {g.addr}: {err}") from None
         # The metrics endpoint first: a bad http.debug.addr fails before serving.
+        if self.sibling is not None:
+            self.sibling.start()
         if self.endpoint is not None:
             self.endpoint.start()
         elif self.config.http.debug.addr:
@@ -301,6 +312,8 @@ class DescriptorServer:
         await self.statter.close()
         if self.endpoint is not None:
             await asyncio.to_thread(self.endpoint.stop)
+        if self.sibling is not None:
+            await asyncio.to_thread(self.sibling.stop)
         await asyncio.to_thread(self.tracing.shutdown)
         log.info("stopped")
 
@@ -360,9 +373,7 @@ def run(args: argparse.Namespace) -> int:
         check_workers(config)
     setup_logging(config.log)
     if config.grpc.workers > 1:
-        from .workers import run_workers
-
-        return run_workers(config, serve)
+        return workers.run_workers(config, serve)
     with contextlib.suppress(KeyboardInterrupt):  # signal handlers catch SIGINT
         asyncio.run(serve(config))
     exit_past_stuck_threads()

@@ -141,7 +141,7 @@ class CacheCollector(Collector):
                 "Entries in the cache (global and repository entries together).",
                 labels=labels,
             )
-            entries.add_metric((self.kind,), float(len(cache)) if hasattr(cache, "__len__") else 0.0)  # type: ignore[arg-type]
+            entries.add_metric((self.kind,), float(len(cache)) if hasattr(cache, "__len__") else 0.0)
             capacity = GaugeMetricFamily(
                 "registry_storage_cache_capacity",
                 "Entries the cache holds at most (0 = unbounded).",
