@@ -239,9 +239,9 @@ def test_a_line_when_the_backend_answers_again(started: list[ServerProcess], tmp
         assert client.stat(blob).size == len(b"back again")
         client.stat(blob)  # a hit: the backend is not asked
     wait_for(lambda: "backend probe passes again" in server.output)
-    lines = [line for line in server.lines if "answers again" in line]
+    lines = [line for line in server.lines if "is back after failing" in line]
     assert len(lines) == 1, lines
-    assert "backend filesystem answers again after 3 failed calls" in lines[0]
+    assert re.search(r"backend filesystem is back after failing for [\d.]+s \(3 failed calls\)", lines[0]), lines
     samples = scrape(server)
     backend = "registry_storage_backend_request_duration_seconds_count"
     assert value(samples, backend, backend="filesystem", operation="stat", outcome="error") == 3
@@ -258,3 +258,35 @@ def test_text_lines_carry_rfc3339_and_fields(started: list[ServerProcess], tmp_p
     stamp = line.split(" ", 1)[0]
     assert RFC3339_MS.match(stamp), line
     assert line.rstrip().endswith('environment="0123"'), line
+
+
+@pytest.mark.redis
+def test_redis_up_gauge_and_a_line_when_the_cache_answers_again(
+    started: list[ServerProcess], tmp_path: Path, layout: Layout, redis_own: Any
+) -> None:
+    blob = layout.put_blob(b"cached in redis")
+    config = with_metrics(base_config(layout.root, cache="redis"))
+    config["redis"] = {"addrs": [redis_own.addr], "dialtimeout": "200ms"}
+    server = start(started, config, tmp_path)
+    with DescriptorClient(server.target) as client:
+        client.stat(blob)
+        assert value(scrape(server), "registry_storage_cache_redis_up") == 1
+        redis_own.stop()
+        for _ in range(2):  # answered by the backend while Redis is down
+            assert client.stat(blob).size == len(b"cached in redis")
+        down = scrape(server)
+        assert value(down, "registry_storage_cache_redis_up") == 0
+        assert value(down, "registry_storage_cache_errors_total") == 2
+        redis_own.restart()
+
+        def answered() -> bool:
+            client.stat(blob)
+            return "redis cache is back after failing" in server.output
+
+        try:
+            wait_for(answered, timeout=20, interval=0.2)
+        except TimeoutError:
+            raise AssertionError(server.output) from None
+        assert value(scrape(server), "registry_storage_cache_redis_up") == 1
+    (line,) = [line for line in server.lines if "is back after failing" in line]
+    assert re.search(r"redis cache is back after failing for [\d.]+s \(\d+ failed calls\)", line), line
