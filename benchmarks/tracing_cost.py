@@ -25,7 +25,7 @@ import grpc
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-import run  # noqa: E402 - benchmarks/run.py, for its server and h2load helpers
+import run
 
 
 def receiver() -> tuple[grpc.Server, int]:
