@@ -92,6 +92,8 @@ def test_every_family_a_prometheus_user_expects(started: list[ServerProcess], tm
     server = start(started, config, tmp_path)
     before = scrape(server)
     assert value(before, "grpc_server_started_total", **rpc_labels("Stat")) == 0
+    with DescriptorClient(server.target) as client:
+        assert (client.metrics().worker, client.metrics().workers) == (0, 1)  # the whole server
     assert value(before, "registry_storage_cache_capacity", cache="inmemory") == 20
     assert value(before, "registry_storage_cache_entries", cache="inmemory") == 0
 
@@ -163,11 +165,17 @@ def test_metrics_are_the_totals_of_all_workers(started: list[ServerProcess], tmp
     for _ in range(40):  # one connection each: the kernel spreads them over both workers
         with DescriptorClient(server.target) as client:
             client.stat(blob)
+    with DescriptorClient(server.target) as client:
+        own = client.metrics()  # one worker's counters, and it says so
+    assert own.workers == 2
+    assert own.worker in (0, 1)
+    assert own.requests < 40
     total = scrape(server)
     assert value(total, "descriptor_workers") == 2
     assert value(total, "registry_storage_cache_requests_total") == 40
     assert value(total, "grpc_server_handled_total", **rpc_labels("Stat"), grpc_code="OK") == 40
     assert value(total, "grpc_server_started_total", **rpc_labels("Stat")) == 40
+    assert value(total, "grpc_server_handled_total", **rpc_labels("GetMetrics"), grpc_code="OK") == 1
     assert value(total, "grpc_server_handling_seconds_count", **rpc_labels("Stat")) == 40
     # Each worker filled its own in-memory cache: the entries add up.
     misses = value(total, "registry_storage_cache_misses_total")

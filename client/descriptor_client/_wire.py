@@ -142,7 +142,7 @@ def batch_results(resp: pb.BatchStatResponse) -> list[Descriptor | DescriptorErr
 
 
 def metrics_of(resp: pb.GetMetricsResponse) -> Metrics:
-    return Metrics(resp.requests, resp.hits, resp.misses, resp.errors)
+    return Metrics(resp.requests, resp.hits, resp.misses, resp.errors, resp.worker, max(resp.workers, 1))
 
 
 #: grpc.health.v1's Check method.

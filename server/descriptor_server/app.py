@@ -200,6 +200,7 @@ class DescriptorServer:
         self.health = Health(combined_probe(self.statter.backend.probe, cache_probe), config.grpc.healthprobeinterval)
         debug = config.http.debug
         worker = workers.current
+        self.servicer.worker = (worker.index, worker.count)
         # With --workers, worker 0's endpoint serves the totals; the others answer it.
         self.sibling: SiblingListener | None = None
         registry = self.metrics.registry

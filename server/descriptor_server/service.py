@@ -91,6 +91,8 @@ class DescriptorServicer:
         #: time.monotonic() of the last call that reached a handler (for the drain's quiet window)
         self.last_arrival = 0.0
         self.encoder = ResponseEncoder()
+        #: (worker index, worker count) that GetMetrics reports; the app sets it with --workers.
+        self.worker = (0, 1)
 
     # -- handlers (decoded request -> response bytes) -----------------------------
 
@@ -118,8 +120,9 @@ class DescriptorServicer:
 
     async def metrics(self, request: pb.GetMetricsRequest) -> bytes:
         m = self.statter.metrics
+        worker, workers = self.worker
         return pb.GetMetricsResponse(
-            requests=m.requests, hits=m.hits, misses=m.misses, errors=m.errors
+            requests=m.requests, hits=m.hits, misses=m.misses, errors=m.errors, worker=worker, workers=workers
         ).SerializeToString()
 
     def _handler_of(self, rpc: Rpc) -> Callable[[Any], Awaitable[bytes]]:
