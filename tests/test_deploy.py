@@ -10,11 +10,14 @@ import typing
 from pathlib import Path
 from typing import Any
 
+import grpc
 import pytest
 import yaml
+from descriptor_client import Descriptor, DescriptorClient
 from descriptor_server import config as cfg
-from descriptor_server.metrics import ServerMetrics, metric_names
-from descriptor_server.statter import StatterMetrics
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from helpers.redis_servers import flush
+from helpers.support import OCT, Layout, ServerProcess, base_config
 
 DEPLOY = Path(__file__).resolve().parent.parent / "deploy"
 REFERENCE = DEPLOY / "reference-config.yml"
@@ -96,15 +99,55 @@ def test_each_alternative_backend_is_valid(backend: str) -> None:
     assert config.auth.tokens[0].scope == "read"
 
 
-def test_dashboard_queries_only_metrics_the_server_exposes() -> None:
+#: A metric selector in a PromQL expression: ``name{``.
+SELECTOR = re.compile(r"\b([a-zA-Z_:][a-zA-Z0-9_:]*)\{")
+
+
+def scraped_names(server: Any) -> set[str]:
+    import urllib.request
+
+    from prometheus_client.parser import text_string_to_metric_families
+
+    m = re.search(r"metrics endpoint at (http://\S+)", server.output)
+    assert m, server.output
+    with urllib.request.urlopen(m.group(1), timeout=10) as resp:
+        text = resp.read().decode()
+    return {s.name for family in text_string_to_metric_families(text) for s in family.samples}
+
+
+@pytest.mark.redis
+def test_every_dashboard_query_against_a_real_scrape(tmp_path: Path, redis_standalone: Any) -> None:
+    """Each metric every panel queries is in the scrape of real servers that served calls."""
+
+    flush(redis_standalone)
+    layout = Layout(tmp_path / "registry")
+    blob = layout.push("team/app", b"a layer for the dashboard")
+    names: set[str] = set()
+    for cache in ("inmemory", "redis"):
+        config = base_config(layout.root, cache=cache)
+        config["http"] = {"debug": {"addr": "127.0.0.1:0", "prometheus": {"enabled": True}}}
+        config["redis"] = {"addrs": [redis_standalone.addr]}
+        (tmp_path / cache).mkdir()
+        server = ServerProcess(config, tmp_path / cache).start()
+        try:
+            with DescriptorClient(server.target) as client:
+                client.stat(blob)
+                client.stat(blob)
+                client.set_descriptor(blob, Descriptor(OCT, blob, 25), "team/app")
+                client.batch_stat([blob])
+            with grpc.insecure_channel(server.target) as channel:
+                health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(), timeout=5)
+            names |= scraped_names(server)
+        finally:
+            server.stop()
     dashboard = json.loads(DASHBOARD.read_text())
     exprs = [t["expr"] for p in dashboard["panels"] for t in p.get("targets", [])]
-    assert len(exprs) >= 10
-    used = {name for expr in exprs for name in re.findall(r"\b(?:registry|grpc_server)_[a-z_]+\b", expr)}
-    metrics = ServerMetrics(StatterMetrics, redis=True)
-    metrics.track_inflight(lambda: 0)
-    exposed = set(metric_names(metrics.registry))
-    assert used <= exposed, sorted(used - exposed)
+    assert len(exprs) >= 20
+    for expr in exprs:
+        used = set(SELECTOR.findall(expr))
+        assert used, f"no metric selector in {expr!r}"
+        assert used <= names, (expr, sorted(used - names))
+    queried = {name for expr in exprs for name in SELECTOR.findall(expr)}
     for family in (
         "registry_storage_cache_requests_total",
         "registry_storage_cache_hits_total",
@@ -113,5 +156,11 @@ def test_dashboard_queries_only_metrics_the_server_exposes() -> None:
         "registry_storage_cache_redis_seconds_bucket",
         "grpc_server_handled_total",
         "grpc_server_handling_seconds_bucket",
+        "grpc_server_started_total",
+        "registry_storage_cache_entries",
+        "registry_storage_cache_evictions_total",
+        "registry_storage_backend_request_duration_seconds_bucket",
+        "registry_storage_cache_redis_up",
+        "process_resident_memory_bytes",
     ):
-        assert family in used, f"the dashboard has no panel for {family}"
+        assert family in queried, f"the dashboard has no panel for {family}"

@@ -618,7 +618,9 @@ func (*GetMetricsRequest) Descriptor() ([]byte, []int) {
 	return file_descriptor_v1_descriptor_proto_rawDescGZIP(), []int{10}
 }
 
-// GetMetricsResponse carries the cached statter's counters since start.
+// GetMetricsResponse carries the cached statter's counters since start: of the whole
+// server when workers is 1 (or 0, from servers before these fields), else of the one
+// worker process that answered (the Prometheus endpoint reports the totals).
 type GetMetricsResponse struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// Stat lookups (each digest of a BatchStat counts).
@@ -628,7 +630,11 @@ type GetMetricsResponse struct {
 	// Lookups the cache did not answer.
 	Misses uint64 `protobuf:"varint,3,opt,name=misses,proto3" json:"misses,omitempty"`
 	// Cache calls that failed.
-	Errors        uint64 `protobuf:"varint,4,opt,name=errors,proto3" json:"errors,omitempty"`
+	Errors uint64 `protobuf:"varint,4,opt,name=errors,proto3" json:"errors,omitempty"`
+	// The index of the worker process that answered (0 without workers).
+	Worker uint32 `protobuf:"varint,5,opt,name=worker,proto3" json:"worker,omitempty"`
+	// The worker processes the server runs (1 without workers).
+	Workers       uint32 `protobuf:"varint,6,opt,name=workers,proto3" json:"workers,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -691,6 +697,20 @@ func (x *GetMetricsResponse) GetErrors() uint64 {
 	return 0
 }
 
+func (x *GetMetricsResponse) GetWorker() uint32 {
+	if x != nil {
+		return x.Worker
+	}
+	return 0
+}
+
+func (x *GetMetricsResponse) GetWorkers() uint32 {
+	if x != nil {
+		return x.Workers
+	}
+	return 0
+}
+
 var File_descriptor_v1_descriptor_proto protoreflect.FileDescriptor
 
 const file_descriptor_v1_descriptor_proto_rawDesc = "" +
@@ -740,12 +760,14 @@ const file_descriptor_v1_descriptor_proto_rawDesc = "" +
 	"\x06result\"M\n" +
 	"\x11BatchStatResponse\x128\n" +
 	"\aresults\x18\x01 \x03(\v2\x1e.descriptor.v1.BatchStatResultR\aresults\"\x13\n" +
-	"\x11GetMetricsRequest\"t\n" +
+	"\x11GetMetricsRequest\"\xa6\x01\n" +
 	"\x12GetMetricsResponse\x12\x1a\n" +
 	"\brequests\x18\x01 \x01(\x04R\brequests\x12\x12\n" +
 	"\x04hits\x18\x02 \x01(\x04R\x04hits\x12\x16\n" +
 	"\x06misses\x18\x03 \x01(\x04R\x06misses\x12\x16\n" +
-	"\x06errors\x18\x04 \x01(\x04R\x06errors2\x9b\x03\n" +
+	"\x06errors\x18\x04 \x01(\x04R\x06errors\x12\x16\n" +
+	"\x06worker\x18\x05 \x01(\rR\x06worker\x12\x18\n" +
+	"\aworkers\x18\x06 \x01(\rR\aworkers2\x9b\x03\n" +
 	"\x15BlobDescriptorService\x12?\n" +
 	"\x04Stat\x12\x1a.descriptor.v1.StatRequest\x1a\x1b.descriptor.v1.StatResponse\x12Z\n" +
 	"\rSetDescriptor\x12#.descriptor.v1.SetDescriptorRequest\x1a$.descriptor.v1.SetDescriptorResponse\x12B\n" +

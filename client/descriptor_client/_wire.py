@@ -8,6 +8,7 @@ import time
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
+import grpc
 from google.protobuf import descriptor_pb2, descriptor_pool, message_factory
 
 from ._proto.descriptor.v1 import descriptor_pb2 as pb
@@ -141,7 +142,7 @@ def batch_results(resp: pb.BatchStatResponse) -> list[Descriptor | DescriptorErr
 
 
 def metrics_of(resp: pb.GetMetricsResponse) -> Metrics:
-    return Metrics(resp.requests, resp.hits, resp.misses, resp.errors)
+    return Metrics(resp.requests, resp.hits, resp.misses, resp.errors, resp.worker, max(resp.workers, 1))
 
 
 #: grpc.health.v1's Check method.
@@ -210,6 +211,13 @@ def bind_methods(channel: Any) -> dict[str, Callable[..., Any]]:
     }
 
 
+def trace_interceptors(channels: Any) -> list[Any]:
+    """The channel interceptors that propagate trace context (``[]`` without OpenTelemetry)."""
+    from . import tracing
+
+    return tracing.sync_interceptors() if channels is grpc else tracing.aio_interceptors()
+
+
 class ClientBase:
     """What the sync and asyncio clients share: target, default deadline, token, TLS, methods.
 
@@ -244,10 +252,18 @@ class ClientBase:
 
     def _open(self) -> None:
         """Make the channel and bind the methods (the asyncio client: in the running loop)."""
+        channels = self._channels
+        # The caller's trace context on every call, when OpenTelemetry is installed.
+        interceptors = trace_interceptors(channels)
+        extra = {"interceptors": interceptors} if interceptors and channels is not grpc else {}
         if self._tls is not None:
-            self._channel = self._channels.secure_channel(self.target, self._tls.credentials(), options=self._options)
+            self._channel = channels.secure_channel(
+                self.target, self._tls.credentials(), options=self._options, **extra
+            )
         else:
-            self._channel = self._channels.insecure_channel(self.target, options=self._options)
+            self._channel = channels.insecure_channel(self.target, options=self._options, **extra)
+        if interceptors and channels is grpc:
+            self._channel = grpc.intercept_channel(self._channel, *interceptors)
         self._methods = bind_methods(self._channel)
         self._health = self._channel.unary_unary(
             HEALTH_CHECK,

@@ -11,13 +11,16 @@ class Metrics:
 
     ``requests`` counts Stat lookups (each digest of a BatchStat counts), ``hits`` the
     lookups the cache answered, ``misses`` those it did not, ``errors`` every cache
-    call that failed.
+    call that failed. With ``--workers`` they are the counters of worker ``worker`` (of
+    ``workers``), the one that answered; ``workers == 1`` means the whole server.
     """
 
     requests: int
     hits: int
     misses: int
     errors: int
+    worker: int = 0
+    workers: int = 1
 
 
 __all__ = ["Metrics"]

@@ -29,20 +29,23 @@ from descriptor_client.rpcs import SERVICE
 from grpc_health.v1 import health_pb2
 from grpc_reflection.v1alpha import reflection
 
-from . import security
+from . import security, workers
 from .backends import Backend, bounded
 from .cachehealth import WatchedCache, check_cache_at_start, combined_probe
 from .caches import Cache
 from .config import Config, ConfigError, check_workers, load, to_dict
 from .debug_http import MetricsEndpoint
 from .health import Health
+from .interceptor import ObservingInterceptor
 from .limits import server_options
 from .logs import CallLogger, setup_logging
 from .metrics import RedisObserver, ServerMetrics
 from .revalidate import DEFAULT_CAPACITY, Revalidator
-from .service import DescriptorServicer
+from .service import Context, DescriptorServicer
 from .statter import CachedBlobStatter
+from .tracing import BackendObserver, TracedBackend, TracedCache, Tracing, check_tracing, innermost, setup_tracing
 from .version import VersionAction, version
+from .worker_metrics import SiblingListener, totals_registry
 
 log = logging.getLogger("descriptor_server")
 
@@ -94,10 +97,33 @@ def build_revalidator(config: Config) -> Revalidator | None:
     return Revalidator(cache.revalidate, cache.revalidaterate, capacity)
 
 
-def build_statter(config: Config, *, observe: RedisObserver | None = None) -> CachedBlobStatter:
+def build_statter(
+    config: Config,
+    *,
+    observe: RedisObserver | None = None,
+    observe_backend: BackendObserver | None = None,
+    tracing: Tracing | None = None,
+) -> CachedBlobStatter:
+    """The statter over the configured cache and backend, in their observing wrappers.
+
+    The backend is always wrapped, inside its bounds (the request-duration histogram of
+    the calls it really makes, their spans, the line logged when it is back); the cache
+    only when tracing is on (its spans), inside the WatchedCache of a Redis cache.
+    """
+    tracer = tracing.tracer if tracing is not None else None
+    cache = build_cache(config, observe=observe)
+    if tracer is not None:
+        kind = config.storage.cache.blobdescriptor
+        if isinstance(cache, WatchedCache):
+            cache.inner = TracedCache(cache.inner, kind, tracer)
+        else:
+            cache = TracedCache(cache, kind, tracer)
+    backend: Backend = TracedBackend(
+        build_backend(config), config.storage.backend, tracer=tracer, observe=observe_backend
+    )
     return CachedBlobStatter(
-        build_cache(config, observe=observe),
-        bounded.from_config(build_backend(config), config.storage),
+        cache,
+        bounded.from_config(backend, config.storage),
         delete_enabled=config.storage.delete.enabled,
         max_batch=config.grpc.maxbatch,
         revalidator=build_revalidator(config),
@@ -142,10 +168,29 @@ def check_bindable(addr: str, key: str, *, reuseport: bool = False) -> None:
 class DescriptorServer:
     """The running service: a grpc.aio server with health and reflection, and its drain."""
 
-    def __init__(self, config: Config, statter: CachedBlobStatter | None = None) -> None:
+    def __init__(
+        self, config: Config, statter: CachedBlobStatter | None = None, *, tracing: Tracing | None = None
+    ) -> None:
         self.config = config
-        self.metrics = ServerMetrics(lambda: self.statter.metrics, redis=config.storage.cache.blobdescriptor == "redis")
-        self.statter = statter if statter is not None else build_statter(config, observe=self.metrics.observe_redis)
+        self.tracing = tracing if tracing is not None else setup_tracing(os.environ)
+        kind = config.storage.cache.blobdescriptor
+        self.metrics = ServerMetrics(
+            lambda: self.statter.metrics,
+            redis=kind == "redis",
+            cache=lambda: innermost(self.statter.cache),
+            cache_kind=kind,
+            backend=config.storage.backend,
+        )
+        self.statter = (
+            statter
+            if statter is not None
+            else build_statter(
+                config,
+                observe=self.metrics.observe_redis,
+                observe_backend=self.metrics.observe_backend,
+                tracing=self.tracing,
+            )
+        )
         self.call_logger = CallLogger()
         authorizer = security.build_authorizer(config.auth)
         self.servicer = DescriptorServicer(
@@ -156,8 +201,17 @@ class DescriptorServer:
         cache_probe = cache.probe if config.grpc.healthprobecache and isinstance(cache, WatchedCache) else None
         self.health = Health(combined_probe(self.statter.backend.probe, cache_probe), config.grpc.healthprobeinterval)
         debug = config.http.debug
+        worker = workers.current
+        self.servicer.worker = (worker.index, worker.count)
+        # With --workers, worker 0's endpoint serves the totals; the others answer it.
+        self.sibling: SiblingListener | None = None
+        registry = self.metrics.registry
+        if worker.metrics_dir and worker.index == 0:
+            registry = totals_registry(registry, worker.metrics_dir, worker.count)
+        elif worker.metrics_dir:
+            self.sibling = SiblingListener(self.metrics.registry, worker.metrics_dir, worker.index)
         self.endpoint = (
-            MetricsEndpoint(self.metrics.registry, debug.addr, debug.prometheus.path)
+            MetricsEndpoint(registry, debug.addr, debug.prometheus.path)
             if debug.addr and debug.prometheus.enabled
             else None
         )
@@ -167,14 +221,20 @@ class DescriptorServer:
         self.health_port = 0
         self._stopping = asyncio.Event()
 
-    def observe(self, method: str, code: grpc.StatusCode, seconds: float, request: Any) -> None:
+    def observe(
+        self, method: str, code: grpc.StatusCode, seconds: float, request: Any, *, context: Context, reason: str
+    ) -> None:
         """The servicer's ``observer`` hook: per-RPC metrics and the call log."""
         self.metrics.observe_call(method, code, seconds)
-        self.call_logger(method, code, seconds, request)
+        self.call_logger(method, code, seconds, request, context=context, reason=reason)
 
     async def start(self) -> int:
         g = self.config.grpc
-        server = grpc.aio.server(options=server_options(g), maximum_concurrent_rpcs=g.maxconcurrentcalls or None)
+        server = grpc.aio.server(
+            options=server_options(g),
+            maximum_concurrent_rpcs=g.maxconcurrentcalls or None,
+            interceptors=(ObservingInterceptor(self.metrics.rpcs, self.tracing.tracer),),
+        )
         server.add_generic_rpc_handlers((self.servicer.generic_handler(),))
         self.health.add_to(server)
         reflection.enable_server_reflection(
@@ -191,6 +251,8 @@ class DescriptorServer:
         except RuntimeError as err:
             raise ConfigError("grpc.addr", f"cannot listen on {g.addr}: {err}") from None
         # The metrics endpoint first: a bad http.debug.addr fails before serving.
+        if self.sibling is not None:
+            self.sibling.start()
         if self.endpoint is not None:
             self.endpoint.start()
         elif self.config.http.debug.addr:
@@ -253,6 +315,9 @@ class DescriptorServer:
         await self.statter.close()
         if self.endpoint is not None:
             await asyncio.to_thread(self.endpoint.stop)
+        if self.sibling is not None:
+            await asyncio.to_thread(self.sibling.stop)
+        await asyncio.to_thread(self.tracing.shutdown)
         log.info("stopped")
 
 
@@ -301,6 +366,7 @@ def run(args: argparse.Namespace) -> int:
     """Check or serve, as ``args`` say; a bad configuration raises :class:`ConfigError`."""
     config = load(args.check_config or args.config)
     security.check_files(config)
+    check_tracing(os.environ)
     if args.check_config:
         asyncio.run(check_components(config))
         print(yaml.safe_dump(to_dict(config), sort_keys=False), end="")
@@ -312,9 +378,7 @@ def run(args: argparse.Namespace) -> int:
         check_workers(config)
     setup_logging(config.log)
     if config.grpc.workers > 1:
-        from .workers import run_workers
-
-        return run_workers(config, serve)
+        return workers.run_workers(config, serve)
     with contextlib.suppress(KeyboardInterrupt):  # signal handlers catch SIGINT
         asyncio.run(serve(config))
     exit_past_stuck_threads()

@@ -298,6 +298,8 @@ class HttpConfig:
 class LogConfig:
     level: str = "info"
     formatter: str = "text"
+    #: Fixed fields added to every log line (distribution's ``log.fields``); values kept as text.
+    fields: dict[str, str] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -541,6 +543,13 @@ def _convert(hint: Any, value: Any, path: str) -> Any:
         if not isinstance(value, list):
             raise ConfigError(path, f"want a list, got {_kind(value)}")
         return [_convert(item, v, f"{path}[{i}]") for i, v in enumerate(value)]
+    if origin is dict:
+        key_type, item = typing.get_args(hint)
+        if value is None:
+            return {}
+        if not isinstance(value, Mapping):
+            raise ConfigError(path, f"want a mapping, got {_kind(value)}")
+        return {_convert(key_type, k, path): _convert(item, v, f"{path}.{k}") for k, v in value.items()}
     if dataclasses.is_dataclass(hint):
         return _build(typing.cast(type[Any], hint), value, path)
     if hint is bool:

@@ -31,11 +31,13 @@ from descriptor_client.errors import PermissionDeniedError, UnauthenticatedError
 from descriptor_client.rpcs import RPCS
 
 from .config import AuthConfig, AuthToken, Config, ConfigError, GrpcTLSConfig, _build
+from .principal import set_principal
 
 if TYPE_CHECKING:
     import asyncio
 
-    from .auth.authorizer import Authorizer, Observer
+    from .auth.authorizer import Authorizer
+    from .service import Observer
 
 READ = "read"
 WRITE = "write"
@@ -203,7 +205,7 @@ class TokenAuthorizer:
         return entry.name
 
     def __call__(self, method: str, request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> None:
-        self.authorize(method, context.invocation_metadata())
+        set_principal(self.authorize(method, context.invocation_metadata()))
 
 
 def build_static(auth: AuthConfig) -> TokenAuthorizer | None:

@@ -15,7 +15,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Awaitable, Callable
-from typing import Any, TypeAlias
+from typing import Any, Protocol, TypeAlias
 
 import grpc
 from descriptor_client._proto.descriptor.v1 import descriptor_pb2 as pb
@@ -42,8 +42,15 @@ Handler = Callable[[bytes, Context], Awaitable[bytes]]
 #: context); raises UnauthenticatedError / PermissionDeniedError to refuse the call.
 Authorizer = Callable[[str, Any, Context], None]
 
-#: Called after every call: (method name, status code, seconds, decoded request or None).
-Observer = Callable[[str, grpc.StatusCode, float, Any], None]
+
+class Observer(Protocol):
+    """Called after every call: method name, status code, seconds, decoded request or None,
+    the call's context, and the ErrorInfo reason ("" when there is none)."""
+
+    def __call__(
+        self, method: str, code: grpc.StatusCode, seconds: float, request: Any, *, context: Context, reason: str
+    ) -> None: ...
+
 
 #: gRPC's server pushback: a negative value tells a client's retry policy not to retry.
 NO_RETRY = ("grpc-retry-pushback-ms", "-1")
@@ -84,6 +91,8 @@ class DescriptorServicer:
         #: time.monotonic() of the last call that reached a handler (for the drain's quiet window)
         self.last_arrival = 0.0
         self.encoder = ResponseEncoder()
+        #: (worker index, worker count) that GetMetrics reports; the app sets it with --workers.
+        self.worker = (0, 1)
 
     # -- handlers (decoded request -> response bytes) -----------------------------
 
@@ -111,8 +120,9 @@ class DescriptorServicer:
 
     async def metrics(self, request: pb.GetMetricsRequest) -> bytes:
         m = self.statter.metrics
+        worker, workers = self.worker
         return pb.GetMetricsResponse(
-            requests=m.requests, hits=m.hits, misses=m.misses, errors=m.errors
+            requests=m.requests, hits=m.hits, misses=m.misses, errors=m.errors, worker=worker, workers=workers
         ).SerializeToString()
 
     def _handler_of(self, rpc: Rpc) -> Callable[[Any], Awaitable[bytes]]:
@@ -129,6 +139,7 @@ class DescriptorServicer:
         async def handler(body: bytes, context: Context) -> bytes:
             start = time.perf_counter()
             code = grpc.StatusCode.OK
+            reason = ""
             request: Any = None
             self.inflight += 1
             self.last_arrival = time.monotonic()
@@ -145,7 +156,7 @@ class DescriptorServicer:
                     self.authorizer(name, request, context)
                 return await fn(request)
             except DescriptorError as err:
-                code = err.code
+                code, reason = err.code, err.reason
                 await abort(context, err)
             except Exception:
                 code = grpc.StatusCode.INTERNAL
@@ -154,7 +165,7 @@ class DescriptorServicer:
             finally:
                 self.inflight -= 1
                 if self.observer is not None:
-                    self.observer(name, code, time.perf_counter() - start, request)
+                    self.observer(name, code, time.perf_counter() - start, request, context=context, reason=reason)
             raise AssertionError("unreachable")  # pragma: no cover - abort raises
 
         return handler

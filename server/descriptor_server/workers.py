@@ -10,8 +10,10 @@ holds it) so that every worker listens on the same port.
 Each worker has its own statter: with the ``inmemory`` cache every worker has its own
 cache (of ``blobdescriptorsize`` entries) and its own GetMetrics counters; a shared
 ``redis`` cache is shared. Only worker 0 serves ``http.debug`` and ``grpc.healthaddr``
-(the other workers would collide on those addresses). SIGTERM/SIGINT to the parent is
-forwarded to every worker, each drains, and the parent exits with the worst status.
+(the other workers would collide on those addresses); its ``/metrics`` reports the
+totals of all workers, which it reads from the others over Unix sockets in a private
+directory (:mod:`.worker_metrics`). SIGTERM/SIGINT to the parent is forwarded to every
+worker, each drains, and the parent exits with the worst status.
 """
 
 from __future__ import annotations
@@ -21,16 +23,32 @@ import contextlib
 import dataclasses
 import logging
 import os
+import shutil
 import signal
 import socket
 from collections.abc import Callable, Coroutine
 from typing import Any
 
 from .config import Config, ConfigError
+from .logs import set_worker
+from .worker_metrics import make_directory
 
 log = logging.getLogger("descriptor_server")
 
 Serve = Callable[[Config], Coroutine[Any, Any, None]]
+
+
+@dataclasses.dataclass(frozen=True)
+class WorkerInfo:
+    """Which worker this process is: index, count, and the metrics sockets' directory."""
+
+    index: int = 0
+    count: int = 1
+    metrics_dir: str = ""
+
+
+#: This process's place (the default without ``--workers``; set in each forked worker).
+current = WorkerInfo()
 
 
 def _reserve_port(addr: str) -> tuple[str, socket.socket | None]:
@@ -63,13 +81,18 @@ def worker_config(config: Config, index: int) -> Config:
 
 def run_workers(config: Config, serve: Serve) -> int:
     """Fork ``config.grpc.workers`` servers on one port; wait for all; the worst exit status."""
+    global current
     addr, holder = _reserve_port(config.grpc.addr)
     config = dataclasses.replace(config, grpc=dataclasses.replace(config.grpc, addr=addr))
+    debug = config.http.debug
+    metrics_dir = make_directory() if debug.addr and debug.prometheus.enabled else ""
     pids: list[int] = []
     for index in range(config.grpc.workers):
         pid = os.fork()
         if pid == 0:  # pragma: no cover - runs in the child (covered by the workers test)
             code = 0
+            current = WorkerInfo(index, config.grpc.workers, metrics_dir)
+            set_worker(index)
             try:
                 if holder is not None:
                     holder.close()
@@ -108,4 +131,6 @@ def run_workers(config: Config, serve: Serve) -> int:
             forward(signal.SIGTERM, None)
     if holder is not None:
         holder.close()
+    if metrics_dir:
+        shutil.rmtree(metrics_dir, ignore_errors=True)
     return status

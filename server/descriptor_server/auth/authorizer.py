@@ -31,9 +31,9 @@ from __future__ import annotations
 import contextvars
 import json
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import grpc
 from descriptor_client.errors import PermissionDeniedError, UnauthenticatedError
@@ -52,7 +52,8 @@ AUDITED = frozenset(name for name, rpc in RPCS.items() if rpc.access == "write")
 #: Longest repository or digest echoed into a message or log line.
 MAX_ECHO = 300
 
-Observer = Callable[[str, grpc.StatusCode, float, Any], None]
+if TYPE_CHECKING:
+    from ..service import Observer
 
 
 def _clip(value: str) -> str:
@@ -291,9 +292,9 @@ class Authorizer:
 def audited(observer: Observer | None, authorizer: Authorizer) -> Observer:
     """``observer`` followed by the authorizer's audit (the servicer's ``observer`` hook)."""
 
-    def observe(method: str, code: grpc.StatusCode, seconds: float, request: Any) -> None:
+    def observe(method: str, code: grpc.StatusCode, seconds: float, request: Any, *, context: Any, reason: str) -> None:
         if observer is not None:
-            observer(method, code, seconds, request)
+            observer(method, code, seconds, request, context=context, reason=reason)
         authorizer.observe(method, code, seconds, request)
 
     return observe

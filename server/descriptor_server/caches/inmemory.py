@@ -106,6 +106,8 @@ class InMemoryCache:
         self._hot_repo: dict[str, dict[str, Descriptor]] = {}
         self._hot_repos_of: dict[str, list[str]] = {}
         self._hot_size = 0
+        #: Entries dropped to stay within capacity, since start (the evictions metric).
+        self.evictions = 0
 
     def __len__(self) -> int:
         return len(self._entries)
@@ -340,6 +342,7 @@ class InMemoryCache:
                     continue
                 self._n_main -= 1
             del entries[key]
+            self.evictions += 1
             self._dropped(key)
             if self._hot_size:
                 self._forget(_digest_of(key))

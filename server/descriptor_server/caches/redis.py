@@ -170,6 +170,11 @@ class RedisCache:
         """The near cache's counters (None when it is off), for a collector at scrape time."""
         return self.near.stats() if self.near is not None else None
 
+    @property
+    def up(self) -> bool:
+        """False from a failed Redis round trip until the next one succeeds (the up gauge)."""
+        return not self._down
+
     # -- the one path every Redis round trip takes ----------------------------------
 
     async def _run(self, operation: str, budget: float, call: Callable[[], Awaitable[T]], *, gate: bool = True) -> T:
