@@ -40,6 +40,7 @@ from descriptor_client.errors import PermissionDeniedError, UnauthenticatedError
 from descriptor_client.rpcs import RPCS
 
 from ..config import TokenAuthConfig
+from ..principal import set_principal
 from ..security import SCOPE_GRANTS, TokenAuthorizer, bearer_token
 from .keys import TrustStore
 from .tokens import RegistryTokenVerifier, TokenInvalid
@@ -174,6 +175,7 @@ class Authorizer:
                     if isinstance(value, str) and value.startswith("Bearer "):
                         grant = registry.peek(value[7:])
                         if grant is not None and grant.allows(*self.scope_of(method, request)):
+                            set_principal(grant.subject)
                             return
                     break
         token = bearer_token(metadata)
@@ -188,6 +190,7 @@ class Authorizer:
                 caller = Principal(known["token"], "static-token", "")
             self._audit(method, request, context, caller, outcome=err.code.name, reason=err.message)
             raise
+        set_principal(principal.name)
         if method in AUDITED:
             _current.set(_Call(context, principal))
 
