@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import time
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
@@ -28,7 +27,7 @@ from descriptor_client.protocol import BlobDescriptorService
 
 from .caches import Cache
 from .config import Config, RedisConfig
-from .logutil import describe
+from .logutil import Recovery, describe
 
 log = logging.getLogger("descriptor_server.cache")
 
@@ -109,39 +108,26 @@ class WatchedCache:
     def __init__(self, inner: Cache, name: str = "cache") -> None:
         self.inner = inner
         self.name = name
-        self.failing_since: float | None = None
-        self.failed_calls = 0
+        self.recovery = Recovery(log, name, warn_on_failure=True)
 
     @property
     def failing(self) -> bool:
-        return self.failing_since is not None
+        return self.recovery.failing
 
-    def _failed(self, err: BaseException) -> None:
-        self.failed_calls += 1
-        if self.failing_since is None:
-            self.failing_since = time.monotonic()
-            log.warning("%s failing: %s", self.name, describe(err))
-
-    def _answered(self) -> None:
-        if self.failing_since is not None:
-            log.info(
-                "%s is back after failing for %.1fs (%d failed calls)",
-                self.name,
-                time.monotonic() - self.failing_since,
-                self.failed_calls,
-            )
-            self.failing_since, self.failed_calls = None, 0
+    @property
+    def failed_calls(self) -> int:
+        return self.recovery.failed_calls
 
     async def _watch(self, call: Callable[[], Awaitable[Any]]) -> Any:
         try:
             result = await call()
         except _ANSWERS:
-            self._answered()
+            self.recovery.answered()
             raise
         except Exception as err:
-            self._failed(err)
+            self.recovery.failed(err)
             raise
-        self._answered()
+        self.recovery.answered()
         return result
 
     async def stat(self, digest: str, repository: str = "") -> Descriptor:

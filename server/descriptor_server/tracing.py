@@ -26,6 +26,7 @@ from descriptor_client.errors import BackendUnavailableError, DescriptorError
 from .backends import Backend
 from .caches import Cache
 from .config import ConfigError
+from .logutil import Recovery
 
 if TYPE_CHECKING:
     from opentelemetry.sdk.trace import TracerProvider
@@ -101,29 +102,6 @@ def setup_tracing(environ: Mapping[str, str]) -> Tracing:
     trace.set_tracer_provider(provider)
     log.info("tracing on: exporter %s, service %s", ",".join(names), provider.resource.attributes.get(SERVICE_NAME))
     return Tracing(provider.get_tracer(SCOPE), provider)
-
-
-class _Recovery:
-    """Counts consecutive failures of a component; logs once when it answers again."""
-
-    def __init__(self, what: str) -> None:
-        self.what = what
-        self.failures = 0
-        self.since = 0.0
-
-    def failed(self) -> None:
-        if not self.failures:
-            self.since = time.monotonic()
-        self.failures += 1
-
-    def answered(self) -> None:
-        log.info(
-            "%s is back after failing for %.1fs (%d failed calls)",
-            self.what,
-            time.monotonic() - self.since,
-            self.failures,
-        )
-        self.failures = 0
 
 
 class _Spans:
@@ -220,7 +198,7 @@ class TracedBackend:
         self.inner = inner
         self.name = name
         self.observe = observe
-        self._recovery = _Recovery(f"backend {name}")
+        self._recovery = Recovery(log, f"backend {name}")
         self._spans = _Spans(tracer, "backend", {"descriptor.backend": name}) if tracer is not None else None
 
     async def _call(self, operation: str, call: Callable[[], Awaitable[T]], **attributes: Any) -> T:
@@ -236,11 +214,14 @@ class TracedBackend:
         except DescriptorError as err:
             if not isinstance(err, BackendUnavailableError):
                 outcome = "unknown" if err.reason == "BLOB_UNKNOWN" else "refused"
+            else:
+                self._recovery.failed(err)
+            raise
+        except Exception as err:
+            self._recovery.failed(err)
             raise
         finally:
-            if outcome == "error":
-                self._recovery.failed()
-            elif self._recovery.failures:
+            if outcome != "error":
                 self._recovery.answered()
             if self.observe is not None:
                 self.observe(operation, outcome, time.perf_counter() - start)
