@@ -18,6 +18,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any, TypeVar
 
+import httpx
 import pytest
 import redis
 from descriptor_client import AsyncDescriptorClient, BlobUnknownError, Descriptor
@@ -25,7 +26,7 @@ from descriptor_server.caches.nearcache import CLIENT_NAME, NearCacheCollector
 from descriptor_server.caches.redis import RedisCache, RedisCacheError, from_config
 from descriptor_server.config import ConfigError, RedisConfig, RedisNearCacheConfig, from_dict, to_dict
 from helpers.redis_servers import RedisProcess, flush, server_binaries, start_sentinel, start_standalone
-from helpers.support import OCT, REPO, ServerProcess
+from helpers.support import OCT, REPO, ServerProcess, free_port
 from helpers.targets_redis import redis_config, server_redis_config
 
 pytestmark = pytest.mark.redis
@@ -564,7 +565,10 @@ async def test_server_reflects_registry_writes_and_counts_near_hits(
     flush(redis_standalone)
     root = tmp_path / "empty-registry"
     root.mkdir()
-    proc = ServerProcess(server_redis_config(root, [redis_standalone.addr]), tmp_path).start()
+    config = server_redis_config(root, [redis_standalone.addr])
+    metrics_port = free_port()
+    config["http"] = {"debug": {"addr": f"127.0.0.1:{metrics_port}", "prometheus": {"enabled": True}}}
+    proc = ServerProcess(config, tmp_path).start()
     try:
         async with AsyncDescriptorClient(proc.target) as client:
             with redis_standalone.client() as raw:
@@ -576,6 +580,11 @@ async def test_server_reflects_registry_writes_and_counts_near_hits(
 
                 first = await until(hits, lambda h: h >= 3)  # the near cache is live by now
                 assert await hits() == first + 1  # near hits are hits
+                async with httpx.AsyncClient(timeout=10) as http:  # exported on /metrics
+                    scrape = (await http.get(f"http://127.0.0.1:{metrics_port}/metrics")).text
+                near = [line for line in scrape.splitlines() if line.startswith("descriptor_cache_near_hits_total ")]
+                assert near, scrape
+                assert float(near[0].split()[1]) >= 1
                 raw.srem(f"repository::{REPO}::blobs", B256)
 
                 async def gone() -> bool:

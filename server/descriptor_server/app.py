@@ -197,6 +197,11 @@ class DescriptorServer:
             self.statter, authorizer=authorizer, observer=security.audited(self.observe, authorizer)
         )
         self.metrics.track_inflight(lambda: self.servicer.inflight)
+        near = getattr(innermost(self.statter.cache), "near", None) if kind == "redis" else None
+        if near is not None:  # the Redis cache's near cache: its counters, read at scrape time
+            from .caches.nearcache import NearCacheCollector
+
+            self.metrics.register(NearCacheCollector(near.stats))
         cache = self.statter.cache
         cache_probe = cache.probe if config.grpc.healthprobecache and isinstance(cache, WatchedCache) else None
         self.health = Health(combined_probe(self.statter.backend.probe, cache_probe), config.grpc.healthprobeinterval)
