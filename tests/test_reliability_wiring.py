@@ -13,11 +13,12 @@ import errno
 import os
 from pathlib import Path
 
+import httpx
 from descriptor_client import AsyncDescriptorClient, BackendUnavailableError
 from helpers.backend_support import health_of
 from helpers.fifo_support import make_fifo
 from helpers.redis_servers import RedisProcess
-from helpers.support import REPO, Layout, ServerProcess, base_config, digest_of, wait_for
+from helpers.support import REPO, Layout, ServerProcess, base_config, digest_of, free_port, wait_for
 from helpers.targets_redis import server_redis_config
 
 
@@ -36,6 +37,8 @@ async def test_a_hung_backend_sheds_with_backend_unavailable(tmp_path: Path) -> 
     fifos = [make_fifo(layout.link(REPO, d)) for d in digests]
     config = base_config(layout.root)
     config["storage"].update({"backendtimeout": "1s", "maxinflight": 2, "maxpending": 2})
+    metrics_port = free_port()
+    config["http"] = {"debug": {"addr": f"127.0.0.1:{metrics_port}", "prometheus": {"enabled": True}}}
     proc = ServerProcess(config, tmp_path).start()
     try:
         async with AsyncDescriptorClient(proc.target, timeout=5) as client:
@@ -44,6 +47,10 @@ async def test_a_hung_backend_sheds_with_backend_unavailable(tmp_path: Path) -> 
         timed_out = [r for r in results if isinstance(r, BackendUnavailableError) and "timed out" in r.message]
         assert len(shed) == 26
         assert len(timed_out) == 4
+        async with httpx.AsyncClient(timeout=10) as http:  # the shedding is counted on /metrics
+            scrape = (await http.get(f"http://127.0.0.1:{metrics_port}/metrics")).text
+        assert "descriptor_backend_shed_total 26.0" in scrape
+        assert "descriptor_backend_timeouts_total 4.0" in scrape
     finally:
         _unblock(fifos)
         proc.stop()

@@ -39,7 +39,7 @@ from .health import Health
 from .interceptor import ObservingInterceptor
 from .limits import server_options
 from .logs import CallLogger, setup_logging
-from .metrics import RedisObserver, ServerMetrics
+from .metrics import BackendBoundsCollector, RedisObserver, ServerMetrics
 from .revalidate import DEFAULT_CAPACITY, Revalidator
 from .service import Context, DescriptorServicer
 from .statter import CachedBlobStatter
@@ -197,6 +197,8 @@ class DescriptorServer:
             self.statter, authorizer=authorizer, observer=security.audited(self.observe, authorizer)
         )
         self.metrics.track_inflight(lambda: self.servicer.inflight)
+        if isinstance(self.statter.backend, bounded.BoundedBackend):
+            self.metrics.register(BackendBoundsCollector(self.statter.backend))
         near = getattr(innermost(self.statter.cache), "near", None) if kind == "redis" else None
         if near is not None:  # the Redis cache's near cache: its counters, read at scrape time
             from .caches.nearcache import NearCacheCollector

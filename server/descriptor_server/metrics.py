@@ -29,6 +29,7 @@ from prometheus_client.process_collector import ProcessCollector
 from prometheus_client.registry import Collector
 from prometheus_client.utils import floatToGoString
 
+from .backends.bounded import BoundedBackend
 from .statter import StatterMetrics
 from .version import build_info_collector
 
@@ -115,6 +116,27 @@ class StatterCollector(Collector):
         for label, name in DISTRIBUTION_2_TYPES:
             legacy.add_metric((label,), getattr(m, name))
         yield legacy
+
+
+class BackendBoundsCollector(Collector):
+    """The backend bounds (``storage.backendtimeout``, ``maxinflight``, ``maxpending``) at scrape time."""
+
+    def __init__(self, backend: BoundedBackend) -> None:
+        self.backend = backend
+
+    def describe(self) -> Iterable[Metric]:
+        return self.collect()
+
+    def collect(self) -> Iterable[Metric]:
+        b = self.backend
+        yield CounterMetricFamily(
+            "descriptor_backend_shed", "Backend calls refused at once: every slot and queue place taken.", b.shed_total
+        )
+        yield CounterMetricFamily(
+            "descriptor_backend_timeouts", "Backend calls past storage.backendtimeout.", b.timeouts_total
+        )
+        yield GaugeMetricFamily("descriptor_backend_inflight", "Backend calls holding a slot now.", b.inflight)
+        yield GaugeMetricFamily("descriptor_backend_pending", "Backend calls waiting for a slot now.", b.pending)
 
 
 class CacheCollector(Collector):
