@@ -18,7 +18,7 @@ from descriptor_client import AsyncDescriptorClient, BlobUnknownError, Descripto
 from descriptor_client.errors import DigestInvalidFormatError, RepositoryNameInvalidError
 from descriptor_server.backends.filesystem import FilesystemBackend
 from descriptor_server.caches.redis import RedisCache, RedisCacheError, from_config
-from descriptor_server.config import ConfigError, RedisConfig, RedisTLSConfig
+from descriptor_server.config import ConfigError, RedisConfig, RedisNearCacheConfig, RedisTLSConfig
 from descriptor_server.statter import CachedBlobStatter
 from helpers.pki import CA
 from helpers.redis_servers import (
@@ -239,6 +239,56 @@ async def test_db_selects_the_database(redis_standalone: RedisProcess) -> None:
         assert db3.hget(f"blobs::{B256}", "size") == "3"
     with redis_standalone.client() as db0:
         assert db0.dbsize() == 0
+
+
+def _clients(server: RedisProcess) -> list[int]:
+    """The ids of the connections open on ``server``, other than the asking one."""
+    with server.client() as c:
+        me = c.client_id()
+        return sorted(int(entry["id"]) for entry in c.client_list() if int(entry["id"]) != me)
+
+
+async def _concurrent_stats(cache: RedisCache, n: int) -> None:
+    await asyncio.gather(*(cache.stat(B256) for _ in range(n)), return_exceptions=True)
+
+
+@pytest.mark.parametrize(("maxidle", "want_at_most"), [(0, None), (2, 2)])
+async def test_maxidleconns_closes_idle_connections_beyond_it(
+    redis_own: RedisProcess, maxidle: int, want_at_most: int | None
+) -> None:
+    cache = from_config(
+        redis_config([redis_own.addr], poolsize=8, maxidleconns=maxidle, nearcache=RedisNearCacheConfig(0))
+    )
+    try:
+        await cache.set_descriptor(B256, Descriptor(OCT, B256, 3))
+        await _concurrent_stats(cache, 8)
+        open_now = len(_clients(redis_own))
+        if want_at_most is None:
+            assert open_now > 2  # the calls did run on several connections, all kept
+        else:
+            assert open_now <= want_at_most
+        assert await cache.stat(B256) == Descriptor(OCT, B256, 3)  # the pool still serves
+    finally:
+        await cache.close()
+
+
+@pytest.mark.parametrize("idletime", [0.0, 0.3])
+async def test_connmaxidletime_replaces_a_connection_idle_longer(redis_own: RedisProcess, idletime: float) -> None:
+    cache = from_config(redis_config([redis_own.addr], connmaxidletime=idletime, nearcache=RedisNearCacheConfig(0)))
+    try:
+        await cache.set_descriptor(B256, Descriptor(OCT, B256, 3))
+        before = _clients(redis_own)
+        assert len(before) == 1
+        await asyncio.sleep(0.6)
+        assert await cache.stat(B256) == Descriptor(OCT, B256, 3)
+        after = _clients(redis_own)
+        if idletime:
+            assert len(after) == 1
+            assert after != before
+        else:
+            assert after == before
+    finally:
+        await cache.close()
 
 
 @pytest.mark.parametrize(

@@ -366,3 +366,132 @@ def test_check_config_with_secret_files_masks_them_and_names_bad_keys(tmp_path: 
     assert proc.stderr.strip().endswith(
         "redis.passwordfile: cannot read " + str(tmp_path / "absent") + ": No such file or directory"
     )
+
+
+# -- distribution 2.x keys, suggestions, durations as written ---------------------------
+
+
+def test_distribution_2x_redis_keys_are_read_as_their_3x_names(tmp_path: Path) -> None:
+    text = """
+redis:
+  addr: 10.0.0.7:6380
+  pool: {maxidle: 16, maxactive: 64, idletimeout: 300s}
+"""
+    config = load(write(tmp_path, text), {})
+    assert config.redis.addrs == ["10.0.0.7:6380"]
+    assert config.redis.maxidleconns == 16
+    assert config.redis.poolsize == 64
+    assert config.redis.connmaxidletime == 300.0
+    warning = config.deprecation_warning()
+    assert warning is not None
+    for old, new in [
+        ("redis.addr", "redis.addrs"),
+        ("redis.pool.maxidle", "redis.maxidleconns"),
+        ("redis.pool.maxactive", "redis.poolsize"),
+        ("redis.pool.idletimeout", "redis.connmaxidletime"),
+    ]:
+        assert f"{old} -> {new}" in warning
+    # The same config in 3.x names, and no warning.
+    assert load(None, {}).deprecation_warning() is None
+    modern = from_dict(
+        {"redis": {"addrs": ["10.0.0.7:6380"], "maxidleconns": 16, "poolsize": 64, "connmaxidletime": "300s"}}
+    )
+    assert modern == config
+    assert modern.deprecation_warning() is None
+
+
+def test_a_bad_distribution_2x_redis_addr_is_named_as_written() -> None:
+    with pytest.raises(ConfigError) as info:
+        from_dict({"storage": {"cache": {"blobdescriptor": "redis"}}, "redis": {"addr": "nohostport"}})
+    assert info.value.key == "redis.addr"
+    assert "invalid address 'nohostport'" in info.value.reason
+
+
+def test_distribution_2x_redis_keys_from_the_environment() -> None:
+    config = load(None, {"DESCRIPTOR_REDIS_ADDR": "redis:6379", "DESCRIPTOR_REDIS_POOL_MAXACTIVE": "8"})
+    assert config.redis.addrs == ["redis:6379"]
+    assert config.redis.poolsize == 8
+    assert config.deprecated == (("redis.addr", "redis.addrs"), ("redis.pool.maxactive", "redis.poolsize"))
+
+
+@pytest.mark.parametrize(
+    ("redis", "key", "says"),
+    [
+        ({"addr": "a:1", "addrs": ["b:2"]}, "redis.addr", "redis.addr (distribution 2.x) and redis.addrs are both set"),
+        ({"pool": {"maxactive": 4}, "poolsize": 8}, "redis.pool.maxactive", "keep redis.poolsize"),
+        ({"pool": {"maxidel": 4}}, "redis.pool.maxidel", "did you mean redis.pool.maxidle?"),
+        ({"pool": 5}, "redis.pool", "want a mapping"),
+        ({"pool": {"idletimeout": "soon"}}, "redis.pool.idletimeout", "invalid duration"),
+        ({"maxidleconns": -1}, "redis.maxidleconns", "must be >= 0"),
+    ],
+)
+def test_distribution_2x_redis_key_errors_name_the_keys(redis: dict[str, Any], key: str, says: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        from_dict({"redis": redis})
+    assert info.value.key == key
+    assert says in str(info.value)
+
+
+@pytest.mark.parametrize(
+    ("data", "key", "suggestion"),
+    [
+        ({"storge": {}}, "storge", "did you mean storage?"),
+        ({"redis": {"adrs": ["a:1"]}}, "redis.adrs", "did you mean redis.addrs?"),
+        ({"redis": {"Addrs": ["a:1"]}}, "redis.Addrs", "did you mean redis.addrs?"),
+        ({"grpc": {"max_batch": 5}}, "grpc.max_batch", "did you mean grpc.maxbatch?"),
+        ({"storage": {"cache": {"blobdescriptorsiz": 5}}}, "storage.cache.blobdescriptorsiz", "did you mean"),
+        ({"http": {"debug": {"prometheus": {"enable": True}}}}, "http.debug.prometheus.enable", "enabled?"),
+    ],
+)
+def test_an_unknown_key_gets_a_did_you_mean(data: dict[str, Any], key: str, suggestion: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        from_dict(data)
+    assert info.value.key == key
+    assert info.value.reason.startswith("unknown key")
+    assert suggestion in info.value.reason
+
+
+def test_an_unknown_key_far_from_any_gets_no_guess() -> None:
+    with pytest.raises(ConfigError) as info:
+        from_dict({"grpc": {"zzzzzz": 1}})
+    assert info.value.reason == "unknown key"
+
+
+def test_a_go_redis_option_this_service_lacks_is_named_as_such() -> None:
+    with pytest.raises(ConfigError) as info:
+        from_dict({"redis": {"poolfifo": True}})
+    assert info.value.key == "redis.poolfifo"
+    assert "distribution's redis.poolfifo is not supported here" in info.value.reason
+
+
+def test_check_config_prints_durations_as_written_and_the_deprecation_once(tmp_path: Path) -> None:
+    import os
+
+    from helpers.support import run_server_command
+
+    text = """
+grpc: {drain: 1m30s, keepalive: {time: 90}}
+redis: {dialtimeout: 1500ms, addr: "127.0.0.1:6379"}
+storage: {backendtimeout: 0.25}
+"""
+    env = {**os.environ, "DESCRIPTOR_GRPC_HEALTHPROBEINTERVAL": "2m"}
+    proc = run_server_command(["--check-config", write(tmp_path, text)], cwd=tmp_path, env=env)
+    assert proc.returncode == 0, proc.stderr
+    shown = yaml.safe_load(proc.stdout)
+    assert shown["grpc"]["drain"] == "1m30s"
+    assert shown["grpc"]["keepalive"]["time"] == 90  # a number of seconds stays a number
+    assert shown["redis"]["dialtimeout"] == "1500ms"
+    assert shown["storage"]["backendtimeout"] == 0.25
+    assert shown["grpc"]["healthprobeinterval"] == "2m"  # from the environment, as written
+    # Defaults, not written, in Go's notation.
+    assert shown["redis"]["readtimeout"] == "500ms"
+    assert shown["grpc"]["keepalive"]["timeout"] == "20s"
+    assert shown["redis"]["connmaxidletime"] == "30m"
+    # The printed config loads back to the same one.
+    again = tmp_path / "again.yml"
+    again.write_text(proc.stdout)
+    assert load(str(again), {}) == load(write(tmp_path, text), {"DESCRIPTOR_GRPC_HEALTHPROBEINTERVAL": "2m"})
+    assert proc.stderr.count("distribution 2.x keys") == 1
+    assert "redis.addr -> redis.addrs" in proc.stderr
+    assert "addr" not in shown["redis"]
+    assert shown["redis"]["addrs"] == ["127.0.0.1:6379"]

@@ -30,6 +30,8 @@ def key_paths(cls: type[Any], prefix: str = "") -> dict[str, Any]:
     out: dict[str, Any] = {}
     hints = typing.get_type_hints(cls, include_extras=True)
     for f in dataclasses.fields(cls):
+        if f.metadata.get("internal"):
+            continue  # filled in by loading, not a key
         hint = hints[f.name]
         if typing.get_origin(hint) is typing.Annotated:
             hint = typing.get_args(hint)[0]

@@ -61,3 +61,20 @@ def test_workers_with_a_per_worker_cache_and_deletion_are_refused(tmp_path: Path
             blob = layout.put_blob(b"cleared through one of two workers")
             client.clear(blob)
             assert not layout.blob_data(blob).exists()
+
+
+def test_a_distribution_2x_config_warns_once_across_workers(tmp_path: Path, layout: Layout) -> None:
+    """distribution 2.x's redis.addr and redis.pool are read as 3.x's keys, with one warning."""
+    config = {**base_config(layout.root, delete=False), "redis": {"addr": "127.0.0.1:6379", "pool": {"maxactive": 4}}}
+    proc = ServerProcess(config, tmp_path)
+    proc.args = [*proc.args, "--workers", "2"]
+    proc.start()
+    try:
+        wait_for(lambda: proc.output.count("listening on") == 2)
+        assert proc.output.count("distribution 2.x keys") == 1, proc.output
+        warning = next(line for line in proc.lines if "distribution 2.x keys" in line)
+        assert "WARN" in warning.upper()
+        assert "redis.addr -> redis.addrs" in warning
+        assert "redis.pool.maxactive -> redis.poolsize" in warning
+    finally:
+        proc.stop()

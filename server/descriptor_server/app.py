@@ -374,7 +374,10 @@ def run(args: argparse.Namespace) -> int:
     config = load(args.check_config or args.config)
     security.check_files(config)
     check_tracing(os.environ)
+    warning = config.deprecation_warning()
     if args.check_config:
+        if warning:
+            print(f"descriptor-server: {warning}", file=sys.stderr, flush=True)
         asyncio.run(check_components(config))
         print(yaml.safe_dump(to_dict(config), sort_keys=False), end="")
         return 0
@@ -384,6 +387,8 @@ def run(args: argparse.Namespace) -> int:
         config = dataclasses.replace(config, grpc=dataclasses.replace(config.grpc, workers=args.workers))
         check_workers(config)
     setup_logging(config.log)
+    if warning:
+        log.warning("%s", warning)  # once, before any worker starts
     if config.grpc.workers > 1:
         return workers.run_workers(config, serve)
     with contextlib.suppress(KeyboardInterrupt):  # signal handlers catch SIGINT

@@ -21,6 +21,7 @@ trailing newlines stripped (a Kubernetes secret mounted as a file).
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import os
 import re
 import sys
@@ -38,6 +39,9 @@ SECRET = "secret"
 
 Duration = Annotated[float, DURATION]
 Secret = Annotated[str, SECRET]
+
+#: Metadata of a Config field that is not a key (filled in by loading, never read from YAML).
+INTERNAL = {"internal": True}
 
 OVERRIDABLE = ("storage", "redis", "grpc", "http", "log", "auth")
 ENV_PREFIX = "DESCRIPTOR_"
@@ -177,6 +181,12 @@ class RedisConfig:
     readtimeout: Duration = 0.5
     writetimeout: Duration = 0.5
     poolsize: int = 32
+    #: Idle connections kept open in the pool; more are closed when they are returned
+    #: (go-redis's MaxIdleConns; 0 = no limit). distribution 2.x: ``redis.pool.maxidle``.
+    maxidleconns: int = 0
+    #: A connection idle longer than this is closed before it is used again
+    #: (go-redis's ConnMaxIdleTime; 0 = never). distribution 2.x: ``redis.pool.idletimeout``.
+    connmaxidletime: Duration = 1800.0
     tls: RedisTLSConfig = field(default_factory=RedisTLSConfig)
     nearcache: RedisNearCacheConfig = field(default_factory=RedisNearCacheConfig)
 
@@ -310,6 +320,18 @@ class Config:
     auth: AuthConfig = field(default_factory=AuthConfig)
     http: HttpConfig = field(default_factory=HttpConfig)
     log: LogConfig = field(default_factory=LogConfig)
+    #: distribution 2.x keys read as their 3.x names: ``(old, new)`` dotted paths.
+    deprecated: tuple[tuple[str, str], ...] = field(default=(), metadata=INTERNAL, compare=False)
+
+    def deprecation_warning(self) -> str | None:
+        """The one warning for the 2.x keys this config used (None when it used none)."""
+        if not self.deprecated:
+            return None
+        pairs = ", ".join(f"{old} -> {new}" for old, new in self.deprecated)
+        return (
+            f"config: distribution 2.x keys read as their 3.x names ({pairs});"
+            " rename them: the 2.x names are deprecated"
+        )
 
 
 # -- loading --------------------------------------------------------------------------
@@ -389,9 +411,21 @@ def _resolved(value: Any) -> Any:
 
 def from_dict(data: Mapping[str, Any]) -> Config:
     """Build and validate a Config from a plain mapping (``…file`` secrets read here)."""
-    config: Config = _build(Config, data, "")
-    config = read_secret_files(config)
-    validate(config)
+    data, deprecated = map_legacy_keys(data)
+    try:
+        config: Config = _build(Config, data, "")
+        if deprecated:
+            config = dataclasses.replace(config, deprecated=tuple(deprecated))
+        config = read_secret_files(config)
+        validate(config)
+    except ConfigError as err:  # name the key as the config wrote it
+        for written, moved in deprecated:
+            if err.key == moved or err.key.startswith((moved + ".", moved + "[")):
+                rest = err.key[len(moved) :]
+                if written == "redis.addr" and rest == "[0]":
+                    rest = ""  # 2.x's addr is the one address
+                raise ConfigError(written + rest, err.reason) from None
+        raise
     return config
 
 
@@ -466,14 +500,101 @@ def _build(cls: type[Any], data: Any, path: str) -> Any:
     if not isinstance(data, Mapping):
         raise ConfigError(path, f"want a mapping, got {_kind(data)}")
     hints = typing.get_type_hints(cls, include_extras=True)
-    names = {f.name for f in dataclasses.fields(cls)}
+    names = [f.name for f in dataclasses.fields(cls) if not f.metadata.get("internal")]
     kwargs: dict[str, Any] = {}
     for key, value in data.items():
         sub = f"{path}.{key}" if path else str(key)
         if not isinstance(key, str) or key not in names:
-            raise ConfigError(sub, "unknown key")
+            raise ConfigError(sub, unknown_key(key, names, path))
         kwargs[key] = _convert(hints[key], value, sub)
     return cls(**kwargs)
+
+
+#: go-redis options distribution 3.x reads under ``redis`` that this service does not have.
+DISTRIBUTION_REDIS_ONLY = frozenset(
+    (
+        "clientname",
+        "protocol",
+        "sentinelusername",
+        "sentinelpassword",
+        "maxretries",
+        "minretrybackoff",
+        "maxretrybackoff",
+        "contexttimeoutenabled",
+        "poolfifo",
+        "pooltimeout",
+        "minidleconns",
+        "maxactiveconns",
+        "connmaxlifetime",
+        "maxredirects",
+        "readonly",
+        "routebylatency",
+        "routerandomly",
+        "disableidentity",
+        "identitysuffix",
+        "unstableresp3",
+    )
+)
+
+
+def unknown_key(key: Any, names: list[str], path: str) -> str:
+    """The reason for an unknown key: with the closest known name, if one is close."""
+    text = str(key)
+    if path == "redis" and text in DISTRIBUTION_REDIS_ONLY:
+        return f"unknown key (distribution's redis.{text} is not supported here; see the README, Configuration)"
+    lowered = {name.lower(): name for name in names}
+    match = lowered.get(text.lower().replace("_", "").replace("-", ""))
+    if match is None:
+        close = difflib.get_close_matches(text.lower(), list(lowered), n=1, cutoff=0.6)
+        match = lowered[close[0]] if close else None
+    if match is None:
+        return "unknown key"
+    return f"unknown key (did you mean {path}.{match}?)" if path else f"unknown key (did you mean {match}?)"
+
+
+#: distribution 2.x's Redis keys, read as the 3.x keys (go-redis's names) they became.
+LEGACY_REDIS_KEYS = {
+    ("addr",): "addrs",
+    ("pool", "maxidle"): "maxidleconns",
+    ("pool", "maxactive"): "poolsize",
+    ("pool", "idletimeout"): "connmaxidletime",
+}
+
+
+def map_legacy_keys(data: Mapping[str, Any]) -> tuple[Mapping[str, Any], list[tuple[str, str]]]:
+    """``data`` with distribution 2.x's Redis keys moved to their 3.x names, and the moves made.
+
+    Setting both a 2.x key and its 3.x key is a config error naming both; so is an
+    unknown key under ``redis.pool``.
+    """
+    redis = _resolved(data.get("redis"))
+    if not isinstance(redis, Mapping) or not ("addr" in redis or "pool" in redis):
+        return data, []
+    redis = dict(redis)
+    moves: list[tuple[str, str]] = []
+    pool = _resolved(redis.pop("pool", None))
+    if pool is None:
+        pool = {}
+    if not isinstance(pool, Mapping):
+        raise ConfigError("redis.pool", f"want a mapping, got {_kind(pool)} (distribution 2.x's pool settings)")
+    pool_names = [old[1] for old in LEGACY_REDIS_KEYS if len(old) == 2]
+    for key in pool:
+        if key not in pool_names:
+            raise ConfigError(f"redis.pool.{key}", unknown_key(key, pool_names, "redis.pool"))
+    found: list[tuple[tuple[str, ...], Any]] = []
+    if "addr" in redis:
+        found.append((("addr",), redis.pop("addr")))
+    found.extend((("pool", key), pool[key]) for key in pool_names if key in pool)
+    for old, value in found:
+        new = LEGACY_REDIS_KEYS[old]
+        old_path, new_path = "redis." + ".".join(old), f"redis.{new}"
+        if new in redis:
+            raise ConfigError(old_path, f"{old_path} (distribution 2.x) and {new_path} are both set (keep {new_path})")
+        redis[new] = value
+        moves.append((old_path, new_path))
+    out = dict(data)
+    out["redis"] = redis
+    return out, moves
 
 
 def read_secret_files(config: Any, path: str = "") -> Any:
@@ -523,7 +644,11 @@ def _convert(hint: Any, value: Any, path: str) -> Any:
     if origin is Annotated:
         base, *marks = typing.get_args(hint)
         if DURATION in marks:
-            return parse_duration(_resolved(value), path)
+            seconds = parse_duration(_resolved(value), path)
+            if isinstance(value, Scalar):
+                written = value.value if isinstance(value.value, int | float) else value.text
+                return WrittenDuration(seconds, written)
+            return seconds
         return _convert(base, value, path)
     if origin in (Union, types.UnionType):
         args = [a for a in typing.get_args(hint) if a is not type(None)]
@@ -571,6 +696,40 @@ def _convert(hint: Any, value: Any, path: str) -> Any:
             return str(value)
         raise ConfigError(path, f"want a string, got {_kind(value)}")
     raise ConfigError(path, f"unsupported type {hint!r}")  # pragma: no cover
+
+
+class WrittenDuration(float):
+    """A duration in seconds that remembers how the config wrote it (``1m30s``, ``500ms``, ``90``).
+
+    It is the float everywhere; ``--check-config`` prints :attr:`written`.
+    """
+
+    __slots__ = ("written",)
+    written: str | int | float
+
+    def __new__(cls, seconds: float, written: str | int | float) -> WrittenDuration:
+        self = super().__new__(cls, seconds)
+        self.written = written
+        return self
+
+    def __reduce__(self) -> tuple[type[WrittenDuration], tuple[float, str | int | float]]:
+        return (WrittenDuration, (float(self), self.written))
+
+
+def format_duration(seconds: float) -> str:
+    """A Go-style duration for a default that was not written (``30s``, ``500ms``, ``1m30s``)."""
+    if seconds == 0:
+        return "0s"
+    if seconds < 1:
+        ms = seconds * 1000
+        return f"{ms:g}ms" if ms >= 1 else f"{seconds * 1e6:g}us"
+    whole = int(seconds)
+    if whole != seconds or whole < 60:
+        return f"{seconds:g}s"
+    hours, rest = divmod(whole, 3600)
+    minutes, secs = divmod(rest, 60)
+    parts = [f"{hours}h" if hours else "", f"{minutes}m" if minutes else "", f"{secs}s" if secs else ""]
+    return "".join(parts)
 
 
 _DURATION_PART = re.compile(r"(\d+(?:\.\d*)?|\.\d+)(ns|us|µs|ms|s|m|h)")
@@ -674,6 +833,8 @@ def validate(config: Config) -> None:
         raise ConfigError("redis.db", "must be >= 0")
     if config.redis.poolsize < 1:
         raise ConfigError("redis.poolsize", "must be >= 1")
+    if config.redis.maxidleconns < 0:
+        raise ConfigError("redis.maxidleconns", "must be >= 0 (0 = no limit)")
     if config.redis.nearcache.size < 0:
         raise ConfigError("redis.nearcache.size", "must be >= 0 (0 turns the near cache off)")
     grpc = config.grpc
@@ -738,15 +899,26 @@ def validate_token_auth(token: TokenAuthConfig) -> None:
 
 
 def to_dict(config: Any, *, mask: bool = True) -> Any:
-    """A plain-data view of a config, with secrets masked (for --check-config)."""
+    """A plain-data view of a config, with secrets masked (for --check-config).
+
+    A duration is shown as it was written (``1m30s`` stays ``1m30s``); a default one
+    in Go's notation (``30s``).
+    """
     if not dataclasses.is_dataclass(config) or isinstance(config, type):
         return config
     hints = typing.get_type_hints(type(config), include_extras=True)
     out: dict[str, Any] = {}
     for f in dataclasses.fields(config):
+        if f.metadata.get("internal"):
+            continue
         value = getattr(config, f.name)
-        if mask and SECRET in getattr(hints[f.name], "__metadata__", ()) and value:
+        marks = getattr(hints[f.name], "__metadata__", ())
+        if mask and SECRET in marks and value:
             out[f.name] = "*****"
+        elif isinstance(value, WrittenDuration):
+            out[f.name] = value.written  # as the file or the environment wrote it
+        elif DURATION in marks and isinstance(value, float):
+            out[f.name] = format_duration(value)
         elif isinstance(value, list):
             out[f.name] = [to_dict(v, mask=mask) for v in value]
         elif value is None:

@@ -46,6 +46,7 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 from ..config import ConfigError, RedisConfig, validate_redis
 from ..logutil import describe
 from .nearcache import NearCache, NearStats
+from .redispool import IdleLimitedPool, IdleLimitedSentinelPool
 from .validation import check_key, check_set
 
 log = logging.getLogger(__name__)
@@ -436,6 +437,8 @@ def from_config(cfg: RedisConfig, observe: Observer | None = None) -> RedisCache
             near=near,
         )
 
+    # Idle limits on the data connections only: the near cache's one connection is meant to stay.
+    idle: dict[str, Any] = {"max_idle": cfg.maxidleconns, "max_idle_time": cfg.connmaxidletime}
     size = cfg.nearcache.size
     # The invalidation connection speaks RESP2 (invalidations as Pub/Sub messages).
     near_kwargs: dict[str, Any] = {"max_connections": 1, "protocol": 2}
@@ -445,7 +448,9 @@ def from_config(cfg: RedisConfig, observe: Observer | None = None) -> RedisCache
         sentinel = Sentinel(  # type: ignore[no-untyped-call]
             nodes, sentinel_kwargs=sentinel_kwargs, db=cfg.db, **common
         )
-        master = sentinel.master_for(cfg.mastername, max_connections=cfg.poolsize)
+        master = sentinel.master_for(
+            cfg.mastername, connection_pool_class=IdleLimitedSentinelPool, max_connections=cfg.poolsize, **idle
+        )
         near = None
         closers: list[Closer] = []
         if size:
@@ -469,6 +474,10 @@ def from_config(cfg: RedisConfig, observe: Observer | None = None) -> RedisCache
             max_connections=cfg.poolsize,
             **common,
         )
+        if cfg.maxidleconns or cfg.connmaxidletime != RedisConfig.connmaxidletime:
+            log.info(
+                "redis.maxidleconns and redis.connmaxidletime: not applied on Redis Cluster (redis-py's own pools)"
+            )
         if size:
             log.info(
                 "redis.nearcache: off on Redis Cluster (invalidation tracking is per node and "
@@ -476,7 +485,9 @@ def from_config(cfg: RedisConfig, observe: Observer | None = None) -> RedisCache
             )
         return make(client, cluster=True)
     host, port = nodes[0]
-    pool = ConnectionPool(host=host, port=port, db=cfg.db, max_connections=cfg.poolsize, **_pool_kwargs(common))
+    pool = IdleLimitedPool(
+        host=host, port=port, db=cfg.db, max_connections=cfg.poolsize, **idle, **_pool_kwargs(common)
+    )
     near = None
     if size:
         near_pool = ConnectionPool(host=host, port=port, db=cfg.db, **near_kwargs, **_pool_kwargs(common))
