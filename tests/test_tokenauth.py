@@ -434,6 +434,39 @@ def test_pull_token_stats_in_its_repository_only(secured: Secured) -> None:
             client.metrics()
 
 
+def test_concurrent_calls_with_different_tokens_are_each_judged_by_their_own(secured: Secured) -> None:
+    """Many calls in flight at once on one connection, with tokens for R, for S, and none:
+    each call is answered by its own token (the token is read per call, never shared)."""
+    import asyncio
+
+    from descriptor_client import AsyncDescriptorClient
+
+    for_repo = secured.issuer.mint([f"repository:{REPO}:pull"], subject="r-reader")
+    for_other = secured.issuer.mint([f"repository:{OTHER}:pull"], subject="s-reader")
+
+    async def run() -> list[tuple[str, str]]:
+        tokens = {"repo": for_repo, "other": for_other, "none": ""}
+        clients = {name: AsyncDescriptorClient(secured.server.target, token=t) for name, t in tokens.items()}
+
+        async def one(name: str) -> tuple[str, str]:
+            try:
+                await clients[name].stat(secured.digest, REPO)
+                return (name, "ok")
+            except (PermissionDeniedError, UnauthenticatedError) as err:
+                return (name, type(err).__name__)
+
+        try:
+            return await asyncio.gather(*(one(list(tokens)[i % 3]) for i in range(300)))
+        finally:
+            for client in clients.values():
+                await client.close()
+
+    answers = asyncio.run(run())
+    want = {"repo": "ok", "other": "PermissionDeniedError", "none": "UnauthenticatedError"}
+    assert len(answers) == 300
+    assert all(outcome == want[key] for key, outcome in answers), sorted(set(answers))
+
+
 def test_unauthenticated_carries_the_challenge(secured: Secured) -> None:
     expired = secured.issuer.mint([f"repository:{REPO}:pull"], exp=int(time.time()) - 120)
     for token, error in ((None, ""), (expired, "invalid_token"), ("not.a.jwt", "invalid_token")):

@@ -31,6 +31,7 @@ from descriptor_client.errors import PermissionDeniedError, UnauthenticatedError
 from descriptor_client.rpcs import RPCS
 
 from .config import AuthConfig, AuthToken, Config, ConfigError, GrpcTLSConfig, _build
+from .interceptor import invocation_metadata
 from .principal import set_principal
 
 if TYPE_CHECKING:
@@ -205,7 +206,7 @@ class TokenAuthorizer:
         return entry.name
 
     def __call__(self, method: str, request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> None:
-        set_principal(self.authorize(method, context.invocation_metadata()))
+        set_principal(self.authorize(method, invocation_metadata(context, method)))
 
 
 def build_static(auth: AuthConfig) -> TokenAuthorizer | None:

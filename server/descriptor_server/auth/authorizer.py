@@ -40,6 +40,7 @@ from descriptor_client.errors import PermissionDeniedError, UnauthenticatedError
 from descriptor_client.rpcs import RPCS
 
 from ..config import TokenAuthConfig
+from ..interceptor import invocation_metadata
 from ..principal import set_principal
 from ..security import SCOPE_GRANTS, TokenAuthorizer, bearer_token
 from .keys import TrustStore
@@ -166,7 +167,7 @@ class Authorizer:
                 who = Principal(subject or "anonymous", "certificate" if subject else "anonymous", "auth off")
                 _current.set(_Call(context, who))
             return
-        metadata = context.invocation_metadata()
+        metadata = invocation_metadata(context, method)
         registry = self.registry
         if registry is not None and method not in AUDITED:
             # The hot path: a registry token verified before, still valid, granting the call.
