@@ -1,0 +1,379 @@
+"""Reading a configuration: YAML scalars as written, ``DESCRIPTOR_*`` overrides, 2.x keys, secrets."""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import os
+import types
+import typing
+from collections.abc import Mapping
+from typing import Annotated, Any, Union
+
+import yaml
+
+from .durations import WrittenDuration, parse_duration
+from .error import ConfigError, _first_line, _kind
+from .sections import DURATION, ENV_PREFIX, OVERRIDABLE, SECRET, Config
+from .validation import validate
+
+
+def load(path: str | None = None, environ: Mapping[str, str] | None = None) -> Config:
+    """The effective configuration: the file (or defaults), then the environment."""
+    data: Any = {}
+    if path is not None:
+        try:
+            with open(path, encoding="utf-8") as f:
+                data = compose(f)
+        except OSError as err:
+            raise ConfigError("", f"cannot read config file {path}: {err.strerror}") from None
+        except UnicodeDecodeError:
+            raise ConfigError("", f"config file {path} is not UTF-8 text") from None
+        except yaml.YAMLError as err:
+            raise ConfigError("", f"config file {path} is not valid YAML: {_first_line(err)}") from None
+        data = _resolved(data)
+        if data is None:
+            data = {}
+    if not isinstance(data, dict):
+        raise ConfigError("", "the config file must hold a mapping at the top level")
+    apply_environment(data, os.environ if environ is None else environ)
+    return from_dict(data)
+
+
+class Scalar:
+    """A YAML scalar as written (``text``) and as YAML resolves it (``value``).
+
+    A string-typed key takes the text; any other key the resolved value.
+    """
+
+    __slots__ = ("text", "value")
+
+    def __init__(self, text: str, value: Any) -> None:
+        self.text = text
+        self.value = value
+
+    def __repr__(self) -> str:
+        return f"Scalar({self.text!r})"
+
+
+def compose(stream: Any) -> Any:
+    """YAML (safe tags only) as plain dicts and lists whose scalars are :class:`Scalar`."""
+    loader = yaml.SafeLoader(stream)
+    try:
+        node = loader.get_single_node()
+        return None if node is None else _node_data(loader, node)
+    finally:
+        loader.dispose()
+
+
+def _node_data(loader: yaml.SafeLoader, node: yaml.Node) -> Any:
+    if isinstance(node, yaml.MappingNode):
+        loader.flatten_mapping(node)  # YAML merge keys (<<)
+        out: dict[Any, Any] = {}
+        for key_node, value_node in node.value:
+            if isinstance(key_node, yaml.ScalarNode):
+                key: Any = key_node.value  # a key is a name, taken as written
+            else:
+                key = repr(loader.construct_object(key_node, deep=True))  # never a known key
+            out[key] = _node_data(loader, value_node)
+        return out
+    if isinstance(node, yaml.SequenceNode):
+        return [_node_data(loader, item) for item in node.value]
+    try:
+        value = loader.construct_object(node, deep=True)
+    except (yaml.YAMLError, ValueError, OverflowError):  # e.g. a timestamp-shaped 2001-13-45
+        value = node.value
+    return Scalar(str(node.value), value)
+
+
+def _resolved(value: Any) -> Any:
+    return value.value if isinstance(value, Scalar) else value
+
+
+def from_dict(data: Mapping[str, Any]) -> Config:
+    """Build and validate a Config from a plain mapping (``…file`` secrets read here)."""
+    data, deprecated = map_legacy_keys(data)
+    try:
+        config: Config = _build(Config, data, "")
+        if deprecated:
+            config = dataclasses.replace(config, deprecated=tuple(deprecated))
+        config = read_secret_files(config)
+        validate(config)
+    except ConfigError as err:  # name the key as the config wrote it
+        for written, moved in deprecated:
+            if err.key == moved or err.key.startswith((moved + ".", moved + "[")):
+                rest = err.key[len(moved) :]
+                if written == "redis.addr" and rest == "[0]":
+                    rest = ""  # 2.x's addr is the one address
+                raise ConfigError(written + rest, err.reason) from None
+        raise
+    return config
+
+
+def hint_at(parts: list[str]) -> Any:
+    """The type hint of the key at ``parts`` (``["redis", "password"]``), or None if unknown."""
+    hint: Any = Config
+    for part in parts:
+        hint = _strip_optional(hint)
+        if not dataclasses.is_dataclass(hint):
+            return None
+        hints = typing.get_type_hints(hint, include_extras=True)
+        if part not in hints:
+            return None
+        hint = hints[part]
+    return hint
+
+
+def _strip_optional(hint: Any) -> Any:
+    if typing.get_origin(hint) in (Union, types.UnionType):
+        args = [a for a in typing.get_args(hint) if a is not type(None)]
+        return args[0]
+    return hint
+
+
+def is_text(hint: Any) -> bool:
+    """True for a string-typed key (a duration is not one: it is parsed)."""
+    hint = _strip_optional(hint)
+    if typing.get_origin(hint) is Annotated:
+        base, *marks = typing.get_args(hint)
+        return DURATION not in marks and is_text(base)
+    return hint is str
+
+
+def apply_environment(data: dict[str, Any], environ: Mapping[str, str]) -> None:
+    """Apply ``DESCRIPTOR_*`` overrides in place.
+
+    The override of a string-typed key is the variable's value verbatim; any other
+    value is parsed as YAML (scalars kept as written, as in the file).
+    """
+    for name in sorted(environ):
+        if not name.startswith(ENV_PREFIX):
+            continue
+        parts = name[len(ENV_PREFIX) :].lower().split("_")
+        if parts[0] not in OVERRIDABLE:
+            continue
+        key = ".".join(parts)
+        if not all(parts):
+            raise ConfigError(key, f"{name} has an empty part (keys are joined by single underscores)")
+        value: Any
+        if is_text(hint_at(parts)):
+            value = environ[name]
+        else:
+            try:
+                value = compose(environ[name])
+            except yaml.YAMLError as err:
+                raise ConfigError(key, f"{name} is not valid YAML: {_first_line(err)}") from None
+        node = data
+        for i, part in enumerate(parts[:-1]):
+            child = _resolved(node.get(part))
+            if child is None:
+                child = node[part] = {}
+            if not isinstance(child, dict):
+                raise ConfigError(".".join(parts[: i + 1]), f"{name} sets a key under a value that is not a mapping")
+            node = child
+        node[parts[-1]] = value
+
+
+def _build(cls: type[Any], data: Any, path: str) -> Any:
+    data = _resolved(data)
+    if data is None:
+        data = {}
+    if not isinstance(data, Mapping):
+        raise ConfigError(path, f"want a mapping, got {_kind(data)}")
+    hints = typing.get_type_hints(cls, include_extras=True)
+    names = [f.name for f in dataclasses.fields(cls) if not f.metadata.get("internal")]
+    kwargs: dict[str, Any] = {}
+    for key, value in data.items():
+        sub = f"{path}.{key}" if path else str(key)
+        if not isinstance(key, str) or key not in names:
+            raise ConfigError(sub, unknown_key(key, names, path))
+        kwargs[key] = _convert(hints[key], value, sub)
+    return cls(**kwargs)
+
+
+#: go-redis options distribution 3.x reads under ``redis`` that this service does not have.
+DISTRIBUTION_REDIS_ONLY = frozenset(
+    (
+        "clientname",
+        "protocol",
+        "sentinelusername",
+        "sentinelpassword",
+        "maxretries",
+        "minretrybackoff",
+        "maxretrybackoff",
+        "contexttimeoutenabled",
+        "poolfifo",
+        "pooltimeout",
+        "minidleconns",
+        "maxactiveconns",
+        "connmaxlifetime",
+        "maxredirects",
+        "readonly",
+        "routebylatency",
+        "routerandomly",
+        "disableidentity",
+        "identitysuffix",
+        "unstableresp3",
+    )
+)
+
+
+def unknown_key(key: Any, names: list[str], path: str) -> str:
+    """The reason for an unknown key: with the closest known name, if one is close."""
+    text = str(key)
+    if path == "redis" and text in DISTRIBUTION_REDIS_ONLY:
+        return f"unknown key (distribution's redis.{text} is not supported here; see the README, Configuration)"
+    lowered = {name.lower(): name for name in names}
+    match = lowered.get(text.lower().replace("_", "").replace("-", ""))
+    if match is None:
+        close = difflib.get_close_matches(text.lower(), list(lowered), n=1, cutoff=0.6)
+        match = lowered[close[0]] if close else None
+    if match is None:
+        return "unknown key"
+    return f"unknown key (did you mean {path}.{match}?)" if path else f"unknown key (did you mean {match}?)"
+
+
+#: distribution 2.x's Redis keys, read as the 3.x keys (go-redis's names) they became.
+LEGACY_REDIS_KEYS = {
+    ("addr",): "addrs",
+    ("pool", "maxidle"): "maxidleconns",
+    ("pool", "maxactive"): "poolsize",
+    ("pool", "idletimeout"): "connmaxidletime",
+}
+
+
+def map_legacy_keys(data: Mapping[str, Any]) -> tuple[Mapping[str, Any], list[tuple[str, str]]]:
+    """``data`` with distribution 2.x's Redis keys moved to their 3.x names, and the moves made.
+
+    Setting both a 2.x key and its 3.x key is a config error naming both; so is an
+    unknown key under ``redis.pool``.
+    """
+    redis = _resolved(data.get("redis"))
+    if not isinstance(redis, Mapping) or not ("addr" in redis or "pool" in redis):
+        return data, []
+    redis = dict(redis)
+    moves: list[tuple[str, str]] = []
+    pool = _resolved(redis.pop("pool", None))
+    if pool is None:
+        pool = {}
+    if not isinstance(pool, Mapping):
+        raise ConfigError("redis.pool", f"want a mapping, got {_kind(pool)} (distribution 2.x's pool settings)")
+    pool_names = [old[1] for old in LEGACY_REDIS_KEYS if len(old) == 2]
+    for key in pool:
+        if key not in pool_names:
+            raise ConfigError(f"redis.pool.{key}", unknown_key(key, pool_names, "redis.pool"))
+    found: list[tuple[tuple[str, ...], Any]] = []
+    if "addr" in redis:
+        found.append((("addr",), redis.pop("addr")))
+    found.extend((("pool", key), pool[key]) for key in pool_names if key in pool)
+    for old, value in found:
+        new = LEGACY_REDIS_KEYS[old]
+        old_path, new_path = "redis." + ".".join(old), f"redis.{new}"
+        if new in redis:
+            raise ConfigError(old_path, f"{old_path} (distribution 2.x) and {new_path} are both set (keep {new_path})")
+        redis[new] = value
+        moves.append((old_path, new_path))
+    out = dict(data)
+    out["redis"] = redis
+    return out, moves
+
+
+def read_secret_files(config: Any, path: str = "") -> Any:
+    """``config`` with every secret whose ``…file`` sibling is set read from that file.
+
+    Both set is a config error naming both keys; an unreadable file one naming the
+    ``…file`` key. One trailing line ending is not part of the secret.
+    """
+    if not dataclasses.is_dataclass(config) or isinstance(config, type):
+        return config
+    hints = typing.get_type_hints(type(config), include_extras=True)
+    names = {f.name for f in dataclasses.fields(config)}
+    changes: dict[str, Any] = {}
+    for f in dataclasses.fields(config):
+        value = getattr(config, f.name)
+        sub = f"{path}.{f.name}" if path else f.name
+        if dataclasses.is_dataclass(value):
+            new = read_secret_files(value, sub)
+            if new is not value:
+                changes[f.name] = new
+        elif SECRET in getattr(hints[f.name], "__metadata__", ()) and f"{f.name}file" in names:
+            file = getattr(config, f"{f.name}file")
+            if not file:
+                continue
+            if value:
+                raise ConfigError(sub, f"{sub} and {sub}file are both set (set one of them)")
+            changes[f.name] = read_secret(file, f"{sub}file")
+    return dataclasses.replace(config, **changes) if changes else config
+
+
+def read_secret(path: str, key: str) -> str:
+    """The text of a secret file without its trailing line ending (ConfigError naming ``key``)."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            text = f.read()
+    except OSError as err:
+        raise ConfigError(key, f"cannot read {path}: {err.strerror or err}") from None
+    except UnicodeDecodeError:
+        raise ConfigError(key, f"{path} is not UTF-8 text") from None
+    if text.endswith("\n"):
+        text = text[:-2] if text.endswith("\r\n") else text[:-1]
+    return text
+
+
+def _convert(hint: Any, value: Any, path: str) -> Any:
+    origin = typing.get_origin(hint)
+    if origin is Annotated:
+        base, *marks = typing.get_args(hint)
+        if DURATION in marks:
+            seconds = parse_duration(_resolved(value), path)
+            if isinstance(value, Scalar):
+                written = value.value if isinstance(value.value, int | float) else value.text
+                return WrittenDuration(seconds, written)
+            return seconds
+        return _convert(base, value, path)
+    if origin in (Union, types.UnionType):
+        args = [a for a in typing.get_args(hint) if a is not type(None)]
+        return _convert(args[0], value, path)
+    if isinstance(value, Scalar):
+        if hint is str:  # taken as written; only null, ~ or nothing is empty
+            return "" if value.value is None else value.text
+        if origin is list and typing.get_args(hint) == (str,) and value.value is not None:
+            return [value.text]  # one item written without a list
+        value = value.value
+    if origin is list:
+        (item,) = typing.get_args(hint)
+        if value is None:
+            return []
+        if isinstance(value, str) and item is str:
+            value = [value]
+        if not isinstance(value, list):
+            raise ConfigError(path, f"want a list, got {_kind(value)}")
+        return [_convert(item, v, f"{path}[{i}]") for i, v in enumerate(value)]
+    if origin is dict:
+        key_type, item = typing.get_args(hint)
+        if value is None:
+            return {}
+        if not isinstance(value, Mapping):
+            raise ConfigError(path, f"want a mapping, got {_kind(value)}")
+        return {_convert(key_type, k, path): _convert(item, v, f"{path}.{k}") for k, v in value.items()}
+    if dataclasses.is_dataclass(hint):
+        return _build(typing.cast(type[Any], hint), value, path)
+    if hint is bool:
+        if isinstance(value, bool):
+            return value
+        raise ConfigError(path, f"want true or false, got {_kind(value)}")
+    if hint is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        raise ConfigError(path, f"want an integer, got {_kind(value)}")
+    if hint is float:
+        if isinstance(value, int | float) and not isinstance(value, bool):
+            return float(value)
+        raise ConfigError(path, f"want a number, got {_kind(value)}")
+    if hint is str:
+        if value is None:
+            return ""
+        if isinstance(value, str | int | float) and not isinstance(value, bool):
+            return str(value)
+        raise ConfigError(path, f"want a string, got {_kind(value)}")
+    raise ConfigError(path, f"unsupported type {hint!r}")  # pragma: no cover
