@@ -424,3 +424,9 @@ func TestTraceContextOnEveryResend(t *testing.T) {
 		t.Fatalf("the call in flight did not finish: %v", err)
 	}
 }
+
+func TestWithPropagatorNil(t *testing.T) {
+	if _, err := descriptor.New("127.0.0.1:1", descriptor.WithPropagator(nil)); err == nil {
+		t.Fatal("New accepted a nil propagator")
+	}
+}
