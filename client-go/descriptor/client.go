@@ -80,13 +80,15 @@ func New(target string, opts ...Option) (*Client, error) {
 	if res != nil {
 		dial = append(dial, grpc.WithResolvers(res))
 	}
+	// The caller's interceptors, then the trace context, then the resends of
+	// SERVER_DRAINING: every resend carries the same context, and a traceparent
+	// an interceptor of the caller's sets is kept.
 	chain := append([]grpc.UnaryClientInterceptor(nil), o.interceptors...)
+	chain = append(chain, traceContext(o.propagator))
 	if !o.noRetry {
 		chain = append(chain, drainingRetry)
 	}
-	if len(chain) > 0 {
-		dial = append(dial, grpc.WithChainUnaryInterceptor(chain...))
-	}
+	dial = append(dial, grpc.WithChainUnaryInterceptor(chain...))
 	dial = append(dial, o.dialOptions...)
 	conn, err := grpc.NewClient(dialTarget, dial...)
 	if err != nil {

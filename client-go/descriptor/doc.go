@@ -26,4 +26,13 @@
 // backoff from 50ms doubling to 1s, honouring the server's retry pushback);
 // SetDescriptor and Clear only when the answer is SERVER_DRAINING, which
 // promises the draining server did nothing. WithoutRetry turns both off.
+//
+// Trace context: a call whose context carries an OpenTelemetry span context
+// (go.opentelemetry.io/otel/trace.SpanContextFromContext is valid) sends it in
+// its metadata, through the application's global propagator when one is set
+// (otel.SetTextMapPropagator), else as W3C traceparent and tracestate, so the
+// server's span of the call is that span's child. Every attempt of a call,
+// SERVER_DRAINING resends included, carries the same context; metadata the
+// caller set itself is kept. WithPropagator chooses the propagator, and
+// propagation.NewCompositeTextMapPropagator() turns the propagation off.
 package descriptor

@@ -9,6 +9,7 @@ import (
 
 	"github.com/distribution/distribution/v3"
 	"github.com/opencontainers/go-digest"
+	"go.opentelemetry.io/otel/propagation"
 
 	"github.com/descriptor-service/descriptor-service/client-go/descriptor"
 )
@@ -57,4 +58,22 @@ func ExampleClient_BatchStat() {
 		}
 		fmt.Println(r.Digest, r.Descriptor.Size)
 	}
+}
+
+func ExampleWithPropagator() {
+	// W3C Trace Context and Baggage whatever the global propagator is; a call
+	// whose context carries a span sends traceparent (tracestate, baggage).
+	c, err := descriptor.New("", descriptor.WithPropagator(
+		propagation.NewCompositeTextMapPropagator(propagation.TraceContext{}, propagation.Baggage{})))
+	if err != nil {
+		log.Fatal(err)
+	}
+	defer c.Close()
+
+	// No trace context on any call.
+	quiet, err := descriptor.New("", descriptor.WithPropagator(propagation.NewCompositeTextMapPropagator()))
+	if err != nil {
+		log.Fatal(err)
+	}
+	defer quiet.Close()
 }

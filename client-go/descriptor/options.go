@@ -8,6 +8,7 @@ import (
 	"os"
 	"time"
 
+	"go.opentelemetry.io/otel/propagation"
 	"google.golang.org/grpc"
 )
 
@@ -31,6 +32,7 @@ type options struct {
 	interceptors []grpc.UnaryClientInterceptor
 	dialOptions  []grpc.DialOption
 	noRetry      bool
+	propagator   propagation.TextMapPropagator
 }
 
 type tlsFiles struct{ ca, cert, key string }
@@ -92,14 +94,33 @@ func WithServerName(name string) Option {
 }
 
 // WithUnaryInterceptor adds a client interceptor, run in the order given, outside
-// the client's own retry of SERVER_DRAINING (for example to propagate trace
-// context or to log).
+// the client's trace-context propagation and its retry of SERVER_DRAINING (for
+// example to log, or to start a client span, whose context is then the one sent).
 func WithUnaryInterceptor(i grpc.UnaryClientInterceptor) Option {
 	return func(o *options) error {
 		if i == nil {
 			return errors.New("descriptor: nil interceptor")
 		}
 		o.interceptors = append(o.interceptors, i)
+		return nil
+	}
+}
+
+// WithPropagator sets how a call sends the trace context of the OpenTelemetry
+// span in its context (trace.SpanContextFromContext) in its metadata, so the
+// server's span joins the caller's trace. The default is the application's
+// global propagator (otel.GetTextMapPropagator) when one is set, read on every
+// call, else W3C Trace Context (propagation.TraceContext{}: traceparent and
+// tracestate). propagation.NewCompositeTextMapPropagator(), with no propagators,
+// turns the propagation off. A call whose context has no valid span context
+// sends none, and keys the caller put in the outgoing metadata itself (for
+// example a traceparent) are never overwritten.
+func WithPropagator(p propagation.TextMapPropagator) Option {
+	return func(o *options) error {
+		if p == nil {
+			return errors.New("descriptor: nil propagator")
+		}
+		o.propagator = p
 		return nil
 	}
 }

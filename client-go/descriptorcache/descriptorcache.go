@@ -43,6 +43,7 @@ var (
 	WithUnaryInterceptor = descriptor.WithUnaryInterceptor
 	WithDialOptions      = descriptor.WithDialOptions
 	WithoutRetry         = descriptor.WithoutRetry
+	WithPropagator       = descriptor.WithPropagator
 )
 
 // NewProvider returns a cache provider backed by the descriptor service at

@@ -110,8 +110,10 @@ var ready = regexp.MustCompile(`listening on (\S+):(\d+)`)
 
 // StartServer runs descriptor-server --config with cfg in a temporary directory
 // and waits for its "listening on" line; the server is stopped (SIGTERM, then
-// SIGKILL) when the test ends.
-func StartServer(t testing.TB, cfg Config) *Server {
+// SIGKILL) when the test ends. env are more "NAME=value" entries of its
+// environment (for example OTEL_TRACES_EXPORTER=console), after and so over the
+// test's own.
+func StartServer(t testing.TB, cfg Config, env ...string) *Server {
 	t.Helper()
 	bin := ServerBinary(t)
 	dir := t.TempDir()
@@ -126,7 +128,7 @@ func StartServer(t testing.TB, cfg Config) *Server {
 	s := &Server{done: make(chan struct{})}
 	s.cmd = exec.Command(bin, "--config", path)
 	s.cmd.Dir = dir
-	s.cmd.Env = serverEnv()
+	s.cmd.Env = append(serverEnv(), env...)
 	stdout, err := s.cmd.StdoutPipe()
 	if err != nil {
 		t.Fatal(err)
