@@ -175,13 +175,16 @@ var overrides = []string{"STORAGE_", "REDIS_", "GRPC_", "HTTP_", "LOG_", "AUTH_"
 // serverEnv is the environment without config overrides: a test's server runs
 // the config the test wrote, whatever the shell exports (and
 // $DESCRIPTOR_REDIS_SERVER, which names this package's Redis binary, would
-// otherwise be read as the unknown key redis.server).
+// otherwise be read as the unknown key redis.server). OpenTelemetry's OTEL_*
+// variables are dropped too, so a shell that exports traces to a collector does
+// not make every test server export; a test that wants tracing passes them to
+// StartServer.
 func serverEnv() []string {
 	var env []string
 	for _, kv := range os.Environ() {
 		name, _, _ := strings.Cut(kv, "=")
 		rest, ok := strings.CutPrefix(name, "DESCRIPTOR_")
-		drop := false
+		drop := strings.HasPrefix(name, "OTEL_")
 		for _, p := range overrides {
 			drop = drop || (ok && strings.HasPrefix(rest, p))
 		}
