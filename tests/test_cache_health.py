@@ -91,7 +91,10 @@ async def test_start_check_names_the_key_at_fault(
 async def test_watched_cache_probe_and_one_line_on_recovery(
     redis_own: RedisProcess, caplog: pytest.LogCaptureFixture
 ) -> None:
-    config = load(None, redis_env(redis_own.addr, readtimeout="200ms", dialtimeout="200ms"))
+    # Without the near cache: it would answer what it holds until it notices that its
+    # connection is gone (by design), and this test is about the calls that reach Redis.
+    env = redis_env(redis_own.addr, readtimeout="200ms", dialtimeout="200ms", nearcache_size="0")
+    config = load(None, env)
     inner = from_config(config.redis)
     inner.retry_after = 0.0  # probe Redis on every call (no back-off between attempts)
     cache = WatchedCache(inner, "redis cache")

@@ -626,3 +626,31 @@ async def test_username_and_password(redis_own: RedisProcess) -> None:
                 await cache.stat(B256)
         finally:
             await cache.close()
+
+
+# -- the fence a Clear leaves -------------------------------------------------------------
+
+
+async def test_fill_writes_what_set_descriptor_writes_until_a_clear_fences_it(
+    topology: tuple[list[RedisProcess], str],
+) -> None:
+    nodes, _ = topology
+    flush(*nodes)
+    cache = from_config(redis_config([n.addr for n in nodes]), fence_ttl=1.0)
+    desc = Descriptor(LAYER, B256, 7)
+    try:
+        assert await cache.fill(B256, desc, REPO) is True
+        filled = await cache.stat(B256, REPO)
+        await cache.set_descriptor(C256, Descriptor(LAYER, C256, 7), REPO)
+        assert filled == desc
+        assert await cache.stat(C256, REPO) == Descriptor(LAYER, C256, 7)  # the same layout both ways
+        await cache.clear(B256, REPO)
+        assert await cache.fill(B256, desc, REPO) is False  # fenced: nothing written
+        assert await cache.fill(B256, desc) is False  # in every scope
+        with pytest.raises(BlobUnknownError):
+            await cache.stat(B256)
+        await asyncio.sleep(1.2)  # the fence has a TTL: it does not outlive a backend read for long
+        assert await cache.fill(B256, desc, REPO) is True
+        assert await cache.stat(B256, REPO) == desc
+    finally:
+        await cache.close()

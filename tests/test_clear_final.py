@@ -166,3 +166,66 @@ def test_a_chained_service_with_deletion_off_leaves_the_front_cache_as_it_was(tm
     finally:
         back.stop()
     assert layout.link(REPO, digest).exists()
+
+
+# -- across processes sharing one Redis ---------------------------------------------------
+
+
+@pytest.fixture(params=["redis", "redis-cluster"])
+async def two_processes(
+    request: pytest.FixtureRequest, layout: Layout
+) -> AsyncIterator[tuple[CachedBlobStatter, GatedBackend, CachedBlobStatter]]:
+    """Two statters over one Redis and one storage, as two workers or two replicas are:
+    each with its own cache client, flights and backend; the first one's reads gated."""
+    if request.param == "redis":
+        server: RedisProcess = request.getfixturevalue("redis_standalone")
+        flush(server)
+        addrs = [server.addr]
+    else:
+        nodes: list[RedisProcess] = request.getfixturevalue("redis_cluster")
+        flush(*nodes)
+        addrs = [n.addr for n in nodes]
+    gated = GatedBackend(FilesystemBackend(str(layout.root)))
+    first = CachedBlobStatter(from_config(redis_config(addrs)), gated, delete_enabled=True)
+    second = CachedBlobStatter(
+        from_config(redis_config(addrs)), FilesystemBackend(str(layout.root)), delete_enabled=True
+    )
+    try:
+        yield first, gated, second
+    finally:
+        gated.reads.open()
+        await first.close()
+        await second.close()
+
+
+@pytest.mark.parametrize("scope", ["", REPO])
+async def test_a_read_begun_before_another_processes_clear_does_not_write_the_blob_back(
+    two_processes: tuple[CachedBlobStatter, GatedBackend, CachedBlobStatter], layout: Layout, scope: str
+) -> None:
+    first, gated, second = two_processes
+    content = f"read in one process, cleared in another {scope}".encode()
+    digest = layout.push(REPO, content)
+    gated.reads.hold()
+    before = asyncio.ensure_future(first.stat(digest, scope))
+    await gated.reads.reached()  # the first process read "exists"; its write-back is held
+    await second.clear(digest, scope)  # the second process clears: cache and storage
+    gated.reads.open()
+    assert await asyncio.wait_for(before, 10) == Descriptor(OCT, digest, len(content))  # began before
+    # Neither process answers the deleted blob: the write-back was fenced off.
+    assert await unknown(second, digest, scope)
+    assert await unknown(first, digest, scope)
+    assert first.metrics.errors == second.metrics.errors == 0
+
+
+async def test_setdescriptor_after_a_clear_is_not_fenced(
+    two_processes: tuple[CachedBlobStatter, GatedBackend, CachedBlobStatter], layout: Layout
+) -> None:
+    """The fence stops write-backs only: a registry re-pushing the blob primes the cache."""
+    first, _, second = two_processes
+    digest = layout.push(REPO, b"cleared, then pushed again")
+    await second.clear(digest, REPO)
+    desc = Descriptor(OCT, digest, len(b"cleared, then pushed again"))
+    layout.push(REPO, b"cleared, then pushed again")
+    await first.set_descriptor(digest, desc, REPO)
+    assert await second.cache.stat(digest, REPO) == desc
+    assert await first.stat(digest, REPO) == desc

@@ -53,6 +53,16 @@ log = logging.getLogger("descriptor_server")
 DRAIN_QUIET = 0.5
 
 
+def fence_ttl(config: Config) -> float:
+    """How long a Clear's fence stands in a shared cache: longer than any backend read.
+
+    A read is bounded by ``storage.backendtimeout`` (waiting included) and its write-back
+    by ``redis.writetimeout``; without a backend timeout, ten minutes.
+    """
+    timeout = config.storage.backendtimeout
+    return timeout + config.redis.writetimeout + 10.0 if timeout > 0 else 600.0
+
+
 def build_cache(config: Config, *, observe: RedisObserver | None = None) -> Cache:
     kind = config.storage.cache.blobdescriptor
     if kind == "inmemory":
@@ -63,7 +73,7 @@ def build_cache(config: Config, *, observe: RedisObserver | None = None) -> Cach
         import importlib
 
         redis_cache: Cache = importlib.import_module("descriptor_server.caches.redis").from_config(
-            config.redis, observe=observe
+            config.redis, observe=observe, fence_ttl=fence_ttl(config)
         )
         return WatchedCache(redis_cache, "redis cache")
     from .caches.none import NoneCache

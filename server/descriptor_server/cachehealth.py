@@ -141,6 +141,10 @@ class WatchedCache:
     async def set_descriptor(self, digest: str, descriptor: Descriptor, repository: str = "") -> None:
         await self._watch(lambda: self.inner.set_descriptor(digest, descriptor, repository))
 
+    async def fill(self, digest: str, descriptor: Descriptor, repository: str = "") -> bool:
+        written: bool = await self._watch(lambda: self.inner.fill(digest, descriptor, repository))
+        return written
+
     async def clear(self, digest: str, repository: str = "") -> None:
         await self._watch(lambda: self.inner.clear(digest, repository))
 

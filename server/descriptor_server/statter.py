@@ -203,8 +203,8 @@ class CachedBlobStatter:
         if flight.write:
             flight.writing = asyncio.get_running_loop().create_future()
             try:
-                await self.cache.set_descriptor(digest, desc, repository)
-                if self.revalidator is not None:
+                written = await self.cache.fill(digest, desc, repository)
+                if written and self.revalidator is not None:
                     self.revalidator.confirmed((digest, repository))
             except Exception as err:  # best effort: logged, never returned
                 self.metrics.errors += 1

@@ -172,6 +172,12 @@ class TracedCache:
             **{"descriptor.digest": digest},
         )
 
+    async def fill(self, digest: str, descriptor: Descriptor, repository: str = "") -> bool:
+        written: bool = await self._spans.run(
+            "fill", lambda: self.inner.fill(digest, descriptor, repository), **{"descriptor.digest": digest}
+        )
+        return written
+
     async def clear(self, digest: str, repository: str = "") -> None:
         await self._spans.run("clear", lambda: self.inner.clear(digest, repository), **{"descriptor.digest": digest})
 

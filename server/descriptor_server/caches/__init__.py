@@ -26,6 +26,16 @@ class Cache(BlobDescriptorService, Protocol):
         """
         ...
 
+    async def fill(self, digest: str, descriptor: Descriptor, repository: str = "") -> bool:
+        """Write back what the backend answered after a miss (the statter's write-back).
+
+        As :meth:`set_descriptor`, except that a cache shared between processes skips
+        the write when a Clear of the digest may have happened while the backend was
+        read (a Clear in another process, which this process's flights cannot see);
+        False when it skipped. A cache of this process only writes, as set_descriptor.
+        """
+        ...
+
     async def close(self) -> None:
         """Release connections."""
         ...

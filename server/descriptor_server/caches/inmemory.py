@@ -238,6 +238,11 @@ class InMemoryCache:
 
     # -- writes ------------------------------------------------------------------
 
+    async def fill(self, digest: str, descriptor: Descriptor, repository: str = "") -> bool:
+        """The statter's write-back: this process's cache only, so set_descriptor."""
+        await self.set_descriptor(digest, descriptor, repository)
+        return True
+
     async def set_descriptor(self, digest: str, descriptor: Descriptor, repository: str = "") -> None:
         alias = check_set(digest, descriptor, repository)
         for key_digest in (digest, alias) if alias else (digest,):

@@ -23,6 +23,10 @@ class NoneCache:
     async def set_descriptor(self, digest: str, descriptor: Descriptor, repository: str = "") -> None:
         check_set(digest, descriptor, repository)
 
+    async def fill(self, digest: str, descriptor: Descriptor, repository: str = "") -> bool:
+        check_set(digest, descriptor, repository)
+        return False  # nothing is kept
+
     async def clear(self, digest: str, repository: str = "") -> None:
         check_key(digest, repository)
         raise BlobUnknownError.of(digest)

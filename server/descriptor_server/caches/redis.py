@@ -7,7 +7,15 @@ deployment can be shared with distribution registries):
 - set ``repository::<name>::blobs`` of the digests the repository holds;
 - hash ``repository::<name>::blobs::<digest>`` with field ``mediatype``.
 
-No TTLs are set (operators configure ``maxmemory-policy allkeys-lru``).
+No TTLs are set on those (operators configure ``maxmemory-policy allkeys-lru``).
+
+One key of this service's own: a Clear leaves a fence ``descriptor::cleared::<digest>``
+for ``fence_ttl`` seconds (longer than a backend read may take), and the statter's
+write-back after a miss (:meth:`RedisCache.fill`) is skipped while the fence stands.
+So a backend read that another process (a worker, a replica) began before the Clear
+cannot put the deleted blob back; SetDescriptor is not fenced. On a single server or
+Sentinel the check and the write are one Lua script; on Cluster, where the keys live
+in different slots, the check is one round trip before the write.
 
 Topology follows go-redis's universal rule: ``mastername`` means Sentinel, several
 ``addrs`` mean Cluster, one means a single server. Every call to Redis is bounded as a
@@ -69,6 +77,17 @@ def blob_key(digest: str) -> str:
     return f"blobs::{digest}"
 
 
+#: The fence a Clear leaves (this service's key; distribution registries neither set nor read it).
+FENCE_PREFIX = "descriptor::cleared::"
+
+#: Seconds a fence stands when the caller does not say (longer than a backend read may take).
+DEFAULT_FENCE_TTL = 600.0
+
+
+def fence_key(digest: str) -> str:
+    return f"{FENCE_PREFIX}{digest}"
+
+
 def repository_set_key(repository: str) -> str:
     return f"repository::{repository}::blobs"
 
@@ -95,6 +114,31 @@ for i = 1, #ARGV do
             redis.call('HGET', KEYS[2 * i + 1], 'mediatype')}
 end
 return out
+"""
+
+
+# The fenced write-back. KEYS: the fences of the n digests written, then per digest its
+# blob hash (and its repository hash when scoped), then the repository's set when scoped.
+# ARGV: n, scoped (1/0), descriptor digest, size, media type, then the n digests.
+_FILL = """
+local n = tonumber(ARGV[1])
+for i = 1, n do
+  if redis.call('EXISTS', KEYS[i]) == 1 then return 0 end
+end
+local scoped = ARGV[2] == '1'
+local k = n + 1
+for i = 1, n do
+  local blob = KEYS[k]
+  k = k + 1
+  if scoped then redis.call('SADD', KEYS[#KEYS], ARGV[5 + i]) end
+  redis.call('HSET', blob, 'digest', ARGV[3], 'size', ARGV[4])
+  redis.call('HSETNX', blob, 'mediatype', ARGV[5])
+  if scoped then
+    redis.call('HSET', KEYS[k], 'mediatype', ARGV[5])
+    k = k + 1
+  end
+end
+return 1
 """
 
 
@@ -151,8 +195,11 @@ class RedisCache:
         observe: Observer | None = None,
         closers: Sequence[Closer] = (),
         near: NearCache | None = None,
+        fence_ttl: float = DEFAULT_FENCE_TTL,
     ) -> None:
         self.client = client
+        #: Milliseconds a Clear's fence stands (at least 1 s).
+        self.fence_ms = max(1000, int(fence_ttl * 1000))
         self.cluster = cluster
         self.read_timeout = read_timeout
         self.write_timeout = write_timeout
@@ -161,6 +208,7 @@ class RedisCache:
         self._slots = asyncio.Semaphore(pool_size)
         self._global_script = client.register_script(_GLOBAL_STAT_MANY)
         self._scoped_script = client.register_script(_SCOPED_STAT_MANY)
+        self._fill_script = client.register_script(_FILL)
         self._closers = tuple(closers)
         self._down = False
         self._retry_at = 0.0
@@ -328,6 +376,42 @@ class RedisCache:
             if self.near is not None:
                 await self.near.forget(keys, repository)
 
+    async def fill(self, digest: str, descriptor: Descriptor, repository: str = "") -> bool:
+        """The statter's write-back: as set_descriptor, unless a Clear's fence stands."""
+        alias = check_set(digest, descriptor, repository)
+        keys = (digest, alias) if alias else (digest,)
+        if self.cluster:
+            return await self._fill_cluster(digest, descriptor, repository, keys)
+        script_keys = [fence_key(k) for k in keys]
+        for key in keys:
+            script_keys.append(blob_key(key))
+            if repository:
+                script_keys.append(repository_blob_key(repository, key))
+        if repository:
+            script_keys.append(repository_set_key(repository))
+        args = [len(keys), 1 if repository else 0, descriptor.digest, descriptor.size, descriptor.media_type, *keys]
+        try:
+            written = await self._run(
+                "set_descriptor", self.write_timeout, lambda: self._fill_script(keys=script_keys, args=args)
+            )
+        finally:
+            if self.near is not None:
+                await self.near.forget(keys, repository)
+        return bool(written)
+
+    async def _fill_cluster(self, digest: str, descriptor: Descriptor, repository: str, keys: Sequence[str]) -> bool:
+        async def fenced() -> list[Any]:
+            pipe = self._pipeline(atomic=False)
+            for key in keys:
+                pipe.exists(fence_key(key))
+            replies: list[Any] = await pipe.execute()
+            return replies
+
+        if any(await self._run("set_descriptor", self.read_timeout, fenced)):
+            return False
+        await self.set_descriptor(digest, descriptor, repository)
+        return True
+
     # -- Clear ------------------------------------------------------------------------
 
     async def clear(self, digest: str, repository: str = "") -> None:
@@ -347,6 +431,8 @@ class RedisCache:
                 pipe.srem(repository_set_key(repository), digest)
                 pipe.delete(repository_blob_key(repository, digest))
             pipe.delete(blob_key(digest))
+            # The fence: no write-back of a read begun before now, in any process.
+            pipe.set(fence_key(digest), "1", px=self.fence_ms)
             replies: list[Any] = await pipe.execute()
             return replies
 
@@ -407,8 +493,14 @@ def _tls_kwargs(cfg: RedisConfig) -> dict[str, Any]:
     return out
 
 
-def from_config(cfg: RedisConfig, observe: Observer | None = None) -> RedisCache:
-    """A :class:`RedisCache` for the ``redis:`` section (docs/api.md, Caches and backends; README, Configuration)."""
+def from_config(
+    cfg: RedisConfig, observe: Observer | None = None, *, fence_ttl: float = DEFAULT_FENCE_TTL
+) -> RedisCache:
+    """A :class:`RedisCache` for the ``redis:`` section (docs/api.md, Caches and backends; README, Configuration).
+
+    ``fence_ttl``: how long a Clear's fence stands (the app passes ``storage.backendtimeout``
+    plus a margin: longer than any backend read).
+    """
     if not cfg.addrs:
         raise ConfigError("redis.addrs", "at least one address is required for the redis cache")
     nodes = [_host_port(addr, f"redis.addrs[{i}]") for i, addr in enumerate(cfg.addrs)]
@@ -435,6 +527,7 @@ def from_config(cfg: RedisConfig, observe: Observer | None = None) -> RedisCache
             observe=observe,
             closers=closers,
             near=near,
+            fence_ttl=fence_ttl,
         )
 
     # Idle limits on the data connections only: the near cache's one connection is meant to stay.
