@@ -79,13 +79,18 @@ def run_json(cmd: list[str], timeout: float = 600) -> dict[str, Any]:
 # -- unary Stat: ghz and the Go client, beside h2load ----------------------------------------
 
 
-def ghz_stat(ghz: str, target: str, digest: str, n: int) -> float:
+def ghz_stat(
+    ghz: str, target: str, digest: str, n: int, *, repository: str = "", metadata: Mapping[str, str] | None = None
+) -> float:
     """ghz over one connection with 16 concurrent calls (h2load's shape); calls/s."""
     # ghz v0.120.0's reflection client does not find the service through the server's
     # reflection (grpcurl does): it reads the repository's proto instead.
     cmd = [ghz, "--insecure", "--proto", str(ROOT / "protos/descriptor/v1/descriptor.proto")]
     cmd += ["--import-paths", f"{ROOT / 'protos'},{ROOT / 'third_party/googleapis'}"]
-    cmd += ["--call", f"{SERVICE}/Stat", "-d", json.dumps({"digest": digest})]
+    request = {"digest": digest, "repository": repository} if repository else {"digest": digest}
+    cmd += ["--call", f"{SERVICE}/Stat", "-d", json.dumps(request)]
+    if metadata:
+        cmd += ["--metadata", json.dumps(dict(metadata))]
     cmd += ["-n", str(n), "-c", "16", "--connections", "1", "--format", "json", target]
     res = run_json(cmd)
     codes = res.get("statusCodeDistribution", {})
