@@ -495,3 +495,45 @@ storage: {backendtimeout: 0.25}
     assert "redis.addr -> redis.addrs" in proc.stderr
     assert "addr" not in shown["redis"]
     assert shown["redis"]["addrs"] == ["127.0.0.1:6379"]
+
+
+@pytest.mark.parametrize(
+    ("file", "env", "want"),
+    [
+        ({"addr": "file:6379"}, {"DESCRIPTOR_REDIS_ADDRS": "[env:6379]"}, ["env:6379"]),
+        ({"addrs": ["file:6379"]}, {"DESCRIPTOR_REDIS_ADDR": "env:6379"}, ["env:6379"]),
+        ({"addr": "file:6379"}, {"DESCRIPTOR_REDIS_ADDR": "[::1]:6379"}, ["[::1]:6379"]),  # verbatim
+    ],
+)
+def test_the_environment_overrides_a_2x_file_key_under_either_name(
+    tmp_path: Path, file: dict[str, Any], env: dict[str, str], want: list[str]
+) -> None:
+    config = load(write(tmp_path, {"redis": file}), env)
+    assert config.redis.addrs == want
+    assert config.deprecation_warning() is not None
+
+
+def test_both_names_in_the_environment_is_an_error_naming_both() -> None:
+    with pytest.raises(ConfigError) as info:
+        load(None, {"DESCRIPTOR_REDIS_POOL_MAXACTIVE": "8", "DESCRIPTOR_REDIS_POOLSIZE": "9"})
+    assert "DESCRIPTOR_REDIS_POOL_MAXACTIVE (distribution 2.x) and DESCRIPTOR_REDIS_POOLSIZE" in str(info.value)
+
+
+@pytest.mark.parametrize(
+    ("pool", "key", "says"),
+    [
+        ({"maxidle": 0}, "redis.pool.maxidle", "0 kept no idle connection in distribution 2.x"),
+        ({"maxactive": 0}, "redis.pool.maxactive", "0 meant no limit in distribution 2.x"),
+    ],
+)
+def test_a_2x_zero_that_means_something_else_in_3x_is_refused(
+    tmp_path: Path, pool: dict[str, int], key: str, says: str
+) -> None:
+    with pytest.raises(ConfigError) as info:
+        load(write(tmp_path, {"redis": {"pool": pool}}), {})
+    assert info.value.key == key
+    assert says in info.value.reason
+    env = {f"DESCRIPTOR_REDIS_POOL_{k.upper()}": str(v) for k, v in pool.items()}
+    with pytest.raises(ConfigError) as info:
+        load(None, env)
+    assert info.value.key == key

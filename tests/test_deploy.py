@@ -73,7 +73,7 @@ def test_reference_config_loads_as_is() -> None:
 def test_reference_config_documents_every_key() -> None:
     documented = data_paths(uncommented())
     missing = sorted(set(key_paths(cfg.Config)) - documented)
-    assert not missing, f"keys of config.py missing from {REFERENCE.name}: {missing}"
+    assert not missing, f"keys of the config dataclasses missing from {REFERENCE.name}: {missing}"
 
 
 def test_reference_config_shows_the_defaults() -> None:

@@ -200,14 +200,15 @@ def test_redis_latency_histogram_and_cache_errors(
     server = start(started, config, tmp_path / "a")
     url = metrics_url(server)
     before = scrape(url)
-    for op in ("stat", "set_descriptor", "clear"):
+    for op in ("stat", "set_descriptor", "fill", "clear"):
         assert before["registry_storage_cache_redis_seconds_count", (("operation", op),)] == 0
     with DescriptorClient(server.target) as client:
-        client.stat(blob)  # redis miss, backend, written to redis
+        client.stat(blob)  # redis miss, backend, written back to redis (fill)
         client.stat(blob)  # redis hit
     after = scrape(url)
     assert after["registry_storage_cache_redis_seconds_count", (("operation", "stat"),)] == 2
-    assert after["registry_storage_cache_redis_seconds_count", (("operation", "set_descriptor"),)] == 1
+    assert after["registry_storage_cache_redis_seconds_count", (("operation", "fill"),)] == 1
+    assert after["registry_storage_cache_redis_seconds_count", (("operation", "set_descriptor"),)] == 0
     assert after["registry_storage_cache_hits_total", ()] == 1
     assert after["registry_storage_cache_errors_total", ()] == 0
 
@@ -375,7 +376,7 @@ def test_check_config_prints_the_effective_config_with_secrets_masked(tmp_path: 
     assert effective["auth"]["tokens"][0]["sha256"] == "*****"
     assert effective["auth"]["tokens"][0]["name"] == "gc"
     assert effective["grpc"]["maxbatch"] == 7
-    assert effective["grpc"]["healthprobeinterval"] == 10.0
+    assert effective["grpc"]["healthprobeinterval"] == "10s"  # a default, in Go's notation
     assert effective["storage"]["filesystem"]["rootdirectory"] == str(tmp_path)
     assert "hunter2" not in proc.stdout
     assert token_hash not in proc.stdout

@@ -42,6 +42,10 @@ class BrokenCache:
         self.calls.append("set_descriptor")
         raise ConnectionError("cache unreachable")
 
+    async def fill(self, digest: str, descriptor: Descriptor, repository: str = "") -> bool:
+        self.calls.append("fill")
+        raise ConnectionError("cache unreachable")
+
     async def clear(self, digest: str, repository: str = "") -> None:
         self.calls.append("clear")
         raise ConnectionError("cache unreachable")
@@ -51,6 +55,9 @@ class WriteFailingCache(InMemoryCache):
     """A real in-memory cache whose writes fail (a full or read-only Redis)."""
 
     async def set_descriptor(self, digest: str, descriptor: Descriptor, repository: str = "") -> None:
+        raise ConnectionError("READONLY You can't write against a read only replica")
+
+    async def fill(self, digest: str, descriptor: Descriptor, repository: str = "") -> bool:
         raise ConnectionError("READONLY You can't write against a read only replica")
 
 
@@ -183,6 +190,7 @@ async def test_cache_failure_answers_from_backend_and_never_writes(layout: Layou
     assert await statter.stat(digest) == Descriptor(OCT, digest, 3)
     assert await statter.stat(digest, REPO) == Descriptor(OCT, digest, 3)
     assert "set_descriptor" not in broken.calls
+    assert "fill" not in broken.calls  # a failed lookup writes nothing back
     assert counters(statter) == (2, 0, 2, 2)
     # SetDescriptor still succeeds: the cache is best effort.
     await statter.set_descriptor(digest, Descriptor(OCT, digest, 3))

@@ -66,7 +66,7 @@ HANDLER_CODES = (
 RedisObserver = Callable[[str, float], None]
 
 #: The Redis cache's operations, pre-declared so their series exist before the first call.
-REDIS_OPERATIONS = ("stat", "stat_many", "set_descriptor", "clear")
+REDIS_OPERATIONS = ("stat", "stat_many", "set_descriptor", "fill", "clear")
 
 #: Backend calls: seconds from a millisecond (a local disk) to a minute (a hung peer).
 BACKEND_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)

@@ -382,6 +382,20 @@ class CachedBlobStatter:
             raise BackendUnavailableError(f"backend failed, nothing was cleared: {describe(err)}") from err
         if not held:
             raise BlobUnknownError.of(digest, repository)
+        await self._clear_again(digest, repository)
+
+    async def _clear_again(self, digest: str, repository: str) -> None:
+        """Clear the cache once more now that the backend has deleted: a shared cache's
+        fence then stands for its whole TTL from the deletion (however long the delete
+        took), and anything written back meanwhile by a process that does not honour the
+        fence (a distribution registry sharing the Redis) is removed."""
+        try:
+            await self.cache.clear(digest, repository)
+        except BlobUnknownError:
+            pass
+        except Exception as err:  # the deletion is done; the first clear already emptied the cache
+            self.metrics.errors += 1
+            self._cache_log.warning("cache clear after the backend deleted failed: %s", describe(err))
 
     async def _snapshot(self, digest: str, repository: str) -> list[tuple[Descriptor, str]]:
         """What the cache holds that a Clear of this scope removes: (descriptor, scope),

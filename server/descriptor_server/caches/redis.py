@@ -392,7 +392,7 @@ class RedisCache:
         args = [len(keys), 1 if repository else 0, descriptor.digest, descriptor.size, descriptor.media_type, *keys]
         try:
             written = await self._run(
-                "set_descriptor", self.write_timeout, lambda: self._fill_script(keys=script_keys, args=args)
+                "fill", self.write_timeout, lambda: self._fill_script(keys=script_keys, args=args)
             )
         finally:
             if self.near is not None:
@@ -400,17 +400,38 @@ class RedisCache:
         return bool(written)
 
     async def _fill_cluster(self, digest: str, descriptor: Descriptor, repository: str, keys: Sequence[str]) -> bool:
-        async def fenced() -> list[Any]:
+        """Cluster: the fences live in other slots than the keys, so no script can check
+        and write at once. Check, write, and check again: a Clear that landed between the
+        first check and the write has left its fence, and what was written is taken back."""
+
+        async def fenced() -> bool:
             pipe = self._pipeline(atomic=False)
             for key in keys:
                 pipe.exists(fence_key(key))
             replies: list[Any] = await pipe.execute()
-            return replies
+            return any(replies)
 
-        if any(await self._run("set_descriptor", self.read_timeout, fenced)):
+        if await self._run("fill", self.read_timeout, fenced):
             return False
         await self.set_descriptor(digest, descriptor, repository)
-        return True
+        if not await self._run("fill", self.read_timeout, fenced):
+            return True
+
+        async def take_back() -> None:
+            pipe = self._pipeline(atomic=False)
+            for key in keys:
+                if repository:
+                    pipe.srem(repository_set_key(repository), key)
+                    pipe.delete(repository_blob_key(repository, key))
+                pipe.delete(blob_key(key))
+            await pipe.execute()
+
+        try:
+            await self._run("fill", self.write_timeout, take_back, gate=False)
+        finally:
+            if self.near is not None:
+                await self.near.forget(keys, repository)
+        return False
 
     # -- Clear ------------------------------------------------------------------------
 

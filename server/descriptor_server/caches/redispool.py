@@ -16,6 +16,7 @@ their defaults (the cache logs that at start when the limits are set).
 
 from __future__ import annotations
 
+import contextlib
 import time
 from typing import Any
 
@@ -43,7 +44,7 @@ class IdleLimits:
             and connection.is_connected
             and time.monotonic() - idle_since > self.max_idle_time
         ):
-            await connection.disconnect()  # reconnected below, as a fresh connection
+            await _close(connection)  # reconnected below, as a fresh connection
         await super().ensure_connection(connection)  # type: ignore[misc]
 
     async def release(self, connection: AbstractConnection) -> None:
@@ -61,7 +62,15 @@ class IdleLimits:
         for extra in extras:
             self._available_connections.remove(extra)
         for extra in extras:
-            await extra.disconnect()
+            await _close(extra)
+
+
+async def _close(connection: AbstractConnection) -> None:
+    """Close without waiting for the peer: a dropped peer (the case idle limits exist for)
+    never answers a TLS close_notify, and the wait would count against the call that
+    happens to release or take the connection. A failure to close is not the call's."""
+    with contextlib.suppress(Exception):
+        await connection.disconnect(nowait=True)
 
 
 class IdleLimitedPool(IdleLimits, ConnectionPool):

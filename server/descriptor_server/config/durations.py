@@ -27,19 +27,22 @@ class WrittenDuration(float):
 
 
 def format_duration(seconds: float) -> str:
-    """A Go-style duration for a default that was not written (``30s``, ``500ms``, ``1m30s``)."""
+    """A Go-style duration for a default that was not written (``30s``, ``500ms``, ``1m30s``).
+
+    Exact: it parses back to the same number of seconds.
+    """
     if seconds == 0:
         return "0s"
+    if float(seconds).is_integer() and seconds >= 60:
+        hours, rest = divmod(int(seconds), 3600)
+        minutes, secs = divmod(rest, 60)
+        return "".join(f"{n}{unit}" for n, unit in ((hours, "h"), (minutes, "m"), (secs, "s")) if n)
     if seconds < 1:
         ms = seconds * 1000
-        return f"{ms:g}ms" if ms >= 1 else f"{seconds * 1e6:g}us"
-    whole = int(seconds)
-    if whole != seconds or whole < 60:
-        return f"{seconds:g}s"
-    hours, rest = divmod(whole, 3600)
-    minutes, secs = divmod(rest, 60)
-    parts = [f"{hours}h" if hours else "", f"{minutes}m" if minutes else "", f"{secs}s" if secs else ""]
-    return "".join(parts)
+        if ms.is_integer() and parse_duration(f"{int(ms)}ms", "") == seconds:
+            return f"{int(ms)}ms"
+    text = f"{int(seconds)}s" if float(seconds).is_integer() else f"{float(seconds)!r}s"
+    return text if "e" not in text else f"{float(seconds):.9f}".rstrip("0").rstrip(".") + "s"
 
 
 _DURATION_PART = re.compile(r"(\d+(?:\.\d*)?|\.\d+)(ns|us|µs|ms|s|m|h)")

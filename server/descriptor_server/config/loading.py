@@ -7,7 +7,7 @@ import difflib
 import os
 import types
 import typing
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Annotated, Any, Union
 
 import yaml
@@ -36,8 +36,12 @@ def load(path: str | None = None, environ: Mapping[str, str] | None = None) -> C
             data = {}
     if not isinstance(data, dict):
         raise ConfigError("", "the config file must hold a mapping at the top level")
-    apply_environment(data, os.environ if environ is None else environ)
-    return from_dict(data)
+    # The file's 2.x keys take their 3.x names first, so that an override of either name
+    # overrides them (the environment wins over the file, whatever names each uses).
+    mapped, moved = map_legacy_keys(data)
+    data = dict(mapped)
+    moved += apply_environment(data, os.environ if environ is None else environ)
+    return from_dict(data, deprecated=moved)
 
 
 class Scalar:
@@ -90,9 +94,13 @@ def _resolved(value: Any) -> Any:
     return value.value if isinstance(value, Scalar) else value
 
 
-def from_dict(data: Mapping[str, Any]) -> Config:
-    """Build and validate a Config from a plain mapping (``…file`` secrets read here)."""
-    data, deprecated = map_legacy_keys(data)
+def from_dict(data: Mapping[str, Any], *, deprecated: Sequence[tuple[str, str]] = ()) -> Config:
+    """Build and validate a Config from a plain mapping (``…file`` secrets read here).
+
+    ``deprecated``: the 2.x keys already moved to their 3.x names (by :func:`load`).
+    """
+    data, more = map_legacy_keys(data)
+    deprecated = [*deprecated, *more]
     try:
         config: Config = _build(Config, data, "")
         if deprecated:
@@ -140,12 +148,15 @@ def is_text(hint: Any) -> bool:
     return hint is str
 
 
-def apply_environment(data: dict[str, Any], environ: Mapping[str, str]) -> None:
-    """Apply ``DESCRIPTOR_*`` overrides in place.
+def apply_environment(data: dict[str, Any], environ: Mapping[str, str]) -> list[tuple[str, str]]:
+    """Apply ``DESCRIPTOR_*`` overrides in place; the distribution 2.x names they used.
 
     The override of a string-typed key is the variable's value verbatim; any other
-    value is parsed as YAML (scalars kept as written, as in the file).
+    value is parsed as YAML (scalars kept as written, as in the file). A 2.x Redis name
+    (``DESCRIPTOR_REDIS_ADDR``, ``DESCRIPTOR_REDIS_POOL_MAXACTIVE``...) sets its 3.x key;
+    setting both names of one key is a config error naming both variables.
     """
+    moved: list[tuple[str, str]] = []
     for name in sorted(environ):
         if not name.startswith(ENV_PREFIX):
             continue
@@ -155,9 +166,17 @@ def apply_environment(data: dict[str, Any], environ: Mapping[str, str]) -> None:
         key = ".".join(parts)
         if not all(parts):
             raise ConfigError(key, f"{name} has an empty part (keys are joined by single underscores)")
+        legacy = tuple(parts[1:]) if parts[0] == "redis" else ()
         value: Any
-        if is_text(hint_at(parts)):
-            value = environ[name]
+        if legacy in LEGACY_REDIS_KEYS:
+            new = LEGACY_REDIS_KEYS[legacy]
+            other = f"{ENV_PREFIX}REDIS_{new.upper()}"
+            if other in environ:
+                raise ConfigError(key, f"{name} (distribution 2.x) and {other} are both set (keep {other})")
+            moved.append((key, f"redis.{new}"))
+            parts = ["redis", new]
+        if legacy == ("addr",) or is_text(hint_at(parts)):
+            value = environ[name]  # 2.x's addr was a string: one address, verbatim
         else:
             try:
                 value = compose(environ[name])
@@ -171,7 +190,10 @@ def apply_environment(data: dict[str, Any], environ: Mapping[str, str]) -> None:
             if not isinstance(child, dict):
                 raise ConfigError(".".join(parts[: i + 1]), f"{name} sets a key under a value that is not a mapping")
             node = child
+        if legacy in LEGACY_REDIS_KEYS:
+            check_legacy_value(key, value)
         node[parts[-1]] = value
+    return moved
 
 
 def _build(cls: type[Any], data: Any, path: str) -> Any:
@@ -242,6 +264,22 @@ LEGACY_REDIS_KEYS = {
 }
 
 
+#: 2.x values whose meaning the 3.x key does not have (redigo's pool, not go-redis's).
+_LEGACY_ZERO = {
+    "redis.pool.maxidle": "0 kept no idle connection in distribution 2.x (redigo), but redis.maxidleconns: 0"
+    " means no limit; set redis.maxidleconns to the number of idle connections to keep",
+    "redis.pool.maxactive": "0 meant no limit in distribution 2.x (redigo); redis.poolsize needs a number of"
+    " connections (>= 1); set redis.poolsize",
+}
+
+
+def check_legacy_value(path: str, value: Any) -> None:
+    """Refuse a 2.x value that would mean something else under its 3.x name."""
+    resolved = _resolved(value)
+    if path in _LEGACY_ZERO and isinstance(resolved, int) and not isinstance(resolved, bool) and resolved == 0:
+        raise ConfigError(path, _LEGACY_ZERO[path])
+
+
 def map_legacy_keys(data: Mapping[str, Any]) -> tuple[Mapping[str, Any], list[tuple[str, str]]]:
     """``data`` with distribution 2.x's Redis keys moved to their 3.x names, and the moves made.
 
@@ -269,6 +307,7 @@ def map_legacy_keys(data: Mapping[str, Any]) -> tuple[Mapping[str, Any], list[tu
     for old, value in found:
         new = LEGACY_REDIS_KEYS[old]
         old_path, new_path = "redis." + ".".join(old), f"redis.{new}"
+        check_legacy_value(old_path, value)
         if new in redis:
             raise ConfigError(old_path, f"{old_path} (distribution 2.x) and {new_path} are both set (keep {new_path})")
         redis[new] = value
