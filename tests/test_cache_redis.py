@@ -654,3 +654,30 @@ async def test_fill_writes_what_set_descriptor_writes_until_a_clear_fences_it(
         assert await cache.stat(B256, REPO) == desc
     finally:
         await cache.close()
+
+
+async def test_on_cluster_a_clear_between_the_check_and_the_write_takes_the_write_back(
+    redis_cluster: list[RedisProcess],
+) -> None:
+    """Cluster cannot check the fence and write in one script: a Clear (by another
+    process) landing between the two is found by the second check, and the write undone."""
+    flush(*redis_cluster)
+    addrs = [n.addr for n in redis_cluster]
+    filler, other = from_config(redis_config(addrs)), from_config(redis_config(addrs))
+    desc = Descriptor(LAYER, B256, 9)
+    write = filler.set_descriptor
+
+    async def write_then_cleared_elsewhere(digest: str, descriptor: Descriptor, repository: str = "") -> None:
+        await write(digest, descriptor, repository)
+        await other.clear(digest, repository)  # the other process's Clear lands right here
+        await write(digest, descriptor, repository)  # ...and this write is the one that raced it
+
+    try:
+        filler.set_descriptor = write_then_cleared_elsewhere  # type: ignore[method-assign]
+        assert await filler.fill(B256, desc, REPO) is False
+        for scope in ("", REPO):
+            with pytest.raises(BlobUnknownError):
+                await other.stat(B256, scope)
+    finally:
+        await filler.close()
+        await other.close()

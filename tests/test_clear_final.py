@@ -229,3 +229,22 @@ async def test_setdescriptor_after_a_clear_is_not_fenced(
     await first.set_descriptor(digest, desc, REPO)
     assert await second.cache.stat(digest, REPO) == desc
     assert await first.stat(digest, REPO) == desc
+
+
+async def test_an_entry_written_during_the_delete_by_a_process_ignoring_the_fence_is_removed(
+    two_processes: tuple[CachedBlobStatter, GatedBackend, CachedBlobStatter], layout: Layout
+) -> None:
+    """A distribution registry sharing the Redis writes without looking at the fence: the
+    Clear clears the cache once more after the backend deleted."""
+    first, gated, second = two_processes
+    content = b"written back by a registry during the delete"
+    digest = layout.push(REPO, content)
+    gated.deletes.hold()
+    clear = asyncio.ensure_future(first.clear(digest, REPO))
+    await gated.deletes.reached()  # the cache is cleared; the backend delete is under way
+    await second.cache.set_descriptor(digest, Descriptor(OCT, digest, len(content)), REPO)  # unfenced writer
+    gated.deletes.open()
+    await asyncio.wait_for(clear, 10)
+    assert await unknown(second, digest, REPO)
+    with pytest.raises(BlobUnknownError):  # nothing the registry wrote is left in Redis
+        await second.cache.stat(digest, REPO)
