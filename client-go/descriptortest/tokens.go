@@ -49,6 +49,24 @@ func NewRSATokenIssuer(t testing.TB) *TokenIssuer {
 	return newTokenIssuer(t, "RS256", func() (crypto.Signer, error) { return rsa.GenerateKey(rand.Reader, 2048) })
 }
 
+// certificate is the template of a day-long certificate named name: a CA's when ca.
+func certificate(t testing.TB, name string, ca bool) *x509.Certificate {
+	now := time.Now()
+	c := &x509.Certificate{
+		SerialNumber:          serial(t),
+		Subject:               pkix.Name{CommonName: name},
+		NotBefore:             now.Add(-5 * time.Minute),
+		NotAfter:              now.Add(24 * time.Hour),
+		BasicConstraintsValid: true,
+		KeyUsage:              x509.KeyUsageDigitalSignature,
+	}
+	if ca {
+		c.IsCA = true
+		c.KeyUsage |= x509.KeyUsageCertSign | x509.KeyUsageCRLSign
+	}
+	return c
+}
+
 func newTokenIssuer(t testing.TB, alg string, newKey func() (crypto.Signer, error)) *TokenIssuer {
 	t.Helper()
 	rootKey, err := newKey()
@@ -59,16 +77,7 @@ func newTokenIssuer(t testing.TB, alg string, newKey func() (crypto.Signer, erro
 	if err != nil {
 		t.Fatal(err)
 	}
-	now := time.Now()
-	root := &x509.Certificate{
-		SerialNumber:          serial(t),
-		Subject:               pkix.Name{CommonName: "descriptortest token root CA"},
-		NotBefore:             now.Add(-5 * time.Minute),
-		NotAfter:              now.Add(24 * time.Hour),
-		IsCA:                  true,
-		BasicConstraintsValid: true,
-		KeyUsage:              x509.KeyUsageCertSign | x509.KeyUsageCRLSign | x509.KeyUsageDigitalSignature,
-	}
+	root := certificate(t, "descriptortest token root CA", true)
 	rootDER, err := x509.CreateCertificate(rand.Reader, root, root, rootKey.Public(), rootKey)
 	if err != nil {
 		t.Fatal(err)
@@ -76,14 +85,7 @@ func newTokenIssuer(t testing.TB, alg string, newKey func() (crypto.Signer, erro
 	if root, err = x509.ParseCertificate(rootDER); err != nil {
 		t.Fatal(err)
 	}
-	leaf := &x509.Certificate{
-		SerialNumber:          serial(t),
-		Subject:               pkix.Name{CommonName: "descriptortest token signer"},
-		NotBefore:             now.Add(-5 * time.Minute),
-		NotAfter:              now.Add(24 * time.Hour),
-		BasicConstraintsValid: true,
-		KeyUsage:              x509.KeyUsageDigitalSignature,
-	}
+	leaf := certificate(t, "descriptortest token signer", false)
 	signer, err := x509.CreateCertificate(rand.Reader, leaf, root, key.Public(), rootKey)
 	if err != nil {
 		t.Fatal(err)
