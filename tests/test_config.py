@@ -111,7 +111,7 @@ def test_durations(text: Any, seconds: float) -> None:
     assert parse_duration(text, "k") == pytest.approx(seconds)
 
 
-@pytest.mark.parametrize("text", ["", "1", "abc", "1x", "s", "-1s", "1s ms", True, [1]])
+@pytest.mark.parametrize("text", ["", "1", "abc", "1x", "s", "-1s", "1s ms", True, [1], float("nan"), float("inf")])
 def test_bad_durations_name_the_key(text: Any) -> None:
     with pytest.raises(ConfigError) as info:
         from_dict({"redis": {"dialtimeout": text}})

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import re
 from typing import Any
 
@@ -65,6 +66,8 @@ def parse_duration(value: Any, path: str) -> float:
             raise ConfigError(path, f"invalid duration {value!r} (want e.g. 500ms, 1s, 1m30s)")
     else:
         raise ConfigError(path, f"want a duration such as 1s, got {_kind(value)}")
+    if not math.isfinite(seconds):
+        raise ConfigError(path, f"want a finite duration, got {value!r}")
     if seconds < 0:
         raise ConfigError(path, "duration must not be negative")
     return seconds
