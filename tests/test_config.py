@@ -537,3 +537,12 @@ def test_a_2x_zero_that_means_something_else_in_3x_is_refused(
     with pytest.raises(ConfigError) as info:
         load(None, env)
     assert info.value.key == key
+
+
+def test_an_error_found_at_start_names_the_2x_key_as_written(tmp_path: Path) -> None:
+    from helpers.support import run_server_command
+
+    path = write(tmp_path, {"storage": {"cache": {"blobdescriptor": "redis"}}, "redis": {"addr": "127.0.0.1:0"}})
+    proc = run_server_command(["--check-config", path], cwd=tmp_path)
+    assert proc.returncode == 2
+    assert "config error: redis.addr: invalid address '127.0.0.1:0'" in proc.stderr

@@ -33,7 +33,7 @@ from . import security, workers
 from .backends import Backend, bounded
 from .cachehealth import WatchedCache, check_cache_at_start, combined_probe
 from .caches import Cache
-from .config import Config, ConfigError, check_workers, load, to_dict
+from .config import Config, ConfigError, as_written, check_workers, load, to_dict
 from .debug_http import MetricsEndpoint
 from .health import Health
 from .interceptor import ObservingInterceptor
@@ -382,6 +382,13 @@ def main(argv: Sequence[str] | None = None) -> int:
 def run(args: argparse.Namespace) -> int:
     """Check or serve, as ``args`` say; a bad configuration raises :class:`ConfigError`."""
     config = load(args.check_config or args.config)
+    try:
+        return _run(args, config)
+    except ConfigError as err:  # found at start (a cache, a listener): named as written
+        raise as_written(err, config.deprecated) from None
+
+
+def _run(args: argparse.Namespace, config: Config) -> int:
     security.check_files(config)
     check_tracing(os.environ)
     warning = config.deprecation_warning()

@@ -38,6 +38,7 @@ from .loading import (
     Scalar,
     _build,
     apply_environment,
+    as_written,
     compose,
     from_dict,
     hint_at,
@@ -95,6 +96,7 @@ from .view import (
 )
 
 __all__ = [
+    "as_written",
     "AuthConfig",
     "AuthToken",
     "BACKENDS",

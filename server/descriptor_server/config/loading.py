@@ -107,15 +107,20 @@ def from_dict(data: Mapping[str, Any], *, deprecated: Sequence[tuple[str, str]] 
             config = dataclasses.replace(config, deprecated=tuple(deprecated))
         config = read_secret_files(config)
         validate(config)
-    except ConfigError as err:  # name the key as the config wrote it
-        for written, moved in deprecated:
-            if err.key == moved or err.key.startswith((moved + ".", moved + "[")):
-                rest = err.key[len(moved) :]
-                if written == "redis.addr" and rest == "[0]":
-                    rest = ""  # 2.x's addr is the one address
-                raise ConfigError(written + rest, err.reason) from None
-        raise
+    except ConfigError as err:
+        raise as_written(err, deprecated) from None
     return config
+
+
+def as_written(err: ConfigError, deprecated: Sequence[tuple[str, str]]) -> ConfigError:
+    """``err`` naming the key as the config wrote it (a 2.x name read as its 3.x key)."""
+    for written, moved in deprecated:
+        if err.key == moved or err.key.startswith((moved + ".", moved + "[")):
+            rest = err.key[len(moved) :]
+            if written == "redis.addr" and rest == "[0]":
+                rest = ""  # 2.x's addr is the one address
+            return ConfigError(written + rest, err.reason)
+    return err
 
 
 def hint_at(parts: list[str]) -> Any:
