@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import grpc
+import httpx
 import pytest
 import yaml
 from descriptor_client import BlobUnknownError, DescriptorClient
@@ -182,3 +183,50 @@ def test_node_caller_trace_context_is_kept(receiver: tuple[Receiver, int], tmp_p
     assert stat.parent_span_id.hex() == parent_hex
     resource = next(r for r, s in spans.spans if s is stat)
     assert resource["service.name"] == "blobs"
+
+
+def test_a_registry_head_and_the_service_stat_it_makes_are_one_trace(
+    receiver: tuple[Receiver, int], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """distribution v3.1.1's registry with this service as its cache (registry-descriptor),
+    both exporting to one receiver: a HEAD carrying a caller's traceparent is traced by the
+    registry, and the Stat the Go client makes for it is a span of that trace, its parent a
+    span of the registry's."""
+    from helpers.backend_support import REGISTRY_DESCRIPTOR, RegistryProcess, push_blob
+
+    if not REGISTRY_DESCRIPTOR.available():  # a failure in CI (conftest)
+        pytest.skip(f"{REGISTRY_DESCRIPTOR.binary} is not built (./dev test builds it from registry-go/)")
+    spans, port = receiver
+    root = tmp_path / "service-root"
+    root.mkdir()
+    service = ServerProcess(base_config(root), tmp_path, env=otel_env(port)).start()
+    for name, value in otel_env(port, OTEL_EXPORTER_OTLP_PROTOCOL="grpc", OTEL_SERVICE_NAME="registry").items():
+        monkeypatch.setenv(name, value)  # the registry's environment (distribution's autoexport)
+    options = {"target": service.target, "timeout": "5s"}
+    middleware = {"middleware": {"repository": [{"name": "descriptorcache", "options": options}]}}
+    registry = RegistryProcess(tmp_path / "registry", release=REGISTRY_DESCRIPTOR, extra=middleware)
+    try:
+        digest = push_blob(registry.url, "traced/app", b"a layer behind a traced registry")
+        trace_id, caller_span = "4bf92f3577b34da6a3ce929d0e0e4736", "00f067aa0ba902b7"
+        resp = httpx.head(
+            f"{registry.url}/v2/traced/app/blobs/{digest}",
+            headers={"traceparent": f"00-{trace_id}-{caller_span}-01"},
+            timeout=10,
+        )
+        assert resp.status_code == 200
+        want = bytes.fromhex(trace_id)
+
+        def service_stat() -> list[Any]:
+            return [s for s in spans.named(f"{SERVICE}/Stat") if s.trace_id == want]
+
+        wait_for(lambda: bool(service_stat()), timeout=20)
+        in_trace = [(res, s) for res, s in list(spans.spans) if s.trace_id == want]
+    finally:
+        registry.stop()
+        service.stop()
+    registry_spans = {s.span_id: s for res, s in in_trace if res.get("service.name") == "registry"}
+    assert registry_spans, "the registry exported no span of the caller's trace"
+    (stat,) = service_stat()
+    assert stat.parent_span_id in registry_spans  # the Go client sent the registry's span as parent
+    head = [s for s in registry_spans.values() if s.parent_span_id == bytes.fromhex(caller_span)]
+    assert head, "the registry's HEAD span is not the caller's child"

@@ -7,6 +7,7 @@ import (
 	"github.com/descriptor-service/descriptor-service/client-go/descriptor"
 	"github.com/distribution/distribution/v3"
 	"github.com/opencontainers/go-digest"
+	"go.opentelemetry.io/otel/trace"
 )
 
 // Stat batching (option batchstat, on by default).
@@ -19,6 +20,10 @@ import (
 // HEAD waits for nothing. Each digest of a BatchStat is still its own lookup on the
 // service (its own request, hit or miss in GetMetrics, its own backend read on a
 // miss, its own error), so the semantics are those of one Stat per HEAD.
+//
+// Trace context: an RPC carries the span of the first HEAD it answers (the only
+// one for a lone HEAD), so the service's span joins that request's trace; W3C
+// trace context names one parent per call.
 const (
 	maxInFlight = 2
 	maxBatch    = 256 // well under the service's default grpc.maxbatch (1000)
@@ -26,6 +31,7 @@ const (
 
 type statCall struct {
 	dgst digest.Digest
+	span trace.SpanContext // the HEAD's span, for the RPC's trace context
 	desc distribution.Descriptor
 	err  error
 	done chan struct{}
@@ -77,7 +83,7 @@ func (bs *batchers) release(repo string, b *statBatcher) {
 
 // Stat queues dgst and waits for its answer (or for ctx).
 func (b *statBatcher) Stat(ctx context.Context, owner *batchers, repoName string, dgst digest.Digest) (distribution.Descriptor, error) {
-	call := &statCall{dgst: dgst, done: make(chan struct{})}
+	call := &statCall{dgst: dgst, span: trace.SpanContextFromContext(ctx), done: make(chan struct{})}
 	b.mu.Lock()
 	b.queue = append(b.queue, call)
 	var batch []*statCall
@@ -114,7 +120,8 @@ func (b *statBatcher) send(owner *batchers, repoName string, batch []*statCall) 
 	for batch != nil {
 		// The calls' own contexts belong to different requests: the RPC runs under
 		// the client's default deadline, and a caller that gives up stops waiting.
-		ctx := context.Background()
+		// It carries the first call's span only (see the trace context note above).
+		ctx := trace.ContextWithSpanContext(context.Background(), batch[0].span)
 		if len(batch) == 1 {
 			c := batch[0]
 			c.desc, c.err = b.single.Stat(ctx, c.dgst)
