@@ -420,10 +420,7 @@ class RedisCache:
         async def take_back() -> None:
             pipe = self._pipeline(atomic=False)
             for key in keys:
-                if repository:
-                    pipe.srem(repository_set_key(repository), key)
-                    pipe.delete(repository_blob_key(repository, key))
-                pipe.delete(blob_key(key))
+                _queue_removal(pipe, key, repository)
             await pipe.execute()
 
         try:
@@ -448,10 +445,7 @@ class RedisCache:
 
         async def call() -> list[Any]:
             pipe = self._pipeline(atomic=True)
-            if repository:
-                pipe.srem(repository_set_key(repository), digest)
-                pipe.delete(repository_blob_key(repository, digest))
-            pipe.delete(blob_key(digest))
+            _queue_removal(pipe, digest, repository)
             # The fence: no write-back of a read begun before now, in any process.
             pipe.set(fence_key(digest), "1", px=self.fence_ms)
             replies: list[Any] = await pipe.execute()
@@ -472,6 +466,16 @@ class RedisCache:
         await self.client.aclose()
         for closer in self._closers:
             await closer()
+
+
+def _queue_removal(pipe: Any, digest: str, repository: str) -> None:
+    """Queue what a Clear of ``digest`` in this scope removes: in a repository, its
+    membership and media type; in every scope, the global hash (first reply: whether
+    the scope held it)."""
+    if repository:
+        pipe.srem(repository_set_key(repository), digest)
+        pipe.delete(repository_blob_key(repository, digest))
+    pipe.delete(blob_key(digest))
 
 
 def _describe(err: BaseException, budget: float) -> str:
