@@ -203,6 +203,8 @@ class DescriptorServer:
         )
         self.call_logger = CallLogger()
         authorizer = security.build_authorizer(config.auth)
+        #: Whether the authorizer checks tokens, so reads each call's metadata.
+        self.reads_tokens = authorizer.enabled
         self.servicer = DescriptorServicer(
             self.statter, authorizer=authorizer, observer=security.audited(self.observe, authorizer)
         )
@@ -250,7 +252,13 @@ class DescriptorServer:
         server = grpc.aio.server(
             options=server_options(g),
             maximum_concurrent_rpcs=g.maxconcurrentcalls or None,
-            interceptors=(ObservingInterceptor(self.metrics.rpcs, self.tracing.tracer),),
+            interceptors=(
+                ObservingInterceptor(
+                    self.metrics.rpcs,
+                    self.tracing.tracer,
+                    hand_metadata=self.reads_tokens,
+                ),
+            ),
         )
         server.add_generic_rpc_handlers((self.servicer.generic_handler(),))
         self.health.add_to(server)

@@ -92,9 +92,11 @@ def _rebuild(handler: grpc.RpcMethodHandler, behavior: Any) -> grpc.RpcMethodHan
 class ObservingInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
     """Counts every call's start; measures the other services; spans when tracing is on."""
 
-    def __init__(self, rpcs: RpcCollector, tracer: Tracer | None = None) -> None:
+    def __init__(self, rpcs: RpcCollector, tracer: Tracer | None = None, *, hand_metadata: bool = True) -> None:
         self.rpcs = rpcs
         self.tracer = tracer
+        #: Hand each call's metadata to the handler (for an authorizer that reads tokens).
+        self.hand_metadata = hand_metadata
         #: full method path -> started counter, for the service's own methods
         self._own = rpcs.started_by_path()
         #: full method path -> the method's name (``Stat``), for the service's own methods
@@ -107,7 +109,8 @@ class ObservingInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
         started = self._own.get(path)
         if started is not None:
             started[0] += 1
-            _call_metadata.set((self._names[path], handler_call_details.invocation_metadata))
+            if self.hand_metadata:
+                _call_metadata.set((self._names[path], handler_call_details.invocation_metadata))
             if self.tracer is None:
                 return await continuation(handler_call_details)
             handler = await continuation(handler_call_details)
