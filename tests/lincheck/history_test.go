@@ -110,6 +110,11 @@ type history struct {
 	trigger     chan int      // the replica a call is about to go to, once armed
 	clearFailed chan struct{} // a Clear failed
 	fired       atomic.Bool
+	// cut is closed to end the workload early: half of the faulty histories end
+	// right after the fault healed, so its after-effects (an entry put back, a
+	// delete that went on) reach the end of the history unrepaired by later calls.
+	cut     chan struct{}
+	cutOnce sync.Once
 }
 
 func (h *history) now() int64 { return int64(time.Since(h.start)) }
@@ -131,7 +136,7 @@ func (h *history) faultNote(start int64, text string) {
 }
 
 func newHistory(t *testing.T, e *env, c testCase, n int, seed uint64) *history {
-	h := &history{t: t, e: e, c: c, n: n, seed: seed, trigger: make(chan int, 1), clearFailed: make(chan struct{}, 1)}
+	h := &history{t: t, e: e, c: c, n: n, seed: seed, trigger: make(chan int, 1), clearFailed: make(chan struct{}, 1), cut: make(chan struct{})}
 	h.tmp = filepath.Join(e.root, "lincheck-tmp")
 	if err := os.MkdirAll(h.tmp, 0o755); err != nil {
 		t.Fatal(err)
@@ -228,6 +233,9 @@ func (h *history) push(client int, k *key, ri int, rnd *rand.Rand) {
 	h.add(client, call, ret, Input{Key: k.i, Kind: Push}, Output{}, "link written to storage")
 	// A registry's commit writes the link, then the cache: the gap is where a
 	// concurrent delete lands.
+	if !*withSet {
+		return
+	}
 	think(rnd, 4*time.Millisecond)
 	ri = h.pick(ri)
 	r := h.e.servers[ri]
@@ -349,6 +357,11 @@ func (h *history) client(id int, end time.Time) {
 	rnd := rand.New(rand.NewPCG(h.seed, uint64(id)+1))
 	n := len(h.e.servers)
 	for time.Now().Before(end) {
+		select {
+		case <-h.cut:
+			return
+		default:
+		}
 		var k *key
 		switch p := rnd.IntN(4); {
 		case p < 2:
@@ -421,6 +434,11 @@ func (h *history) inject(rnd *rand.Rand, duration time.Duration, workloadDone <-
 		h.waitFailure(h.clearFailed)
 		h.e.back.cont()
 		h.faultNote(start, "back service SIGSTOPped until a Clear timed out in front, SIGCONT")
+	}
+	if rnd.IntN(2) == 0 {
+		at := h.now()
+		h.note(porcupine.Annotation{Tag: "fault", Start: at, End: at, Description: "workload ends"})
+		h.cutOnce.Do(func() { close(h.cut) })
 	}
 }
 

@@ -18,6 +18,7 @@ var (
 	outFlag       = flag.String("out", "", "directory for the visualizations of violating histories (default: a new temporary directory)")
 	clientTimeout = flag.Duration("client-timeout", time.Second, "deadline of every call")
 	settleTimeout = flag.Duration("settle", 5*time.Second, "how long a history with failed calls may take to settle")
+	withSet       = flag.Bool("set", true, "pushes call SetDescriptor after writing the link (false: storage only, which leaves the read and Clear paths alone under test)")
 	checkTimeout  = flag.Duration("check-timeout", 20*time.Second, "how long Porcupine may search one history")
 )
 
