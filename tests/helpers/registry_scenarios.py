@@ -379,7 +379,8 @@ def delete_storm(registry: RegistryProcess, client: Crane, workdir: Path, *, loo
                     # One cycle per round of pulls: wait until as many pulls as there
                     # are loops have finished since the previous cycle.
                     with progress:
-                        progress.wait_for(partial(pulled_since, finished))
+                        if not progress.wait_for(partial(pulled_since, finished), timeout=120):
+                            return  # the pulls stopped (the caller sees the cycles missing)
                     for d in digests:
                         http.delete(f"{registry.url}/v2/{repo}/blobs/{d}")
                     http.delete(f"{registry.url}/v2/{repo}/manifests/{manifest_digest}")
@@ -410,7 +411,7 @@ def delete_storm(registry: RegistryProcess, client: Crane, workdir: Path, *, loo
                 if pulled.returncode != 0:
                     failures.append(pulled.stderr.strip().splitlines()[-1] if pulled.stderr.strip() else "")
                     # The image was being deleted: pull again once it is pushed again.
-                    progress.wait_for(partial(pushed_since, pushed))
+                    progress.wait_for(partial(pushed_since, pushed), timeout=120)
 
     start = time.monotonic()
     threads = [threading.Thread(target=puller) for _ in range(loops)]
