@@ -61,7 +61,7 @@ class AfterCollection:
     get: int
     #: The same image pushed again: the client's exit status and, on failure, its words.
     repush: str
-    #: GET of the layer after that push.
+    #: GET of the layer after that push (-1: a 200 with other bytes than the layer).
     get_after_repush: int
 
 
