@@ -514,6 +514,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         "--only", choices=("all", "near"), default="all", help="near: only the Redis near cache's rows (near_bench.py)"
     )
     parser.add_argument("--no-auth", action="store_true", help="skip the token-auth figures (auth_bench.py)")
+    parser.add_argument(
+        "--publish",
+        type=Path,
+        default=None,
+        help="the committed page of figures to rewrite (default: docs/benchmarks.md after a full run;"
+        " quick and --only runs rewrite it only when named)",
+    )
     args = parser.parse_args(argv)
     quick = args.quick
     near_only = args.only == "near"
@@ -715,7 +722,30 @@ def main(argv: Sequence[str] | None = None) -> int:
     (args.out / f"{stamp}.json").write_text(json.dumps(results, indent=2))
     (args.out / "latest.md").write_text(table + "\n")
     say(f"written to {args.out}/{stamp}.json and latest.md")
+    publish = args.publish or (PUBLISHED if not quick and not near_only else None)
+    if publish is not None:
+        publish.write_text(published_page(info, table))
+        say(f"figures written to {publish} (commit it)")
     return 0
+
+
+#: The one committed page of dated figures (the docs link to it); a full run rewrites it.
+PUBLISHED = HERE.parent / "docs" / "benchmarks.md"
+
+
+def published_page(info: dict[str, str], table: str) -> str:
+    """docs/benchmarks.md: the date, the machine and the table of one run."""
+    return (
+        "# Benchmark figures\n\n"
+        "Written by `./dev bench` (a full run rewrites this file; `benchmarks/README.md` says what\n"
+        "each row measures and how, [performance.md](performance.md) what the figures mean and\n"
+        "why some goals are not met). Absolute figures depend on the machine and its load; the\n"
+        "ratios, taken minutes apart in one run, are what the goals are about.\n\n"
+        f"Run of {info['date']}: `nproc` {info['nproc']}, {info['cpu'] or 'unknown CPU'}, "
+        f"Python {info['python']}, grpcio {info['grpcio']}, load average {info['loadavg']} at the start.\n\n"
+        + table
+        + "\n"
+    )
 
 
 def render(res: dict[str, Any], mem_entries: int, scan_capacity: int) -> str:
