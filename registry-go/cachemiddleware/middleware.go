@@ -27,6 +27,12 @@
 //   - A blob deleted through the registry is cleared in the service first, then
 //     deleted from storage; a service that refuses (UNAVAILABLE, UNSUPPORTED)
 //     fails the DELETE with nothing changed.
+//   - Where storage finds a blob missing that the service claimed (a GET's body, a
+//     manifest PUT's verification, the source of a cross-repository mount), the
+//     registry answers as it would alone (404 BLOB_UNKNOWN, MANIFEST_BLOB_UNKNOWN,
+//     an upload instead of a mount) and the service's entry is revalidated (the
+//     Revalidate RPC: the service reads its backend and drops the entry), so the
+//     next HEAD is right (heal.go).
 //
 // Bodies (GET) are still served from storage, after the service answered the Stat.
 package cachemiddleware
@@ -121,7 +127,7 @@ func initRepository(ctx context.Context, repository distribution.Repository, opt
 	if err != nil {
 		return nil, fmt.Errorf("%s middleware: %w", Name, err)
 	}
-	return &repositoryWithCache{Repository: repository, service: scoped, batchers: e.batchers}, nil
+	return &repositoryWithCache{Repository: repository, service: scoped, batchers: e.batchers, provider: e.provider}, nil
 }
 
 // repositoryWithCache is the registry's repository with its blob store wrapped.
@@ -129,6 +135,7 @@ type repositoryWithCache struct {
 	distribution.Repository
 	service  distribution.BlobDescriptorService
 	batchers *batchers
+	provider cache.BlobDescriptorCacheProvider
 }
 
 func (r *repositoryWithCache) Blobs(ctx context.Context) distribution.BlobStore {
@@ -137,6 +144,7 @@ func (r *repositoryWithCache) Blobs(ctx context.Context) distribution.BlobStore 
 		service:   r.service,
 		batchers:  r.batchers,
 		repo:      r.Repository.Named().Name(),
+		provider:  r.provider,
 	}
 }
 
@@ -148,6 +156,7 @@ type blobStore struct {
 	service  distribution.BlobDescriptorService
 	batchers *batchers // nil: one Stat RPC per Stat
 	repo     string
+	provider cache.BlobDescriptorCacheProvider // for the scope of a mount's source
 
 	mu   sync.Mutex
 	last *distribution.Descriptor // the last Stat answered, for ServeBlob
@@ -222,7 +231,15 @@ func (bs *blobStore) recall(dgst digest.Digest) (distribution.Descriptor, bool) 
 // blob server sets; a GET is served from storage.
 func (bs *blobStore) ServeBlob(ctx context.Context, w http.ResponseWriter, r *http.Request, dgst digest.Digest) error {
 	if r.Method != http.MethodHead {
-		return bs.BlobStore.ServeBlob(ctx, w, r, dgst)
+		err := bs.BlobStore.ServeBlob(ctx, w, r, dgst)
+		if errors.Is(err, distribution.ErrBlobUnknown) {
+			// The service answered the handler's Stat, storage lacks the blob:
+			// distribution's handler would turn this error into a 500. Answer the 404
+			// the registry alone answers, and drop the service's stale entry.
+			bs.heal(ctx, bs.service, bs.repo, dgst, "GET")
+			return serveBlobUnknown(w, dgst)
+		}
+		return err
 	}
 	desc, ok := bs.recall(dgst)
 	if !ok {
@@ -303,6 +320,10 @@ func (bs *blobStore) Create(ctx context.Context, options ...distribution.BlobCre
 	var mounted distribution.ErrBlobMounted
 	if errors.As(err, &mounted) {
 		bs.prime(ctx, "", mounted.Descriptor)
+	} else if from, ok := mountSource(options); ok {
+		// Storage did not mount: the source repository lacks the blob (or its data),
+		// whatever the service says of it there.
+		bs.healMountSource(ctx, from)
 	}
 	if err != nil {
 		return w, err // the handler type-asserts ErrBlobMounted: returned as it is
