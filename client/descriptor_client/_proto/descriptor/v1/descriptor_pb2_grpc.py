@@ -5,7 +5,7 @@ import warnings
 
 from descriptor_client._proto.descriptor.v1 import descriptor_pb2 as descriptor_dot_v1_dot_descriptor__pb2
 
-GRPC_GENERATED_VERSION = '1.85.4'
+GRPC_GENERATED_VERSION = '1.85.1'
 GRPC_VERSION = grpc.__version__
 _version_not_supported = False
 
