@@ -42,8 +42,10 @@ def new_repo(prefix: str = "heal") -> str:
     return f"{prefix}/app-{next(_repos)}"
 
 
-def middleware(target: str) -> dict[str, Any]:
+def middleware(target: str, token: str | None = None) -> dict[str, Any]:
     options = {"target": target, "timeout": "5s"}
+    if token is not None:
+        options["token"] = token
     return {"middleware": {"repository": [{"name": "descriptorcache", "options": options}]}}
 
 
@@ -57,13 +59,20 @@ def binary() -> str:
 class Shared:
     """A descriptor-server and registry-descriptor over one storage root."""
 
-    def __init__(self, workdir: Path) -> None:
+    def __init__(self, workdir: Path, token: str | None = None) -> None:
+        """``token``: the service accepts only it (a static ``write`` token), and the
+        middleware sends it."""
         self.workdir = workdir
+        self.token = token
         self.root = workdir / "storage"
         self.root.mkdir(parents=True, exist_ok=True)
         self.layout = Layout(self.root)
         (workdir / "service").mkdir(exist_ok=True)
-        self.service = ServerProcess(base_config(self.root), workdir / "service").start()
+        config = base_config(self.root)
+        if token is not None:
+            sha = hashlib.sha256(token.encode()).hexdigest()
+            config["auth"] = {"tokens": [{"name": "registry", "scope": "write", "sha256": sha}]}
+        self.service = ServerProcess(config, workdir / "service").start()
         self.registry: RegistryProcess | None = None
         self.starts = 0
         self.start_registry()
@@ -74,7 +83,7 @@ class Shared:
             self.workdir / f"registry-{self.starts}",
             release=REGISTRY_DESCRIPTOR,
             storage=self.root,
-            extra=middleware(self.service.target),
+            extra=middleware(self.service.target, self.token),
         )
         return self.registry
 
@@ -142,8 +151,10 @@ def sha(content: bytes) -> str:
     return "sha256:" + hashlib.sha256(content).hexdigest()
 
 
-def descriptorctl(target: str, *args: str) -> subprocess.CompletedProcess[str]:
+def descriptorctl(target: str, *args: str, token: str | None = None) -> subprocess.CompletedProcess[str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("DESCRIPTOR_")}
+    if token is not None:
+        env["DESCRIPTOR_TOKEN"] = token
     return subprocess.run(
         [sys.executable, "-m", "descriptor_client.cli", "--target", target, *args],
         capture_output=True,
@@ -310,3 +321,71 @@ def test_garbage_collect_dry_run_removes_and_revalidates_nothing(shared: Shared)
     assert shared.layout.blob_data(sha(layer)).exists()
     with DescriptorClient(shared.service.target) as client:
         assert client.stat(sha(layer), repo).digest == sha(layer)
+
+
+def test_garbage_collect_with_delete_untagged_revalidates_the_untagged_manifest_and_its_layer(shared: Shared) -> None:
+    repo = new_repo("gc")
+    old_config, old_layer = image(repo + " first")
+    first = push_image(shared.url, repo, "1", old_config, old_layer)
+    assert first.status_code == 201
+    config, layer = image(repo + " second")
+    assert push_image(shared.url, repo, "1", config, layer).status_code == 201  # tag 1 moves on
+    with httpx.Client(timeout=10) as http:
+        assert http.head(f"{shared.url}/v2/{repo}/blobs/{sha(old_layer)}").status_code == 200
+    config_path = shared.stop_registry()
+    done = subprocess.run(
+        [REGISTRY_DESCRIPTOR.binary, "garbage-collect", "--delete-untagged", str(config_path)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert not shared.layout.blob_data(sha(old_layer)).exists()
+    shared.start_registry()
+    with httpx.Client(timeout=10) as http:
+        assert http.head(f"{shared.url}/v2/{repo}/blobs/{sha(old_layer)}").status_code == 404
+        assert http.head(f"{shared.url}/v2/{repo}/blobs/{first.headers['Docker-Content-Digest']}").status_code == 404
+        assert http.head(f"{shared.url}/v2/{repo}/blobs/{sha(layer)}").status_code == 200  # still tagged
+        assert http.get(f"{shared.url}/v2/{repo}/manifests/1", headers={"Accept": MANIFEST}).status_code == 200
+
+
+def test_garbage_collect_that_cannot_tell_the_service_exits_1_and_says_what_to_do(binary: str, tmp_path: Path) -> None:
+    token = "registry-middleware-token"
+    shared = Shared(tmp_path, token=token)
+    try:
+        repo = new_repo("gc")
+        config, layer = image(repo)
+        resp = push_image(shared.url, repo, "1", config, layer)
+        assert resp.status_code == 201, resp.text
+        manifest = resp.headers["Docker-Content-Digest"]
+        assert httpx.delete(f"{shared.url}/v2/{repo}/manifests/{manifest}", timeout=10).status_code == 202
+        config_path = shared.stop_registry()
+        # The collection runs with a token the service refuses (its health check is open).
+        wrong = config_path.with_name("registry-wrong-token.yml")
+        wrong.write_text(config_path.read_text().replace(token, "a-revoked-token"))
+        done = subprocess.run(
+            [REGISTRY_DESCRIPTOR.binary, "garbage-collect", "--quiet", str(wrong)],
+            capture_output=True,
+            text=True,
+            timeout=120,
+            check=False,
+        )
+        assert done.returncode == 1, done.stdout + done.stderr
+        assert "5 failed" in done.stdout
+        assert "5 of 5 revalidations failed" in done.stderr
+        commands = [
+            line.split("#")[0].split() for line in done.stdout.splitlines() if "descriptorctl revalidate" in line
+        ]
+        assert ["descriptorctl", "revalidate", sha(layer), "--repository", repo] in commands
+        assert len(commands) == 5
+        shared.start_registry()
+        layer_url = f"{shared.url}/v2/{repo}/blobs/{sha(layer)}"
+        assert httpx.head(layer_url, timeout=10).status_code == 200  # the service was not told: stale
+        # Doing what the message says finishes the job.
+        for command in commands:
+            done = descriptorctl(shared.service.target, *command[1:], token=token)
+            assert done.returncode == 1, done.stdout + done.stderr  # BLOB_UNKNOWN: removed
+        assert httpx.head(layer_url, timeout=10).status_code == 404
+    finally:
+        shared.stop()
