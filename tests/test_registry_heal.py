@@ -389,3 +389,23 @@ def test_garbage_collect_that_cannot_tell_the_service_exits_1_and_says_what_to_d
         assert httpx.head(layer_url, timeout=10).status_code == 404
     finally:
         shared.stop()
+
+
+def test_a_get_by_another_algorithm_heals_both_digests(shared: Shared) -> None:
+    repo, content = new_repo(), b"pushed under its sha512 digest"
+    alias = "sha512:" + hashlib.sha512(content).hexdigest()
+    with httpx.Client(timeout=10) as http:
+        resp = http.post(f"{shared.url}/v2/{repo}/blobs/uploads/")
+        location = resp.headers["Location"]
+        location = shared.url + location if location.startswith("/") else location
+        resp = http.put(httpx.URL(location).copy_merge_params({"digest": alias}), content=content)
+        assert resp.status_code == 201, resp.text
+        canonical = sha(content)
+        remove_behind_the_back(shared.layout, canonical)
+        alias_url, canonical_url = (f"{shared.url}/v2/{repo}/blobs/{d}" for d in (alias, canonical))
+        assert http.head(alias_url).status_code == 200  # stale, from the service
+        resp = http.get(alias_url)
+        assert resp.status_code == 404, resp.text
+        assert resp.json()["errors"][0]["detail"] == alias
+        assert http.head(alias_url).status_code == 404
+        assert http.head(canonical_url).status_code == 404

@@ -158,8 +158,9 @@ type blobStore struct {
 	repo     string
 	provider cache.BlobDescriptorCacheProvider // for the scope of a mount's source
 
-	mu   sync.Mutex
-	last *distribution.Descriptor // the last Stat answered, for ServeBlob
+	mu      sync.Mutex
+	last    *distribution.Descriptor // the last Stat answered, for ServeBlob
+	lastKey digest.Digest            // the digest that Stat was asked (an alias of last's, or the same)
 }
 
 func (bs *blobStore) log(ctx context.Context) *logrus.Entry {
@@ -178,7 +179,7 @@ func (bs *blobStore) Stat(ctx context.Context, dgst digest.Digest) (distribution
 	desc, err := bs.serviceStat(ctx, dgst)
 	switch {
 	case err == nil:
-		bs.remember(desc)
+		bs.remember(dgst, desc)
 		return desc, nil
 	case errors.Is(err, distribution.ErrBlobUnknown):
 		desc, err = bs.BlobStore.Stat(ctx, dgst)
@@ -201,7 +202,7 @@ func (bs *blobStore) Stat(ctx context.Context, dgst digest.Digest) (distribution
 			return desc, err
 		}
 	}
-	bs.remember(desc)
+	bs.remember(dgst, desc)
 	return desc, nil
 }
 
@@ -211,10 +212,21 @@ func isDigestError(err error) bool {
 		errors.Is(err, digest.ErrDigestUnsupported)
 }
 
-func (bs *blobStore) remember(desc distribution.Descriptor) {
+func (bs *blobStore) remember(key digest.Digest, desc distribution.Descriptor) {
 	bs.mu.Lock()
-	bs.last = &desc
+	bs.last, bs.lastKey = &desc, key
 	bs.mu.Unlock()
+}
+
+// aliasOf is the digest the handler's Stat asked for when it was another algorithm's
+// digest of dgst (the handler serves the canonical digest the Stat answered).
+func (bs *blobStore) aliasOf(dgst digest.Digest) digest.Digest {
+	bs.mu.Lock()
+	defer bs.mu.Unlock()
+	if bs.last != nil && bs.last.Digest == dgst && bs.lastKey != dgst {
+		return bs.lastKey
+	}
+	return ""
 }
 
 func (bs *blobStore) recall(dgst digest.Digest) (distribution.Descriptor, bool) {
@@ -237,7 +249,12 @@ func (bs *blobStore) ServeBlob(ctx context.Context, w http.ResponseWriter, r *ht
 			// distribution's handler would turn this error into a 500. Answer the 404
 			// the registry alone answers, and drop the service's stale entry.
 			bs.heal(ctx, bs.service, bs.repo, dgst, "GET")
-			return serveBlobUnknown(w, dgst)
+			asked := dgst
+			if alias := bs.aliasOf(dgst); alias != "" {
+				bs.heal(ctx, bs.service, bs.repo, alias, "GET")
+				asked = alias // the digest of the request, as distribution's 404 names it
+			}
+			return serveBlobUnknown(w, asked)
 		}
 		return err
 	}
