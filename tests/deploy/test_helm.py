@@ -20,7 +20,7 @@ import yaml
 from descriptor_server import config as cfg
 from helpers.support import run_server_command
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 CHART = ROOT / "deploy" / "helm" / "descriptor-service"
 SERVICE = "descriptor.v1.BlobDescriptorService"
 KUBE_VERSION = "1.30.0"  # helm built with go install defaults to v1.20, below the chart's kubeVersion

@@ -19,7 +19,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from helpers.redis_servers import flush
 from helpers.support import OCT, Layout, ServerProcess, base_config
 
-DEPLOY = Path(__file__).resolve().parent.parent / "deploy"
+DEPLOY = Path(__file__).resolve().parents[2] / "deploy"
 REFERENCE = DEPLOY / "reference-config.yml"
 DASHBOARD = DEPLOY / "grafana-dashboard.json"
 ALTERNATIVE = "#| "

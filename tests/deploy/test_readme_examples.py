@@ -37,7 +37,7 @@ from pathlib import Path
 import pytest
 from helpers.support import ServerProcess
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 README = Path(os.environ.get("README_EXAMPLES_FILE") or ROOT / "README.md")
 #: Every file whose examples run: the README and the docs (or the one file named).
 FILES = [README] if os.environ.get("README_EXAMPLES_FILE") else [README, *sorted((ROOT / "docs").glob("*.md"))]
@@ -164,7 +164,7 @@ def test_the_rule_tells_examples_from_recipes_and_fragments() -> None:
     assert not is_sh_example("descriptor-server --config /etc/descriptor/config.yml\n")  # serves
     assert not is_sh_example("X=none descriptor-server --config c.yml\n")
     assert not is_sh_example("./dev serve\n")
-    assert not is_sh_example(".venv/bin/pytest -q tests/test_cli.py\n")
+    assert not is_sh_example(".venv/bin/pytest -q tests/server/test_cli.py\n")
     assert not is_sh_example("mkdir -p gen/go\nprotoc -I protos \\\n  --go_out=gen/go x.proto\n")
     assert not is_sh_example("descriptorctl stat x && grpcurl -plaintext h:1 list\n")
     text = (

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 from descriptor_server.config import GrpcConfig, parse_duration
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 UNIT = ROOT / "deploy" / "systemd" / "descriptor-server.service"
 STORAGE_ROOT = "/var/lib/registry"
 

@@ -10,7 +10,7 @@ from pathlib import Path
 from descriptor_server import config as cfg
 from helpers.support import run_server_command
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 CONTAINERFILE = ROOT / "deploy" / "Containerfile"
 CONFIG = ROOT / "deploy" / "container-config.yml"
 
