@@ -13,14 +13,27 @@
   (:class:`descriptor_server.auth.Authorizer`): static tokens, then the registry's own
   bearer tokens (``auth.token``, see :mod:`descriptor_server.auth`), plus the audit
   log; :func:`audited` adds the audit to the servicer's ``observer``;
-  :func:`install_reload` re-reads the token keys on SIGHUP. No token configured means
-  authentication is off.
+  :func:`install_reload` re-reads the token keys, the static tokens file and the TLS
+  files on SIGHUP. No token configured means authentication is off.
+- Rotation without a restart: :class:`ReloadingTLS` serves ``grpc.tls`` through gRPC's
+  dynamic server credentials, and :class:`TokenAuthorizer` keeps ``auth.tokensfile``'s
+  tokens; both re-read their files when they change (checked at most every
+  :data:`RELOAD_INTERVAL` seconds: at a TLS handshake for the certificate, key and
+  client CAs, on the call path for the tokens; one ``stat`` per file) and on SIGHUP.
+  A file that no longer loads (unreadable, not PEM, a key that does not match the
+  certificate, a token list that does not parse) is logged and what was loaded before
+  stays in force; it is tried again when it changes. Connections already open keep the
+  certificate of their handshake.
 """
 
 from __future__ import annotations
 
 import hashlib
 import hmac
+import logging
+import os
+import threading
+import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -55,6 +68,21 @@ SCOPE_GRANTS: dict[str, frozenset[str]] = {
 
 _BEARER = "bearer"
 
+#: How often, at most, the TLS files and the static tokens file are checked for a change
+#: (the default of ``auth.token.reloadinterval`` too). SIGHUP re-reads them at once.
+RELOAD_INTERVAL = 10.0
+
+log = logging.getLogger("descriptor_server")
+
+
+def file_signature(path: str) -> tuple[int, int, int] | None:
+    """What changes when a file is replaced or rewritten (inode, size, mtime), or None."""
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return (st.st_ino, st.st_size, st.st_mtime_ns)
+
 
 # -- TLS ----------------------------------------------------------------------------
 
@@ -84,6 +112,7 @@ def server_credentials(tls: GrpcTLSConfig) -> grpc.ServerCredentials | None:
     roots = b"".join(
         _read_pem(path, f"grpc.tls.clientcas[{i}]").rstrip(b"\n") + b"\n" for i, path in enumerate(tls.clientcas)
     )
+    check_key_pair(chain, key, tls)
     try:
         return grpc.ssl_server_credentials(
             [(key, chain)],
@@ -92,6 +121,93 @@ def server_credentials(tls: GrpcTLSConfig) -> grpc.ServerCredentials | None:
         )
     except Exception as err:  # grpcio raises plain errors for unusable key material
         raise ConfigError("grpc.tls", f"unusable certificate or key: {err}") from None
+
+
+def _read_tls(tls: GrpcTLSConfig) -> tuple[bytes, bytes, bytes]:
+    """(certificate chain, key, client CAs) from ``grpc.tls``'s files, the pair checked."""
+    chain = _read_pem(tls.certificate, "grpc.tls.certificate")
+    key = _read_pem(tls.key, "grpc.tls.key")
+    roots = b"".join(
+        _read_pem(path, f"grpc.tls.clientcas[{i}]").rstrip(b"\n") + b"\n" for i, path in enumerate(tls.clientcas)
+    )
+    check_key_pair(chain, key, tls)
+    return chain, key, roots
+
+
+def check_key_pair(chain: bytes, key: bytes, tls: GrpcTLSConfig) -> None:
+    """Refuse a key that is not the certificate's (a rotation caught half-way, a wrong file)."""
+    from cryptography import x509
+    from cryptography.hazmat.primitives import serialization
+
+    try:
+        cert = x509.load_pem_x509_certificate(chain)
+    except ValueError as err:
+        raise ConfigError("grpc.tls.certificate", f"{tls.certificate}: not a PEM certificate ({err})") from None
+    try:
+        private = serialization.load_pem_private_key(key, password=None)
+    except (ValueError, TypeError) as err:
+        raise ConfigError("grpc.tls.key", f"{tls.key}: not an unencrypted PEM private key ({err})") from None
+    raw = serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
+    if private.public_key().public_bytes(*raw) != cert.public_key().public_bytes(*raw):
+        raise ConfigError("grpc.tls.key", f"{tls.key} is not the key of {tls.certificate}")
+
+
+class ReloadingTLS:
+    """``grpc.tls`` as gRPC dynamic server credentials: the certificate, key and client CAs
+    re-read when their files change and on :meth:`reload` (SIGHUP).
+
+    gRPC asks :meth:`_fetch` at every new TLS handshake; it answers a new configuration
+    once after a reload (gRPC keeps using it), else None (keep the current one). The
+    files are checked for a change there, at most every ``interval`` seconds. Whether
+    client certificates are required is fixed at start (``clientcas`` empty or not).
+    """
+
+    def __init__(self, tls: GrpcTLSConfig, *, interval: float = RELOAD_INTERVAL) -> None:
+        self.tls = tls
+        self.interval = interval
+        self._files = [tls.certificate, tls.key, *tls.clientcas]
+        self._stamps = [file_signature(p) for p in self._files]
+        self._pending: Any = None
+        self._lock = threading.Lock()
+        self._next_check = time.monotonic() + interval
+        self.reloads = 0
+        self.credentials = grpc.dynamic_ssl_server_credentials(
+            self._configuration(),
+            self._fetch,
+            require_client_authentication=bool(tls.clientcas),
+        )
+
+    def _configuration(self) -> Any:
+        chain, key, roots = _read_tls(self.tls)
+        try:
+            return grpc.ssl_server_certificate_configuration([(key, chain)], root_certificates=roots or None)
+        except Exception as err:  # grpcio raises plain errors for unusable key material
+            raise ConfigError("grpc.tls", f"unusable certificate or key: {err}") from None
+
+    def _fetch(self) -> Any:
+        if self.interval > 0 and time.monotonic() >= self._next_check:
+            self._next_check = time.monotonic() + self.interval
+            if [file_signature(p) for p in self._files] != self._stamps:
+                self.reload("files changed")
+        with self._lock:
+            pending, self._pending = self._pending, None
+        return pending
+
+    def reload(self, why: str = "SIGHUP") -> bool:
+        """Re-read the files now; True when new handshakes will use what they hold."""
+        with self._lock:
+            stamps = [file_signature(p) for p in self._files]
+            try:
+                configuration = self._configuration()
+            except ConfigError as err:
+                self._stamps = stamps  # not tried again until a file changes again
+                log.error("TLS certificate not reloaded (%s), keeping the previous one: %s", why, err)
+                return False
+            self._stamps = stamps
+            self._pending = configuration
+            self.reloads += 1
+        log.info("TLS certificate, key and client CAs reloaded (%s): %s", why, self.tls.certificate)
+        return True
 
 
 # -- tokens ---------------------------------------------------------------------------
@@ -170,8 +286,45 @@ class TokenAuthorizer:
     does not grant the method's: PERMISSION_DENIED.
     """
 
-    def __init__(self, tokens: Sequence[AuthToken]) -> None:
-        self._tokens = [_Token(t.name, t.scope, bytes.fromhex(t.sha256)) for t in tokens]
+    def __init__(
+        self, tokens: Sequence[AuthToken], *, auth: AuthConfig | None = None, interval: float = RELOAD_INTERVAL
+    ) -> None:
+        self._tokens = self._entries(tokens)
+        # With auth.tokensfile: its tokens are re-read when it changes (checked at most
+        # every interval, on the call path) and on reload() (SIGHUP).
+        self.auth = auth if auth is not None and auth.tokensfile else None
+        self.interval = interval
+        self._stamp = file_signature(self.auth.tokensfile) if self.auth is not None else None
+        self._next_check = time.monotonic() + interval
+        self._lock = threading.Lock()
+
+    @staticmethod
+    def _entries(tokens: Sequence[AuthToken]) -> list[_Token]:
+        return [_Token(t.name, t.scope, bytes.fromhex(t.sha256)) for t in tokens]
+
+    def reload(self, why: str = "SIGHUP") -> bool:
+        """Re-read ``auth.tokensfile`` now; True when its tokens are in force."""
+        if self.auth is None:
+            return False
+        with self._lock:
+            self._stamp = file_signature(self.auth.tokensfile)  # a broken file: tried again when it changes
+            try:
+                tokens = load_tokens(self.auth)
+                if not tokens:
+                    raise ConfigError("auth.tokensfile", f"{self.auth.tokensfile} holds no token")
+            except ConfigError as err:
+                log.error("static tokens not reloaded (%s), keeping the previous ones: %s", why, err)
+                return False
+            self._tokens = self._entries(tokens)
+        log.info("static tokens reloaded (%s): %d configured", why, len(tokens))
+        return True
+
+    def _check_file(self) -> None:
+        now = time.monotonic()
+        if now >= self._next_check and self.auth is not None and self.interval > 0:
+            self._next_check = now + self.interval
+            if file_signature(self.auth.tokensfile) != self._stamp:
+                self.reload("file changed")
 
     def __len__(self) -> int:
         return len(self._tokens)
@@ -182,6 +335,8 @@ class TokenAuthorizer:
         Every entry is compared (no early exit), so the time taken does not tell
         which entry, if any, matched.
         """
+        if self.auth is not None:
+            self._check_file()
         presented = hashlib.sha256(token.encode("utf-8", "surrogateescape")).digest()
         found: _Token | None = None
         for entry in self._tokens:
@@ -216,7 +371,7 @@ def build_static(auth: AuthConfig) -> TokenAuthorizer | None:
         if auth.tokensfile:
             raise ConfigError("auth.tokensfile", f"{auth.tokensfile} holds no token")
         return None
-    return TokenAuthorizer(tokens)
+    return TokenAuthorizer(tokens, auth=auth)
 
 
 def build_authorizer(auth: AuthConfig) -> Authorizer:
@@ -248,12 +403,18 @@ def describe_auth(authorizer: Any) -> str:
     return f"bearer tokens on ({len(authorizer)} configured)" if authorizer is not None else "bearer tokens off"
 
 
-def install_reload(loop: asyncio.AbstractEventLoop, authorizer: Any) -> None:
-    """SIGHUP re-reads the registry-token keys (root bundle, JWKS) without a restart."""
+def install_reload(loop: asyncio.AbstractEventLoop, authorizer: Any, tls: ReloadingTLS | None = None) -> None:
+    """SIGHUP re-reads, without a restart, the registry-token keys (root bundle, JWKS), the
+    static tokens file and the TLS certificate, key and client CAs."""
     import signal
 
-    reload = getattr(authorizer, "reload", None)
-    if reload is not None:
+    reloads = [r for r in (getattr(authorizer, "reload", None), tls.reload if tls is not None else None) if r]
+
+    def reload() -> None:
+        for each in reloads:
+            each()
+
+    if reloads:
         loop.add_signal_handler(signal.SIGHUP, reload)
 
 
@@ -274,6 +435,10 @@ def check_files(config: Config) -> None:
 
 __all__ = [
     "METHOD_SCOPES",
+    "RELOAD_INTERVAL",
+    "ReloadingTLS",
+    "check_key_pair",
+    "file_signature",
     "TokenAuthorizer",
     "audited",
     "bearer_token",
