@@ -102,6 +102,11 @@ def test_the_group_write_access_clear_needs_is_explained() -> None:
     assert "g+rwX" in text
 
 
+def test_reload_sends_sighup() -> None:
+    """``systemctl reload`` re-reads certificates and tokens (SIGHUP) without a restart."""
+    assert shlex.split(value("ExecReload")) == ["/bin/kill", "-HUP", "$MAINPID"]
+
+
 def test_stop_waits_for_the_drain() -> None:
     assert value("KillSignal") == "SIGTERM"
     assert value("KillMode") == "mixed"  # the parent forwards SIGTERM to its workers
