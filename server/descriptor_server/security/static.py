@@ -26,6 +26,7 @@ from descriptor_client.errors import PermissionDeniedError, UnauthenticatedError
 from descriptor_client.rpcs import RPCS
 
 from ..config import AuthConfig, AuthToken, ConfigError, _build
+from ..core import loggers
 from ..rpc.context import invocation_metadata, set_principal
 from .files import RELOAD_INTERVAL, file_signature
 
@@ -44,7 +45,7 @@ SCOPE_GRANTS: dict[str, frozenset[str]] = {
 
 _BEARER = "bearer"
 
-log = logging.getLogger("descriptor_server")
+log = logging.getLogger(loggers.SERVER)
 
 
 # -- tokens ---------------------------------------------------------------------------

@@ -21,9 +21,10 @@ from typing import Any
 import grpc
 
 from ..config import ConfigError, GrpcTLSConfig
+from ..core import loggers
 from .files import RELOAD_INTERVAL, file_signature
 
-log = logging.getLogger("descriptor_server")
+log = logging.getLogger(loggers.SERVER)
 
 
 def _read_pem(path: str, key: str) -> bytes:
