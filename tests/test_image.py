@@ -136,7 +136,7 @@ def probe(health: str, service: str = SERVICE) -> str:
     return (done.stdout + done.stderr).strip()
 
 
-def wait_serving(health: str, timeout: float = 30) -> None:
+def wait_serving(health: str, timeout: float = 60) -> None:
     deadline = time.monotonic() + timeout
     while (status := probe(health)) != "status: SERVING":
         assert time.monotonic() < deadline, status

@@ -121,7 +121,7 @@ class Load:
                     if self.stopping.is_set():
                         return
                     try:
-                        status = stub.Check(health_pb2.HealthCheckRequest(), timeout=10).status
+                        status = stub.Check(health_pb2.HealthCheckRequest(), timeout=30).status
                         ok = status == health_pb2.HealthCheckResponse.SERVING
                         error = "" if ok else f"status {status}"
                     except grpc.RpcError as err:
@@ -170,23 +170,23 @@ def test_a_certificate_renewed_under_load_fails_no_call(tmp_path: Path, layout: 
             second = ca.issue("server-2", ips=("127.0.0.1",))
             volume.write(tls_files(second))
             took = eventually(lambda: served_serial(port, ca) == serial_of(second), RELOAD_INTERVAL + 10, "renewal")
-            assert took <= RELOAD_INTERVAL + 2
+            assert took <= RELOAD_INTERVAL + 5
             # SIGHUP: at once.
             third = ca.issue("server-3", ips=("127.0.0.1",))
             volume.write(tls_files(third))
             proc.signal(signal.SIGHUP)
-            assert eventually(lambda: served_serial(port, ca) == serial_of(third), 5, "renewal on SIGHUP") < 5
+            assert eventually(lambda: served_serial(port, ca) == serial_of(third), 8, "renewal on SIGHUP") < 8
             # Half a rotation (the new certificate, the old key) is refused: the last good
             # pair stays in force, and the next good one is taken.
             fourth = ca.issue("server-4", ips=("127.0.0.1",))
             volume.write({"tls.crt": fourth.cert.read_bytes(), "tls.key": third.key.read_bytes()})
             proc.signal(signal.SIGHUP)
-            eventually(lambda: "TLS certificate not reloaded (SIGHUP)" in proc.output, 5, "the refusal logged")
+            eventually(lambda: "TLS certificate not reloaded (SIGHUP)" in proc.output, 8, "the refusal logged")
             assert "is not the key of" in proc.output
             assert served_serial(port, ca) == serial_of(third)
             volume.write(tls_files(fourth))
             proc.signal(signal.SIGHUP)
-            eventually(lambda: served_serial(port, ca) == serial_of(fourth), 5, "the repaired renewal")
+            eventually(lambda: served_serial(port, ca) == serial_of(fourth), 8, "the repaired renewal")
             before = load.calls
             eventually(lambda: load.calls > before + 50, 30, "calls after the renewals")
         finally:
@@ -225,7 +225,7 @@ def test_client_cas_rotate(tmp_path: Path, layout: Layout) -> None:
         assert not accepted(new_client)
         volume.write({**tls_files(server), "ca.crt": old_clients.pem.read_bytes() + new_clients.pem.read_bytes()})
         proc.signal(signal.SIGHUP)
-        eventually(lambda: accepted(new_client), 5, "the new client CA")
+        eventually(lambda: accepted(new_client), 8, "the new client CA")
         assert accepted(old_client)
 
 
@@ -253,15 +253,15 @@ def test_the_static_tokens_file_rotates(tmp_path: Path, layout: Layout) -> None:
         assert not accepted("new")
         volume.write(tokens_file("old", "new"))  # noticed on the call path, within the interval
         took = eventually(lambda: accepted("new"), RELOAD_INTERVAL + 10, "the added token")
-        assert took <= RELOAD_INTERVAL + 2
+        assert took <= RELOAD_INTERVAL + 5
         assert accepted("old")
         volume.write(tokens_file("new"))
         proc.signal(signal.SIGHUP)  # at once
-        eventually(lambda: not accepted("old"), 5, "the removed token refused")
+        eventually(lambda: not accepted("old"), 8, "the removed token refused")
         assert accepted("new")
         # A file that does not parse leaves the tokens in force.
         volume.write({"tokens.yml": b"[not: yaml"})
         proc.signal(signal.SIGHUP)
-        eventually(lambda: "static tokens not reloaded (SIGHUP)" in proc.output, 5, "the refusal logged")
+        eventually(lambda: "static tokens not reloaded (SIGHUP)" in proc.output, 8, "the refusal logged")
         assert accepted("new")
         assert not accepted("old")
