@@ -342,3 +342,49 @@ def test_an_s3_config_serves(image: Path, tmp_path: Path) -> None:
                     client.stat(digest_of(b"not in the bucket"))
     finally:
         moto.stop()
+
+
+def docs_helm_example() -> str:
+    """The values of docs/deploy.md's Helm example (the S3 and Redis one)."""
+    text = (ROOT / "docs" / "deploy.md").read_text()
+    m = re.search(r"Example: a Redis cache with a password, in front of S3.*?```yaml\n(.*?)```", text, re.S)
+    assert m, "docs/deploy.md has no Helm example"
+    return m.group(1)
+
+
+def test_the_docs_helm_example_is_accepted_by_the_image(image: Path, tmp_path: Path) -> None:
+    """The config the chart renders from the docs' example, with its secrets mounted as the
+    chart mounts them, passes the image's own ``--check-config`` (boto3 is in it)."""
+    helm = ROOT / ".tools" / "bin" / "helm"
+    binary = str(helm) if helm.is_file() else shutil.which("helm")
+    if binary is None:
+        pytest.skip("helm not installed (./dev test builds it into .tools/bin)")
+    values = tmp_path / "values.yml"
+    values.write_text(docs_helm_example())
+    done = subprocess.run(
+        [binary, "template", "rel", str(ROOT / "deploy" / "helm" / "descriptor-service"), "-f", str(values)],
+        capture_output=True, text=True, timeout=120, check=False,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    objects = [d for d in yaml.safe_load_all(done.stdout) if d]
+    (configmap,) = [d for d in objects if d["kind"] == "ConfigMap"]
+    (deployment,) = [d for d in objects if d["kind"] == "Deployment"]
+    config = tmp_path / "config.yml"
+    config.write_text(configmap["data"]["config.yml"])
+    config.chmod(0o644)
+    (container,) = deployment["spec"]["template"]["spec"]["containers"]
+    args = ["-v", f"{config}:/etc/descriptor/config.yml:ro"]
+    for mount in container["volumeMounts"]:
+        if mount["name"] == "secrets":  # the Secret's keys as the pod sees them
+            secrets = tmp_path / "secrets"
+            secrets.mkdir()
+            for item in yaml.safe_load(docs_helm_example())["secretFiles"]:
+                (secrets / item["secretKey"]).write_text("not a real secret")
+                (secrets / item["secretKey"]).chmod(0o644)
+            args += ["-v", f"{secrets}:{mount['mountPath']}:ro"]
+    done = podman(
+        "run", "--rm", *RUN_FLAGS, *args, TAG, *container["args"], "--check-config", "/etc/descriptor/config.yml"
+    )
+    assert done.returncode == 0, done.stderr
+    assert "s3:" in done.stdout
+    assert "redis-master:6379" in done.stdout
