@@ -8,7 +8,9 @@ the server refuses.
 from __future__ import annotations
 
 import base64
+import json
 import os
+import re
 import shutil
 import subprocess
 import tomllib
@@ -23,7 +25,7 @@ from helpers.support import run_server_command
 ROOT = Path(__file__).resolve().parents[2]
 CHART = ROOT / "deploy" / "helm" / "descriptor-service"
 SERVICE = "descriptor.v1.BlobDescriptorService"
-KUBE_VERSION = "1.30.0"  # helm built with go install defaults to v1.20, below the chart's kubeVersion
+DOCS = ROOT / "docs" / "deploy.md"
 
 
 def helm_binary() -> str:
@@ -42,7 +44,9 @@ def helm(*args: str) -> subprocess.CompletedProcess[str]:
 
 def render(values: dict[str, Any] | None = None, tmp_path: Path | None = None) -> dict[str, list[dict[str, Any]]]:
     """``helm template`` with ``values`` (a values file), objects grouped by kind."""
-    args = ["template", "rel", str(CHART), "--namespace", "registry", "--kube-version", KUBE_VERSION]
+    # No --kube-version: helm assumes its own client's Kubernetes version, as a released helm
+    # does (./dev builds it with the same ldflags), and the chart needs 1.27 or later.
+    args = ["template", "rel", str(CHART), "--namespace", "registry"]
     if values is not None:
         assert tmp_path is not None
         path = tmp_path / "values.yml"
@@ -55,6 +59,15 @@ def render(values: dict[str, Any] | None = None, tmp_path: Path | None = None) -
         if doc:
             objects.setdefault(doc["kind"], []).append(doc)
     return objects
+
+
+def template_failure(values: dict[str, Any], tmp_path: Path) -> str:
+    """``helm template`` with ``values`` that must be refused: its error output."""
+    path = tmp_path / "refused.yml"
+    path.write_text(yaml.safe_dump(values))
+    done = helm("template", "rel", str(CHART), "--namespace", "registry", "-f", str(path))
+    assert done.returncode != 0, f"rendered: {values}"
+    return done.stderr
 
 
 def one(objects: dict[str, list[dict[str, Any]]], kind: str) -> dict[str, Any]:
@@ -93,7 +106,7 @@ def volumes(objects: dict[str, list[dict[str, Any]]]) -> dict[str, dict[str, Any
 
 
 def test_helm_lint() -> None:
-    done = helm("lint", "--strict", str(CHART), "--kube-version", KUBE_VERSION)
+    done = helm("lint", "--strict", str(CHART))
     assert done.returncode == 0, done.stdout + done.stderr
     assert "1 chart(s) linted, 0 chart(s) failed" in done.stdout
 
@@ -183,13 +196,14 @@ def test_config_comes_from_the_configmap_and_the_server_accepts_it(tmp_path: Pat
 
 def test_registry_storage_claim_and_deletion(tmp_path: Path) -> None:
     values = {
+        "replicaCount": 1,  # the in-memory cache with deletion: one replica only
         "registryStorage": {"existingClaim": "registry-data"},
         "config": {"storage": {"delete": {"enabled": True}}},
     }
     objects = render(values, tmp_path)
     mount = mounts(objects)["/var/lib/registry"]
     assert mount["readOnly"] is False  # Clear deletes links and blobs
-    assert volumes(objects)[mount["name"]]["persistentVolumeClaim"] == {"claimName": "registry-data"}
+    assert volumes(objects)[mount["name"]]["persistentVolumeClaim"] == {"claimName": "registry-data", "readOnly": False}
     # Another backend: no registry volume at all.
     objects = render({"config": {"storage": {"filesystem": None, "s3": {"bucket": "b"}}}}, tmp_path)
     assert "/var/lib/registry" not in mounts(objects)
@@ -212,15 +226,23 @@ def test_service_ports() -> None:
     assert service["spec"]["selector"].items() <= labels.items()
 
 
-def test_pod_disruption_budget(tmp_path: Path) -> None:
+def test_pod_disruption_budget_never_blocks_a_drain(tmp_path: Path) -> None:
     objects = render()
     pdb = one(objects, "PodDisruptionBudget")
     labels = one(objects, "Deployment")["spec"]["template"]["metadata"]["labels"]
     assert pdb["apiVersion"] == "policy/v1"
-    assert pdb["spec"]["minAvailable"] == 1
-    assert pdb["spec"]["selector"]["matchLabels"].items() <= labels.items()
-    pdb = one(render({"podDisruptionBudget": {"maxUnavailable": 1}}, tmp_path), "PodDisruptionBudget")
     assert pdb["spec"] == {"maxUnavailable": 1, "selector": pdb["spec"]["selector"]}
+    assert pdb["spec"]["selector"]["matchLabels"].items() <= labels.items()
+    # One replica: the budget still lets kubectl drain evict it.
+    pdb = one(render({"replicaCount": 1}, tmp_path), "PodDisruptionBudget")
+    assert pdb["spec"]["maxUnavailable"] == 1
+    # minAvailable wins when set; at or above the replicas it could never be met.
+    pdb = one(render({"replicaCount": 3, "podDisruptionBudget": {"minAvailable": 2}}, tmp_path), "PodDisruptionBudget")
+    assert pdb["spec"] == {"minAvailable": 2, "selector": pdb["spec"]["selector"]}
+    for replicas in (1, 2):
+        done = template_failure({"replicaCount": replicas, "podDisruptionBudget": {"minAvailable": replicas}}, tmp_path)
+        assert f"podDisruptionBudget.minAvailable={replicas} with replicaCount={replicas}" in done
+        assert "kubectl drain would block" in done
     assert "PodDisruptionBudget" not in render({"podDisruptionBudget": {"enabled": False}}, tmp_path)
 
 
@@ -237,7 +259,7 @@ def test_service_monitor_on_and_off(tmp_path: Path) -> None:
     assert endpoint["path"] == server_config(objects)["http"]["debug"]["prometheus"]["path"]
     # Without a metrics port there is nothing to scrape, and the server must not expect one.
     done = helm(
-        "template", "rel", str(CHART), "--kube-version", KUBE_VERSION, "--set", "serviceMonitor.enabled=true",
+        "template", "rel", str(CHART), "--set", "serviceMonitor.enabled=true",
         "--set", "ports.metrics=null",
     )  # fmt: skip
     assert done.returncode != 0
@@ -294,7 +316,7 @@ def test_an_existing_secret_is_used_as_is(tmp_path: Path) -> None:
 def test_a_secret_file_without_a_value_is_refused(tmp_path: Path) -> None:
     path = tmp_path / "values.yml"
     path.write_text(yaml.safe_dump({"secretFiles": SECRET_FILES[:1]}))
-    done = helm("template", "rel", str(CHART), "--kube-version", KUBE_VERSION, "-f", str(path))
+    done = helm("template", "rel", str(CHART), "-f", str(path))
     assert done.returncode != 0
     assert "redis-password (for redis.passwordfile) has no value" in done.stderr
 
@@ -311,3 +333,233 @@ def test_tls_from_a_secret_keeps_the_probes_on_plaintext_health(tmp_path: Path) 
     assert volumes(objects)[mount["name"]]["secret"]["secretName"] == "descriptor-tls"
     health = port_of(server_config(objects)["grpc"]["healthaddr"])
     assert container(objects)["readinessProbe"]["grpc"]["port"] == health
+
+
+# -- values the chart refuses ---------------------------------------------------------------
+
+IN_MEMORY_WITH_DELETION = {
+    "config": {"storage": {"cache": {"blobdescriptor": "inmemory"}, "delete": {"enabled": True}}},
+}
+
+
+def test_replicas_with_the_in_memory_cache_and_deletion_are_refused(tmp_path: Path) -> None:
+    """A Clear reaches one pod's in-memory cache only: the other pods would answer the deleted blob for good."""
+    for replicas in (2, 5):
+        err = template_failure({"replicaCount": replicas, **IN_MEMORY_WITH_DELETION}, tmp_path)
+        assert f"replicaCount={replicas} with config.storage.cache.blobdescriptor=inmemory" in err
+        assert "config.storage.delete.enabled=true" in err
+        assert "config.storage.cache.blobdescriptor=redis" in err  # the way out
+    # The chart's default cache is the in-memory one: deletion alone at 2 replicas is refused too.
+    err = template_failure({"config": {"storage": {"delete": {"enabled": True}}}}, tmp_path)
+    assert "replicaCount=2 with config.storage.cache.blobdescriptor=inmemory" in err
+    # Each way out renders: one replica, Redis shared by the pods, no cache, deletion off.
+    assert one(render({"replicaCount": 1, **IN_MEMORY_WITH_DELETION}, tmp_path), "Deployment")["spec"]["replicas"] == 1
+    for cache in ("redis", "none"):
+        values = {"config": {"storage": {"cache": {"blobdescriptor": cache}, "delete": {"enabled": True}}}}
+        assert one(render(values, tmp_path), "Deployment")["spec"]["replicas"] == 2
+    assert one(render({"replicaCount": 4}, tmp_path), "Deployment")["spec"]["replicas"] == 4
+
+
+def test_the_schema_refuses_wrong_values(tmp_path: Path) -> None:
+    assert json.loads((CHART / "values.schema.json").read_text())["additionalProperties"] is False
+    cases = [
+        ({"config": {"storage": {"cache": {"blobdescriptor": "memcached"}}}}, "/config/storage/cache/blobdescriptor"),
+        ({"replicaCount": "two"}, "/replicaCount"),
+        ({"ports": {"grpc": 70000}}, "/ports/grpc"),
+        ({"drainSeconds": "30s"}, "/drainSeconds"),
+        ({"podAntiAffinityPreset": "always"}, "/podAntiAffinityPreset"),
+        ({"replicas": 3}, "replicas"),  # a misspelt value is not silently ignored
+        ({"secretFiles": [{"configKey": "redis.passwordfile"}]}, "secretKey"),
+    ]
+    for values, where in cases:
+        err = template_failure(values, tmp_path)
+        assert "values don't meet the specifications of the schema" in err, err
+        assert where in err, (values, err)
+
+
+def test_an_unknown_config_key_fails_the_pods_start_with_the_servers_message(tmp_path: Path) -> None:
+    """The schema checks only the cache kind of ``config``; the server checks the rest at start,
+    exactly as it does with ``--check-config`` on the rendered ConfigMap (exit 2: no restart loop
+    can fix it, and the pod's log names the key)."""
+    objects = render({"config": {"storage": {"cache": {"blobdescriptorsise": 5}}}}, tmp_path)
+    path = tmp_path / "config.yml"
+    path.write_text(one(objects, "ConfigMap")["data"]["config.yml"])
+    done = run_server_command(["--check-config", str(path)], cwd=tmp_path)
+    assert done.returncode == 2, done.stderr
+    assert "storage.cache.blobdescriptorsise" in done.stderr
+    # The same render with the key spelt right is accepted.
+    objects = render({"config": {"storage": {"cache": {"blobdescriptorsize": 5}}}}, tmp_path)
+    path.write_text(one(objects, "ConfigMap")["data"]["config.yml"])
+    done = run_server_command(["--check-config", str(path)], cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+
+
+# -- volumes and scheduling -------------------------------------------------------------------
+
+
+def test_volume_ownership_is_changed_only_on_a_mismatch() -> None:
+    pod = pod_spec(render())["securityContext"]
+    assert pod["fsGroup"] == pod["runAsGroup"]
+    assert pod["fsGroupChangePolicy"] == "OnRootMismatch"  # no walk of the registry's files at every start
+
+
+def test_the_claim_is_read_only_at_its_source_while_deletion_is_off(tmp_path: Path) -> None:
+    claim = {"registryStorage": {"existingClaim": "registry-data"}}
+    objects = render({**claim, "replicaCount": 1}, tmp_path)
+    mount = mounts(objects)["/var/lib/registry"]
+    assert mount["readOnly"] is True
+    assert volumes(objects)[mount["name"]]["persistentVolumeClaim"] == {"claimName": "registry-data", "readOnly": True}
+    objects = render({**claim, "replicaCount": 1, **IN_MEMORY_WITH_DELETION}, tmp_path)
+    mount = mounts(objects)["/var/lib/registry"]
+    assert mount["readOnly"] is False
+    assert volumes(objects)[mount["name"]]["persistentVolumeClaim"]["readOnly"] is False
+
+
+def test_replicas_spread_over_nodes(tmp_path: Path) -> None:
+    objects = render()
+    selector = one(objects, "Deployment")["spec"]["selector"]["matchLabels"]
+    (soft,) = pod_spec(objects)["affinity"]["podAntiAffinity"]["preferredDuringSchedulingIgnoredDuringExecution"]
+    assert soft["podAffinityTerm"]["topologyKey"] == "kubernetes.io/hostname"
+    assert soft["podAffinityTerm"]["labelSelector"]["matchLabels"] == selector
+    hard = pod_spec(render({"podAntiAffinityPreset": "hard"}, tmp_path))["affinity"]["podAntiAffinity"]
+    assert hard["requiredDuringSchedulingIgnoredDuringExecution"][0]["labelSelector"]["matchLabels"] == selector
+    assert "affinity" not in pod_spec(render({"podAntiAffinityPreset": ""}, tmp_path))
+    own = {"nodeAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": {"nodeSelectorTerms": []}}}
+    assert pod_spec(render({"affinity": own}, tmp_path))["affinity"] == own  # yours replaces the preset
+    zone = {"maxSkew": 1, "topologyKey": "topology.kubernetes.io/zone", "whenUnsatisfiable": "ScheduleAnyway"}
+    (spread,) = pod_spec(render({"topologySpreadConstraints": [zone]}, tmp_path))["topologySpreadConstraints"]
+    assert spread == {**zone, "labelSelector": {"matchLabels": selector}}
+
+
+# -- alerts ---------------------------------------------------------------------------------
+
+ALERTS = {
+    "DescriptorServiceDown",
+    "DescriptorCacheDown",
+    "DescriptorBackendErrors",
+    "DescriptorErrorRatio",
+    "DescriptorCallsShed",
+    "DescriptorNearCacheNotLive",
+}
+
+
+def prometheus_rule(tmp_path: Path) -> dict[str, Any]:
+    assert "PrometheusRule" not in render()
+    return one(render({"prometheusRule": {"enabled": True, "labels": {"release": "prom"}}}, tmp_path), "PrometheusRule")
+
+
+def rules_of(rule: dict[str, Any]) -> list[dict[str, Any]]:
+    (group,) = rule["spec"]["groups"]
+    rules: list[dict[str, Any]] = group["rules"]
+    return rules
+
+
+def test_alerts_link_to_their_runbook_section(tmp_path: Path) -> None:
+    rule = prometheus_rule(tmp_path)
+    assert rule["apiVersion"] == "monitoring.coreos.com/v1"
+    assert rule["metadata"]["labels"]["release"] == "prom"
+    rules = rules_of(rule)
+    assert {r["alert"] for r in rules} == ALERTS
+    # GitHub's anchors of the docs' headings: lower case, spaces to dashes, punctuation dropped.
+    anchors = {
+        re.sub(r"[^a-z0-9 -]", "", line.lstrip("#").strip().lower()).replace(" ", "-")
+        for line in DOCS.read_text().splitlines()
+        if line.startswith("#")
+    }
+    for r in rules:
+        url = r["annotations"]["runbook_url"]
+        assert url.endswith(f"docs/deploy.md#{r['alert'].lower()}"), url
+        assert r["alert"].lower() in anchors, f"docs/deploy.md has no section {r['alert']}"
+        assert r["labels"]["severity"] in {"critical", "warning"}
+    done = template_failure({"prometheusRule": {"enabled": True}, "ports": {"metrics": None}}, tmp_path)
+    assert "prometheusRule.enabled needs ports.metrics" in done
+
+
+JOB = "rel-descriptor-service"  # the Service's name, the job a ServiceMonitor scrapes
+
+
+def promtool() -> str:
+    found = shutil.which("promtool")
+    if found is None:
+        pytest.skip("promtool not installed (./dev test installs Debian's prometheus)")
+    return found
+
+
+def test_promtool_accepts_the_rules_and_they_fire(tmp_path: Path) -> None:
+    """``promtool check rules`` parses every expression; ``promtool test rules`` feeds each alert
+    the series of its failure and checks it fires (and stays quiet on a healthy service)."""
+    rule = prometheus_rule(tmp_path)
+    annotations = {r["alert"]: r["annotations"] for r in rules_of(rule)}
+    rules = tmp_path / "rules.yml"
+    rules.write_text(yaml.safe_dump(rule["spec"]))
+    done = subprocess.run([promtool(), "check", "rules", str(rules)], capture_output=True, text=True, check=False)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert f"SUCCESS: {len(ALERTS)} rules found" in done.stdout
+
+    job = f'namespace="registry", job="{JOB}", pod="p0"'
+    svc = 'grpc_service="descriptor.v1.BlobDescriptorService", grpc_method="Stat", grpc_type="unary"'
+    handled = f"grpc_server_handled_total{{{job}, {svc}, grpc_code="
+    backend = f'registry_storage_backend_request_duration_seconds_count{{{job}, backend="filesystem", operation="stat"'
+
+    def fires(alert: str, at: str, labels: dict[str, str]) -> dict[str, Any]:
+        """``alert`` fires at ``at`` with ``labels``, or (no labels) does not fire."""
+        expected = {k: v.replace("{{ $labels.pod }}", "p0") for k, v in annotations[alert].items()}
+        exp = [{"exp_labels": labels, "exp_annotations": expected}] if labels else []
+        return {"eval_time": at, "alertname": alert, "exp_alerts": exp}
+
+    at = {"namespace": "registry", "pod": "p0"}
+    cases = [
+        # A healthy service: nothing fires.
+        (
+            [(f'up{{{job}, instance="p0:5052"}}', "1x30"), (f'{handled}"OK"}}', "0+100x30")],
+            [fires(alert, "25m", {}) for alert in sorted(ALERTS)],
+        ),
+        (
+            [(f'up{{{job}, instance="p0:5052"}}', "0x30")],
+            [
+                fires(
+                    "DescriptorServiceDown", "10m", {**at, "job": JOB, "instance": "p0:5052", "severity": "critical"}
+                ),
+            ],
+        ),
+        (
+            [(f"registry_storage_cache_redis_up{{{job}}}", "0x30")],
+            [
+                fires("DescriptorCacheDown", "5m", {**at, "severity": "critical"}),
+            ],
+        ),
+        (
+            [(f"descriptor_cache_near_live{{{job}}}", "0x30")],
+            [
+                fires("DescriptorNearCacheNotLive", "15m", {**at, "severity": "warning"}),
+            ],
+        ),
+        (
+            [(f'{backend}, outcome="error"}}', "0+90x30"), (f'{backend}, outcome="ok"}}', "0+10x30")],
+            [
+                fires("DescriptorBackendErrors", "15m", {**at, "backend": "filesystem", "severity": "critical"}),
+            ],
+        ),
+        (
+            [(f'{handled}"OK"}}', "0+90x30"), (f'{handled}"UNAVAILABLE"}}', "0+10x30")],
+            [
+                fires("DescriptorErrorRatio", "15m", {"namespace": "registry", "severity": "warning"}),
+                fires("DescriptorCallsShed", "15m", {}),
+            ],
+        ),
+        (
+            [(f'{handled}"OK"}}', "0+90x30"), (f'{handled}"RESOURCE_EXHAUSTED"}}', "0+10x30")],
+            [
+                fires("DescriptorCallsShed", "15m", {"namespace": "registry", "severity": "warning"}),
+                fires("DescriptorErrorRatio", "15m", {}),
+            ],
+        ),
+    ]
+    tests = [
+        {"interval": "1m", "input_series": [{"series": s, "values": v} for s, v in series], "alert_rule_test": alerts}
+        for series, alerts in cases
+    ]
+    unit = tmp_path / "rules_test.yml"
+    unit.write_text(yaml.safe_dump({"rule_files": [str(rules)], "evaluation_interval": "1m", "tests": tests}))
+    done = subprocess.run([promtool(), "test", "rules", str(unit)], capture_output=True, text=True, check=False)
+    assert done.returncode == 0, done.stdout + done.stderr
