@@ -1,4 +1,4 @@
-"""deploy/Containerfile read as text: stages, user, files, baked config (tests/deploy/test_image.py builds and runs it)."""
+"""deploy/Containerfile read as text: stages, user, files, baked config (deploy/test_image.py runs it)."""
 
 from __future__ import annotations
 
