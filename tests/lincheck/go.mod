@@ -4,8 +4,8 @@ go 1.26.0
 
 require (
 	github.com/anishathalye/porcupine v1.3.1
-	github.com/descriptor-service/descriptor-service/client-go v0.0.0-00010101000000-000000000000
-	github.com/distribution/distribution/v3 v3.1.2
+	github.com/descriptor-service/descriptor-service/client-go v0.0.0
+	github.com/distribution/distribution/v3 v3.1.1
 	github.com/opencontainers/go-digest v1.0.0
 	google.golang.org/grpc v1.85.0
 )
