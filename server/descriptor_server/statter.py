@@ -330,6 +330,10 @@ class CachedBlobStatter:
         try:
             await self._stop_flights(clear)
             await self._clear(digest, repository)
+            # No near cache of any process answers it any more once this returns.
+            settle = getattr(self.cache, "settle", None)
+            if settle is not None:
+                await settle(digest)
         finally:
             self._clearing[clear] -= 1
             if not self._clearing[clear]:
