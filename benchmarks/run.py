@@ -643,7 +643,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             half_redis = results["unary"]["redis"] / 2
             load = h2load_command(h2, servers["redis"].port, body, int(half_redis * 600), rps=half_redis)
             results["near"] = {
-                "coherence": near_bench.coherence(servers["redis"].target, redis_addr, load, quick=quick)
+                "coherence": near_bench.coherence(servers["redis"].target, redis_addr, load, quick=quick),
+                "lease": near_bench.lease_cost(redis_addr, quick=quick),
             }
 
         for srv in list(servers.values()):
