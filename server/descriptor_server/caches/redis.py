@@ -587,9 +587,7 @@ def from_config(
 
     if cfg.mastername:
         sentinel_kwargs = {k: v for k, v in common.items() if k not in ("username", "password", "decode_responses")}
-        sentinel = Sentinel(  # type: ignore[no-untyped-call]
-            nodes, sentinel_kwargs=sentinel_kwargs, db=cfg.db, **common
-        )
+        sentinel = Sentinel(nodes, sentinel_kwargs=sentinel_kwargs, db=cfg.db, **common)
         master = sentinel.master_for(
             cfg.mastername, connection_pool_class=IdleLimitedSentinelPool, max_connections=cfg.poolsize, **idle
         )
