@@ -26,7 +26,7 @@ from descriptor_server.caches import nearlease
 from descriptor_server.caches.nearcache import NearCacheCollector
 from descriptor_server.caches.redis import RedisCache, RedisCacheError, from_config
 from descriptor_server.config import RedisNearCacheConfig
-from helpers.redis_servers import RedisProcess, flush
+from helpers.redis_servers import RedisProcess, SentinelSetUp, flush
 from helpers.support import OCT, REPO, Layout, ServerProcess
 from helpers.targets_redis import redis_config, server_redis_config
 
@@ -420,6 +420,29 @@ async def test_settle_without_any_near_cache_is_one_round_trip(redis_own: RedisP
             assert raw.keys("descriptor::nearcache::barrier::*") == []
     finally:
         await cache.close()
+
+
+async def test_sentinel_barrier_is_acked(redis_sentinel: SentinelSetUp) -> None:
+    """On Sentinel the near caches register and ack on the master the sentinels name."""
+    flush(redis_sentinel.master)
+    kwargs: dict[str, Any] = {"mastername": redis_sentinel.mastername, "readtimeout": 1.0}
+    holder = await near_cache(redis_sentinel.sentinel.addr, lease=3.0, **kwargs)
+    clearer = from_config(
+        redis_config([redis_sentinel.sentinel.addr], nearcache=RedisNearCacheConfig(size=0), **kwargs)
+    )
+    try:
+        assert holder.near is not None
+        assert list(members(redis_sentinel.master)) == [holder.near.member]
+        await clearer.set_descriptor(B256, Descriptor(OCT, B256, 1))
+        assert await held(holder, B256) == Descriptor(OCT, B256, 1)
+        await clearer.clear(B256)
+        await asyncio.wait_for(clearer.settle(B256), 2.0)
+        assert clearer.settler is not None
+        assert (clearer.settler.barriers, clearer.settler.acks, clearer.settler.waited_out) == (1, 1, 0)
+        assert await answer(holder, B256) is None
+    finally:
+        await clearer.close()
+        await holder.close()
 
 
 async def test_cluster_has_no_settler(redis_cluster: list[RedisProcess]) -> None:
