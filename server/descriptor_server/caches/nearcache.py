@@ -46,6 +46,7 @@ import asyncio
 import contextlib
 import logging
 import math
+import os
 import time
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Iterable, Iterator, Sequence
@@ -157,6 +158,7 @@ class NearCache:
         #: The lease: held while ``time.monotonic()`` is below ``_lease_until``.
         self.lease = lease
         self.member = nearlease.new_id()
+        self._pid = os.getpid()
         self._lease_until = 0.0
         self.lapses = 0
         self.evicted = 0
@@ -453,6 +455,8 @@ class NearCache:
     def start(self) -> None:
         """Set tracking up in the background (once; called from a running loop)."""
         if self._task is None and not self._closed:
+            if self._pid != os.getpid():  # made before a fork: each process is its own member
+                self._pid, self.member = os.getpid(), nearlease.new_id()
             self._task = asyncio.get_running_loop().create_task(self._run(), name="redis-nearcache")
 
     async def _run(self) -> None:

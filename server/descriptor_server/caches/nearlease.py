@@ -175,6 +175,8 @@ class Settler:
         self._pending: dict[str, _Wait] = {}
         self._waiter: asyncio.Task[None] | None = None
         self._closed = False
+        #: Members already logged as waited out (bounded; one line per member, not per Clear).
+        self._logged: set[str] = set()
         self.barriers = 0
         self.acks = 0
         self.waited_out = 0
@@ -246,7 +248,16 @@ class Settler:
                     renewed = await self._evict_members(fresh)
                     evicted.update(renewed)
                     deadlines.update(renewed)
-                self.waited_out += len(due) - sum(1 for m in due if m in deadlines)
+                gone = [m for m in due if m not in deadlines]
+                self.waited_out += len(gone)
+                for m in gone:
+                    if m not in self._logged and len(self._logged) < 1024:
+                        self._logged.add(m)
+                        log.warning(
+                            "redis near cache: a Clear waited for near cache %s until its lease ran out "
+                            "(stopped, cut off from Redis, or gone); it no longer answers from memory",
+                            m,
+                        )
                 continue
             wait.changed.clear()
             with contextlib.suppress(TimeoutError):
