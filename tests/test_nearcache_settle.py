@@ -270,7 +270,7 @@ async def test_near_cache_whose_redis_hangs_stops_answering_when_its_lease_runs_
                     return False
 
             await until(from_near, lambda ok: not ok, timeout=5)
-            assert time.monotonic() - start < 0.6 + 0.5
+            assert time.monotonic() - start < 0.6 + 1.0  # (loaded machines: slack)
             assert near.live  # the invalidation connection did not notice: the lease did
             assert len(near) == 0
             assert near.lapses == 1
@@ -371,7 +371,7 @@ async def test_barrier_evicts_a_member_that_renews_without_acking(redis_own: Red
         await clearer.clear(B256)
         start = time.monotonic()
         await asyncio.wait_for(clearer.settle(B256), 5.0)
-        assert time.monotonic() - start <= 2 * 0.6 + 0.5
+        assert time.monotonic() - start <= 2 * 0.6 + 1.0  # two leases at most
         assert await answer(lagging, B256) is None  # its invalidation is still held back
         assert clearer.settler is not None
         assert clearer.settler.evictions == 1
@@ -392,7 +392,7 @@ async def test_barrier_waits_for_a_dead_member_no_longer_than_its_lease(redis_ow
         start = time.monotonic()
         await asyncio.wait_for(cache.settle(B256), 5.0)
         took = time.monotonic() - start
-        assert 0.7 < took < 0.8 + 0.5, took  # the live one is waited out, the expired one not at all
+        assert 0.7 < took < 0.8 + 1.0, took  # the live one is waited out, the expired one not at all
         assert cache.settler is not None
         assert cache.settler.waited_out == 1
         assert cache.settler.acks == 1  # this process's own near cache
