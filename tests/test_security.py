@@ -632,7 +632,7 @@ def test_bad_limit_and_tls_keys_are_named(grpc_keys: dict[str, Any], key: str) -
 
 def test_limit_keys_reach_grpc_options() -> None:
     from descriptor_server.config import from_dict
-    from descriptor_server.limits import limit_options
+    from descriptor_server.rpc.limits import limit_options
 
     config = from_dict(
         {"grpc": {"maxmetadatasize": 4096, "keepalive": {"minpinginterval": "30s", "maxconnectionage": "1h"}}}

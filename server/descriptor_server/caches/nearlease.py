@@ -35,9 +35,10 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from ..logutil import describe
+from ..core import loggers
+from ..core.logutil import describe
 
-log = logging.getLogger(__name__)
+log = logging.getLogger(loggers.NEAR_CACHE)
 
 #: Default ``redis.nearcache.lease``, seconds.
 DEFAULT_LEASE = 3.0

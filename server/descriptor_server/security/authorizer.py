@@ -6,7 +6,7 @@ Precedence, for a call carrying ``authorization: Bearer <token>``:
    static token (``read`` or ``write`` on the whole service), compared in constant
    time against every entry;
 2. otherwise, when ``auth.token`` is configured, it is verified as a registry token
-   (:mod:`.tokens`) and must grant the call's action in the call's repository;
+   (:mod:`.registrytokens`) and must grant the call's action in the call's repository;
 3. otherwise it is UNAUTHENTICATED.
 
 Mutual TLS stays a transport control: the handshake admits or refuses the client
@@ -28,7 +28,6 @@ reason.
 
 from __future__ import annotations
 
-import contextvars
 import json
 import logging
 from collections.abc import Sequence
@@ -40,13 +39,13 @@ from descriptor_client.errors import PermissionDeniedError, UnauthenticatedError
 from descriptor_client.rpcs import RPCS
 
 from ..config import TokenAuthConfig
-from ..interceptor import invocation_metadata
-from ..principal import set_principal
-from ..security import SCOPE_GRANTS, TokenAuthorizer, bearer_token
+from ..core import loggers
+from ..rpc.context import invocation_metadata, set_audited, set_principal, take_audited
 from .keys import TrustStore
-from .tokens import RegistryTokenVerifier, TokenInvalid
+from .registrytokens import RegistryTokenVerifier, TokenInvalid
+from .static import TokenAuthorizer, bearer_token, check_scope
 
-audit_log = logging.getLogger("descriptor_server.audit")
+audit_log = logging.getLogger(loggers.AUDIT)
 
 #: Methods whose every call is audited (whatever the outcome).
 AUDITED = frozenset(name for name, rpc in RPCS.items() if rpc.access == "write")
@@ -55,7 +54,7 @@ AUDITED = frozenset(name for name, rpc in RPCS.items() if rpc.access == "write")
 MAX_ECHO = 300
 
 if TYPE_CHECKING:
-    from ..service import Observer
+    from ..rpc.servicer import Observer
 
 
 def _clip(value: str) -> str:
@@ -79,10 +78,6 @@ class Principal:
 class _Call:
     context: Any
     principal: Principal
-
-
-#: The allowed audited call of the running task (each gRPC call runs in its own task).
-_current: contextvars.ContextVar[_Call | None] = contextvars.ContextVar("descriptor_audit_call", default=None)
 
 
 def _certificate_subject(context: Any) -> str:
@@ -142,7 +137,7 @@ class Authorizer:
     def reload(self) -> None:
         """Re-read the root bundle and the JWKS (SIGHUP)."""
         if self.registry is None:
-            log = logging.getLogger("descriptor_server.auth")
+            log = logging.getLogger(loggers.AUTH)
             log.info("SIGHUP: no registry token keys to reload")
             return
         self.registry.trust.reload("SIGHUP")
@@ -165,7 +160,7 @@ class Authorizer:
             if method in AUDITED:
                 subject = _certificate_subject(context)
                 who = Principal(subject or "anonymous", "certificate" if subject else "anonymous", "auth off")
-                _current.set(_Call(context, who))
+                set_audited(_Call(context, who))
             return
         metadata = invocation_metadata(context, method)
         registry = self.registry
@@ -193,7 +188,7 @@ class Authorizer:
             raise
         set_principal(principal.name)
         if method in AUDITED:
-            _current.set(_Call(context, principal))
+            set_audited(_Call(context, principal))
 
     def _authorize(self, method: str, request: Any, token: str | None) -> Principal:
         if token is None:
@@ -221,13 +216,7 @@ class Authorizer:
         return Principal(grant.subject, "registry-token", f"granted {kind}:{_clip(name)}:{action}")
 
     def _static(self, method: str, entry: Any) -> Principal:
-        rpc = RPCS.get(method)
-        need = rpc.access if rpc is not None else "write"
-        if need not in SCOPE_GRANTS.get(entry.scope, frozenset()):
-            raise PermissionDeniedError(
-                f"token {entry.name!r} has scope {entry.scope!r}; {method} needs {need!r}",
-                metadata={"token": entry.name, "scope": entry.scope, "needs": need},
-            )
+        check_scope(entry, method)
         return Principal(entry.name, "static-token", f"static token scope {entry.scope}")
 
     def _hint(self, scope: str, error: str) -> str:
@@ -256,8 +245,7 @@ class Authorizer:
         """The audit half of the servicer's observer: one line per SetDescriptor and Clear."""
         if method not in AUDITED:
             return
-        call = _current.get()
-        _current.set(None)
+        call: _Call | None = take_audited()
         if call is None:
             if code in (grpc.StatusCode.UNAUTHENTICATED, grpc.StatusCode.PERMISSION_DENIED):
                 return  # refused by the authorizer: already logged, with its reason

@@ -1,20 +1,12 @@
-"""Transport security and access control: TLS / mTLS and scoped bearer tokens.
+"""Static bearer tokens (``auth.tokens``, ``auth.tokensfile``) with ``read`` / ``write`` scopes.
 
-- :func:`server_credentials` builds gRPC server credentials from ``grpc.tls``:
-  ``certificate`` + ``key`` turn on TLS; ``clientcas`` (one or more PEM files) turns on
-  mutual TLS, where a client certificate signed by one of those CAs is required.
-- :class:`TokenAuthorizer` checks static bearer tokens: it reads
-  ``authorization: Bearer <token>`` from the call's metadata, hashes the token with
-  SHA-256 and compares the hash with every configured one in constant time
-  (:func:`hmac.compare_digest`); the server never holds a token in clear. ``read``
-  tokens may call Stat, BatchStat and GetMetrics; ``write`` tokens also SetDescriptor
-  and Clear.
-- :func:`build_authorizer` builds the servicer's ``authorizer`` hook
-  (:class:`descriptor_server.auth.Authorizer`): static tokens, then the registry's own
-  bearer tokens (``auth.token``, see :mod:`descriptor_server.auth`), plus the audit
-  log; :func:`audited` adds the audit to the servicer's ``observer``;
-  :func:`install_reload` re-reads the token keys on SIGHUP. No token configured means
-  authentication is off.
+:class:`TokenAuthorizer` checks static bearer tokens: it reads
+``authorization: Bearer <token>`` from the call's metadata, hashes the token with
+SHA-256 and compares the hash with every configured one in constant time
+(:func:`hmac.compare_digest`); the server never holds a token in clear. ``read``
+tokens may call Stat, BatchStat and GetMetrics; ``write`` tokens also SetDescriptor
+and Clear. :func:`check_scope` is the one check of a static token's scope (the
+servicer's authorizer, :class:`.authorizer.Authorizer`, calls it too).
 """
 
 from __future__ import annotations
@@ -23,22 +15,15 @@ import hashlib
 import hmac
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import grpc
 import yaml
 from descriptor_client.errors import PermissionDeniedError, UnauthenticatedError
 from descriptor_client.rpcs import RPCS
 
-from .config import AuthConfig, AuthToken, Config, ConfigError, GrpcTLSConfig, _build
-from .interceptor import invocation_metadata
-from .principal import set_principal
-
-if TYPE_CHECKING:
-    import asyncio
-
-    from .auth.authorizer import Authorizer
-    from .service import Observer
+from ..config import AuthConfig, AuthToken, ConfigError, _build
+from ..rpc.context import invocation_metadata, set_principal
 
 READ = "read"
 WRITE = "write"
@@ -54,44 +39,6 @@ SCOPE_GRANTS: dict[str, frozenset[str]] = {
 }
 
 _BEARER = "bearer"
-
-
-# -- TLS ----------------------------------------------------------------------------
-
-
-def _read_pem(path: str, key: str) -> bytes:
-    try:
-        with open(path, "rb") as f:
-            data = f.read()
-    except OSError as err:
-        raise ConfigError(key, f"cannot read {path}: {err.strerror or err}") from None
-    if b"-----BEGIN " not in data:
-        raise ConfigError(key, f"{path} holds no PEM data")
-    return data
-
-
-def server_credentials(tls: GrpcTLSConfig) -> grpc.ServerCredentials | None:
-    """Server credentials for ``grpc.tls``, or None when TLS is off.
-
-    With ``clientcas`` the server requires a client certificate and verifies it
-    against those CAs (mutual TLS); without, any client that trusts the server's
-    certificate may connect.
-    """
-    if not tls.certificate:
-        return None
-    chain = _read_pem(tls.certificate, "grpc.tls.certificate")
-    key = _read_pem(tls.key, "grpc.tls.key")
-    roots = b"".join(
-        _read_pem(path, f"grpc.tls.clientcas[{i}]").rstrip(b"\n") + b"\n" for i, path in enumerate(tls.clientcas)
-    )
-    try:
-        return grpc.ssl_server_credentials(
-            [(key, chain)],
-            root_certificates=roots or None,
-            require_client_auth=bool(roots),
-        )
-    except Exception as err:  # grpcio raises plain errors for unusable key material
-        raise ConfigError("grpc.tls", f"unusable certificate or key: {err}") from None
 
 
 # -- tokens ---------------------------------------------------------------------------
@@ -163,6 +110,20 @@ def bearer_token(metadata: Iterable[tuple[str, Any]] | None) -> str | None:
     return None
 
 
+def check_scope(entry: _Token, method: str) -> None:
+    """Raise PERMISSION_DENIED unless the static token ``entry`` may call ``method``.
+
+    The scope a method needs comes from the one RPC table (:data:`METHOD_SCOPES`); a
+    method not listed needs ``write`` (deny by default).
+    """
+    need = METHOD_SCOPES.get(method, WRITE)
+    if need not in SCOPE_GRANTS.get(entry.scope, frozenset()):
+        raise PermissionDeniedError(
+            f"token {entry.name!r} has scope {entry.scope!r}; {method} needs {need!r}",
+            metadata={"token": entry.name, "scope": entry.scope, "needs": need},
+        )
+
+
 class TokenAuthorizer:
     """The servicer's ``authorizer``: bearer tokens with ``read`` / ``write`` scopes.
 
@@ -197,12 +158,7 @@ class TokenAuthorizer:
         entry = self.match(token)
         if entry is None:
             raise UnauthenticatedError("unknown bearer token")
-        need = METHOD_SCOPES.get(method, WRITE)
-        if need not in SCOPE_GRANTS.get(entry.scope, frozenset()):
-            raise PermissionDeniedError(
-                f"token {entry.name!r} has scope {entry.scope!r}; {method} needs {need!r}",
-                metadata={"token": entry.name, "scope": entry.scope, "needs": need},
-            )
+        check_scope(entry, method)
         return entry.name
 
     def __call__(self, method: str, request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> None:
@@ -219,70 +175,14 @@ def build_static(auth: AuthConfig) -> TokenAuthorizer | None:
     return TokenAuthorizer(tokens)
 
 
-def build_authorizer(auth: AuthConfig) -> Authorizer:
-    """The servicer's authorizer: static tokens, then registry tokens (``auth.token``).
-
-    Always an object (it also feeds the audit log); with no token configured at all it
-    allows every call.
-    """
-    from .auth.authorizer import build
-
-    return build(build_static(auth), auth.token)
-
-
-def audited(observer: Observer | None, authorizer: Any) -> Observer | None:
-    """The servicer's observer followed by the audit of ``authorizer`` (if it is ours)."""
-    from .auth.authorizer import Authorizer
-    from .auth.authorizer import audited as audit
-
-    if not isinstance(authorizer, Authorizer):
-        return observer
-    return audit(observer, authorizer)
-
-
-def describe_auth(authorizer: Any) -> str:
-    """For the start log line: which token controls are on."""
-    describe = getattr(authorizer, "describe", None)
-    if describe is not None:
-        return str(describe())
-    return f"bearer tokens on ({len(authorizer)} configured)" if authorizer is not None else "bearer tokens off"
-
-
-def install_reload(loop: asyncio.AbstractEventLoop, authorizer: Any) -> None:
-    """SIGHUP re-reads the registry-token keys (root bundle, JWKS) without a restart."""
-    import signal
-
-    reload = getattr(authorizer, "reload", None)
-    if reload is not None:
-        loop.add_signal_handler(signal.SIGHUP, reload)
-
-
-def check_files(config: Config) -> None:
-    """Read the files the config names (token list, TLS material), as start will.
-
-    Lets ``--check-config`` and a multi-worker start refuse a bad file up front, with
-    one line naming the key.
-    """
-    if config.auth.tokensfile and not load_tokens(config.auth):
-        raise ConfigError("auth.tokensfile", f"{config.auth.tokensfile} holds no token")
-    if config.auth.token is not None:
-        from .auth.keys import build_keyset
-
-        build_keyset(config.auth.token.rootcertbundle, config.auth.token.jwks)
-    server_credentials(config.grpc.tls)
-
-
 __all__ = [
     "METHOD_SCOPES",
+    "SCOPE_GRANTS",
     "TokenAuthorizer",
-    "audited",
     "bearer_token",
-    "build_authorizer",
     "build_static",
-    "check_files",
-    "describe_auth",
-    "install_reload",
+    "check_scope",
+    "check_token",
     "load_tokens",
-    "server_credentials",
     "token_hash",
 ]

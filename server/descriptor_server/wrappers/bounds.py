@@ -34,10 +34,11 @@ from descriptor_client.descriptor import Descriptor
 from descriptor_client.errors import BackendUnavailableError
 
 from ..config import StorageConfig
-from ..logutil import RateLimitedLog
-from . import Backend
+from ..core import loggers
+from ..core.backend import Backend
+from ..core.logutil import RateLimitedLog
 
-log = logging.getLogger(__name__)
+log = logging.getLogger(loggers.BOUNDS)
 
 T = TypeVar("T")
 

@@ -16,9 +16,10 @@ from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
 from prometheus_client import CollectorRegistry, make_wsgi_app
 
-from .config import ConfigError
+from ..config import ConfigError
+from ..core import loggers
 
-log = logging.getLogger("descriptor_server")
+log = logging.getLogger(loggers.SERVER)
 
 
 class _QuietHandler(WSGIRequestHandler):

@@ -6,7 +6,7 @@
   :class:`RpcCollector` (the servicer's ``observer`` hook calls
   :meth:`ServerMetrics.observe_call`), one series per RPC of the RPC table.
 - The Redis cache reports its round trips through :meth:`ServerMetrics.observe_redis`;
-  the backend wrapper (:class:`.tracing.TracedBackend`) its calls through
+  the backend wrapper (:class:`descriptor_server.wrappers.traces.TracedBackend`) its calls through
   :meth:`ServerMetrics.observe_backend`.
 - :class:`CacheCollector` reads the cache's size, capacity, evictions and Redis state at
   scrape time; process and Python collectors are registered on the same registry.
@@ -29,9 +29,8 @@ from prometheus_client.process_collector import ProcessCollector
 from prometheus_client.registry import Collector
 from prometheus_client.utils import floatToGoString
 
-from .backends.bounded import BoundedBackend
-from .statter import StatterMetrics
-from .version import build_info_collector
+from ..core.statter import StatterMetrics
+from ..wrappers.bounds import BoundedBackend
 
 #: Latency buckets in seconds, from 50 microseconds (an in-memory hit) to 10 s.
 RPC_BUCKETS = (
@@ -290,10 +289,12 @@ class ServerMetrics:
         cache: Callable[[], object] | None = None,
         cache_kind: str = "",
         backend: str = "",
+        build_info: Collector | None = None,
     ) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
         self.registry.register(StatterCollector(statter_metrics))
-        self.registry.register(build_info_collector())
+        if build_info is not None:  # descriptor_build_info (the app's version)
+            self.registry.register(build_info)
         # process_* and python_* as every Python exporter has them, on this registry only.
         ProcessCollector(registry=self.registry)
         PlatformCollector(registry=self.registry)

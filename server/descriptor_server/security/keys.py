@@ -36,9 +36,10 @@ from cryptography import x509
 from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
 
 from ..config import ConfigError
+from ..core import loggers
 from .jose import JoseError, PublicKey, as_public_key, jwk_thumbprints, libtrust_key_id, public_key_from_jwk
 
-log = logging.getLogger("descriptor_server.auth")
+log = logging.getLogger(loggers.AUTH)
 
 #: Most certificates an x5c chain may carry, and most signature checks to build a path.
 MAX_CHAIN = 10

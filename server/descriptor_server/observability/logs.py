@@ -6,7 +6,7 @@
   and the fixed ``log.fields``, as distribution's ``log.fields`` does.
 - :class:`CallLogger` (the servicer's ``observer`` hook, beside the metrics) writes one
   line per failed call at info, one per call at debug, with the status code, the
-  ``ErrorInfo`` reason, the peer address and the principal (:mod:`.principal`); never
+  ``ErrorInfo`` reason, the peer address and the principal (:mod:`..rpc.context`); never
   metadata, so never a token.
 """
 
@@ -16,15 +16,15 @@ import datetime
 import json
 import logging
 import sys
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import grpc
 
-from .config import LogConfig
-from .principal import current_principal
+from ..config import LogConfig
+from ..core import loggers
 
-call_log = logging.getLogger("descriptor_server.calls")
+call_log = logging.getLogger(loggers.CALLS)
 
 
 #: Longest digest or repository echoed into a log line (bad input can be anything).
@@ -43,6 +43,7 @@ def call_fields(
     *,
     context: Any = None,
     reason: str = "",
+    principal: str = "",
 ) -> dict[str, Any]:
     """What a call log line says: never metadata, so never a token."""
     fields: dict[str, Any] = {"method": method}
@@ -59,7 +60,6 @@ def call_fields(
     fields["duration_ms"] = round(seconds * 1000, 3)
     if context is not None:
         fields["peer"] = context.peer()
-    principal = current_principal()
     if principal:
         fields["principal"] = principal
     return fields
@@ -73,8 +73,10 @@ ANSWERS = frozenset((grpc.StatusCode.OK, grpc.StatusCode.NOT_FOUND))
 class CallLogger:
     """One line per failed call at info, one per call at debug."""
 
-    def __init__(self, logger: logging.Logger = call_log) -> None:
+    def __init__(self, logger: logging.Logger = call_log, *, principal: Callable[[], str] = lambda: "") -> None:
         self.logger = logger
+        #: Who the current call is from (the server passes :func:`.rpc.context.current_principal`).
+        self.principal = principal
 
     def __call__(
         self, method: str, code: grpc.StatusCode, seconds: float, request: Any, *, context: Any = None, reason: str = ""
@@ -82,7 +84,7 @@ class CallLogger:
         level = logging.DEBUG if code in ANSWERS else logging.INFO
         if not self.logger.isEnabledFor(level):
             return
-        fields = call_fields(method, code, seconds, request, context=context, reason=reason)
+        fields = call_fields(method, code, seconds, request, context=context, reason=reason, principal=self.principal())
         # Values are JSON-quoted in the text form, so no input can forge a log line.
         text = " ".join(f"{k}={json.dumps(v)}" if isinstance(v, str) else f"{k}={v}" for k, v in fields.items())
         self.logger.log(level, "call %s", text, extra=fields)

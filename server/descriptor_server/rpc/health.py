@@ -21,9 +21,10 @@ import grpc
 from descriptor_client.rpcs import SERVICE
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
-from .config import ConfigError
+from ..config import ConfigError
+from ..core import loggers
 
-log = logging.getLogger("descriptor_server")
+log = logging.getLogger(loggers.SERVER)
 
 Probe = Callable[[], Awaitable[None]]
 

@@ -34,12 +34,13 @@ from descriptor_client.errors import (
     UnsupportedError,
 )
 
-from .backends import Backend
-from .caches import Cache
+from . import loggers
+from .backend import Backend
+from .cache import Cache
 from .logutil import RateLimitedLog, describe
 from .revalidate import Revalidator
 
-log = logging.getLogger(__name__)
+log = logging.getLogger(loggers.STATTER)
 
 DEFAULT_MAX_BATCH = 1000
 #: Digests remembered as valid by BatchStat (cleared when full).

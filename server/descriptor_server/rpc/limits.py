@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from .config import GrpcConfig
+from ..config import GrpcConfig
 
 
 def _ms(seconds: float) -> int:

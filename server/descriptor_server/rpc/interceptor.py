@@ -14,14 +14,13 @@
   ``rpc.grpc.status_code``). With tracing off no handler of the service is wrapped.
 
 It also hands the call's metadata, which grpc.aio has already converted for it, to the
-handler (:func:`invocation_metadata`): the authorizer reads the bearer token from it
+handler (:func:`.context.invocation_metadata`): the authorizer reads the bearer token from it
 instead of converting the metadata a second time with ``context.invocation_metadata()``.
 """
 
 from __future__ import annotations
 
 import contextlib
-import contextvars
 import inspect
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -29,26 +28,13 @@ from typing import TYPE_CHECKING, Any
 
 import grpc
 
-from .metrics import RpcCollector
+from ..observability.metrics import RpcCollector
+from .context import set_call_metadata
 
 if TYPE_CHECKING:
     from opentelemetry.trace import Span, Tracer
 
 Continuation = Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler | None]]
-
-#: The current call's (method name, metadata), as the interceptor saw them. grpc.aio runs
-#: the interceptors and then the handler in the call's own task, so the slot is per call.
-_call_metadata: contextvars.ContextVar[tuple[str, Any] | None] = contextvars.ContextVar(
-    "descriptor_call_metadata", default=None
-)
-
-
-def invocation_metadata(context: Any, method: str) -> Any:
-    """The metadata of the current call of ``method`` (``Stat``): the interceptor's, else the context's."""
-    seen = _call_metadata.get()
-    if seen is not None and seen[0] == method:
-        return seen[1]
-    return context.invocation_metadata()
 
 
 def _code_of(context: Any, failed: bool) -> grpc.StatusCode:
@@ -110,7 +96,7 @@ class ObservingInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
         if started is not None:
             started[0] += 1
             if self.hand_metadata:
-                _call_metadata.set((self._names[path], handler_call_details.invocation_metadata))
+                set_call_metadata(self._names[path], handler_call_details.invocation_metadata)
             if self.tracer is None:
                 return await continuation(handler_call_details)
             handler = await continuation(handler_call_details)
@@ -216,4 +202,4 @@ SERVER_ERRORS = frozenset(
     )
 )
 
-__all__ = ["ObservingInterceptor", "invocation_metadata"]
+__all__ = ["ObservingInterceptor"]

@@ -1,152 +1,52 @@
-"""Wiring and lifecycle: config -> cache + backend -> statter -> gRPC server.
+"""The server's lifecycle: a grpc.aio server with health and reflection, start and drain.
 
-``descriptor-server`` (and ``python -m descriptor_server``) with no arguments serves
-the embedded default: in-memory cache, filesystem backend under ``./data``, on
-``127.0.0.1:5051``. On SIGTERM or SIGINT it drains: health turns NOT_SERVING, new
-calls get UNAVAILABLE / ``SERVER_DRAINING``, calls in flight finish, exit 0.
+:class:`DescriptorServer` puts the statter (:mod:`.composition`) behind the servicer,
+the interceptor, the authorizer, health and the metrics endpoint. On SIGTERM or SIGINT
+it drains: health turns NOT_SERVING, new calls get UNAVAILABLE / ``SERVER_DRAINING``,
+calls in flight finish, exit 0.
 """
 
 from __future__ import annotations
 
-import argparse
 import asyncio
-import contextlib
-import dataclasses
 import errno
 import logging
 import os
 import signal
 import socket
-import sys
-import threading
 import time
-from collections.abc import Sequence
 from typing import Any
 
 import grpc
-import yaml
 from descriptor_client.rpcs import SERVICE
 from grpc_health.v1 import health_pb2
 from grpc_reflection.v1alpha import reflection
 
-from . import security, workers
-from .backends import Backend, bounded
-from .cachehealth import WatchedCache, check_cache_at_start, combined_probe
-from .caches import Cache
-from .config import Config, ConfigError, as_written, check_workers, load, to_dict
-from .debug_http import MetricsEndpoint
-from .health import Health
-from .interceptor import ObservingInterceptor
-from .limits import server_options
-from .logs import CallLogger, setup_logging
-from .metrics import BackendBoundsCollector, RedisObserver, ServerMetrics
-from .revalidate import DEFAULT_CAPACITY, Revalidator
-from .service import Context, DescriptorServicer
-from .statter import CachedBlobStatter
-from .tracing import BackendObserver, TracedBackend, TracedCache, Tracing, check_tracing, innermost, setup_tracing
-from .version import VersionAction, version
-from .worker_metrics import SiblingListener, totals_registry
+from .. import security
+from ..config import Config, ConfigError
+from ..core import loggers
+from ..core.statter import CachedBlobStatter
+from ..observability.debug_http import MetricsEndpoint
+from ..observability.logs import CallLogger
+from ..observability.metrics import BackendBoundsCollector, ServerMetrics
+from ..observability.tracing import Tracing, setup_tracing
+from ..observability.worker_metrics import SiblingListener, totals_registry
+from ..rpc.context import current_principal
+from ..rpc.health import Health
+from ..rpc.interceptor import ObservingInterceptor
+from ..rpc.limits import server_options
+from ..rpc.servicer import Context, DescriptorServicer
+from ..wrappers.bounds import BoundedBackend
+from ..wrappers.traces import innermost
+from ..wrappers.watch import WatchedCache, check_cache_at_start, combined_probe
+from . import workers
+from .composition import build_statter
+from .version import build_info_collector, version
 
-log = logging.getLogger("descriptor_server")
+log = logging.getLogger(loggers.SERVER)
 
 #: Seconds without a new call after which a draining server stops (bounded by ``grpc.drain``).
 DRAIN_QUIET = 0.5
-
-
-def fence_ttl(config: Config) -> float:
-    """How long a Clear's fence stands in a shared cache: longer than any backend read.
-
-    A read is bounded by ``storage.backendtimeout`` (waiting included) and its write-back
-    by ``redis.writetimeout``; without a backend timeout, ten minutes.
-    """
-    timeout = config.storage.backendtimeout
-    return timeout + config.redis.writetimeout + 10.0 if timeout > 0 else 600.0
-
-
-def build_cache(config: Config, *, observe: RedisObserver | None = None) -> Cache:
-    kind = config.storage.cache.blobdescriptor
-    if kind == "inmemory":
-        from .caches.inmemory import InMemoryCache
-
-        return InMemoryCache(config.storage.cache.blobdescriptorsize)
-    if kind == "redis":
-        import importlib
-
-        redis_cache: Cache = importlib.import_module("descriptor_server.caches.redis").from_config(
-            config.redis, observe=observe, fence_ttl=fence_ttl(config)
-        )
-        return WatchedCache(redis_cache, "redis cache")
-    from .caches.none import NoneCache
-
-    return NoneCache()
-
-
-def build_backend(config: Config) -> Backend:
-    storage = config.storage
-    name = storage.backend
-    if name == "filesystem":
-        from .backends.filesystem import FilesystemBackend
-
-        fs = storage.filesystem
-        return FilesystemBackend(fs.rootdirectory if fs is not None else "./data")
-    try:
-        module = __import__(f"descriptor_server.backends.{name}", fromlist=["from_config"])
-    except ImportError as err:
-        raise ConfigError(f"storage.{name}", f"backend unavailable: {err}") from None
-    backend: Backend = module.from_config(getattr(storage, name))
-    return backend
-
-
-def build_revalidator(config: Config) -> Revalidator | None:
-    """``storage.cache.revalidate``: keys tracked as many as the in-memory cache holds."""
-    cache = config.storage.cache
-    if cache.revalidate <= 0 or cache.blobdescriptor == "none":
-        return None
-    bounded = cache.blobdescriptor == "inmemory" and cache.blobdescriptorsize > 0
-    capacity = cache.blobdescriptorsize if bounded else DEFAULT_CAPACITY
-    return Revalidator(cache.revalidate, cache.revalidaterate, capacity)
-
-
-def build_statter(
-    config: Config,
-    *,
-    observe: RedisObserver | None = None,
-    observe_backend: BackendObserver | None = None,
-    tracing: Tracing | None = None,
-) -> CachedBlobStatter:
-    """The statter over the configured cache and backend, in their observing wrappers.
-
-    The backend is always wrapped, inside its bounds (the request-duration histogram of
-    the calls it really makes, their spans, the line logged when it is back); the cache
-    only when tracing is on (its spans), inside the WatchedCache of a Redis cache.
-    """
-    tracer = tracing.tracer if tracing is not None else None
-    cache = build_cache(config, observe=observe)
-    if tracer is not None:
-        kind = config.storage.cache.blobdescriptor
-        if isinstance(cache, WatchedCache):
-            cache.inner = TracedCache(cache.inner, kind, tracer)
-        else:
-            cache = TracedCache(cache, kind, tracer)
-    backend: Backend = TracedBackend(
-        build_backend(config), config.storage.backend, tracer=tracer, observe=observe_backend
-    )
-    return CachedBlobStatter(
-        cache,
-        bounded.from_config(backend, config.storage),
-        delete_enabled=config.storage.delete.enabled,
-        max_batch=config.grpc.maxbatch,
-        revalidator=build_revalidator(config),
-    )
-
-
-async def check_components(config: Config) -> None:
-    """Build (then close) the cache and backend, so ``--check-config`` refuses what start would.
-
-    Nothing connects here: the checks are the ones each component makes of its section.
-    """
-    statter = build_statter(config)
-    await statter.close()
 
 
 def check_bindable(addr: str, key: str, *, reuseport: bool = False) -> None:
@@ -190,6 +90,7 @@ class DescriptorServer:
             cache=lambda: innermost(self.statter.cache),
             cache_kind=kind,
             backend=config.storage.backend,
+            build_info=build_info_collector(),
         )
         self.statter = (
             statter
@@ -201,7 +102,7 @@ class DescriptorServer:
                 tracing=self.tracing,
             )
         )
-        self.call_logger = CallLogger()
+        self.call_logger = CallLogger(principal=current_principal)
         authorizer = security.build_authorizer(config.auth)
         #: Whether the authorizer checks tokens, so reads each call's metadata.
         self.reads_tokens = authorizer.enabled
@@ -209,11 +110,11 @@ class DescriptorServer:
             self.statter, authorizer=authorizer, observer=security.audited(self.observe, authorizer)
         )
         self.metrics.track_inflight(lambda: self.servicer.inflight)
-        if isinstance(self.statter.backend, bounded.BoundedBackend):
+        if isinstance(self.statter.backend, BoundedBackend):
             self.metrics.register(BackendBoundsCollector(self.statter.backend))
         near = getattr(innermost(self.statter.cache), "near", None) if kind == "redis" else None
         if near is not None:  # the Redis cache's near cache: its counters, read at scrape time
-            from .caches.nearcache import NearCacheCollector
+            from ..caches.nearcache import NearCacheCollector
 
             self.metrics.register(NearCacheCollector(near.stats))
         cache = self.statter.cache
@@ -357,86 +258,4 @@ async def serve(config: Config) -> None:
     await server.drain()
 
 
-def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(
-        prog="descriptor-server",
-        description="Serve the blob descriptor service (descriptor.v1.BlobDescriptorService) over gRPC.",
-    )
-    parser.add_argument("--version", action=VersionAction, help="print the version and build information, and exit")
-    parser.add_argument("--config", metavar="FILE", help="YAML configuration (distribution-shaped)")
-    parser.add_argument(
-        "--check-config",
-        metavar="FILE",
-        help="validate FILE, print the effective config (secrets masked) and exit",
-    )
-    parser.add_argument(
-        "--workers",
-        type=int,
-        metavar="N",
-        help="serve from N processes sharing the port with SO_REUSEPORT (overrides grpc.workers)",
-    )
-    return parser.parse_args(argv)
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    args = parse_args(argv)
-    try:
-        return run(args)
-    except ConfigError as err:  # the one place a config error is reported
-        err.report()
-        return 2
-
-
-def run(args: argparse.Namespace) -> int:
-    """Check or serve, as ``args`` say; a bad configuration raises :class:`ConfigError`."""
-    config = load(args.check_config or args.config)
-    try:
-        return _run(args, config)
-    except ConfigError as err:  # found at start (a cache, a listener): named as written
-        raise as_written(err, config.deprecated) from None
-
-
-def _run(args: argparse.Namespace, config: Config) -> int:
-    security.check_files(config)
-    check_tracing(os.environ)
-    warning = config.deprecation_warning()
-    if args.check_config:
-        if warning:
-            print(f"descriptor-server: {warning}", file=sys.stderr, flush=True)
-        asyncio.run(check_components(config))
-        print(yaml.safe_dump(to_dict(config), sort_keys=False), end="")
-        return 0
-    if args.workers is not None:
-        if args.workers < 1:
-            raise ConfigError("grpc.workers", "must be >= 1 (--workers)")
-        config = dataclasses.replace(config, grpc=dataclasses.replace(config.grpc, workers=args.workers))
-        check_workers(config)
-    setup_logging(config.log)
-    if warning:
-        log.warning("%s", warning)  # once, before any worker starts
-    if config.grpc.workers > 1:
-        return workers.run_workers(config, serve)
-    with contextlib.suppress(KeyboardInterrupt):  # signal handlers catch SIGINT
-        asyncio.run(serve(config))
-    exit_past_stuck_threads()
-    return 0
-
-
-def exit_past_stuck_threads(timeout: float = 2.0) -> None:
-    """Exit 0 now if a worker thread is still blocked after the drain.
-
-    A backend call stuck in a thread for good (a hung NFS mount, a FIFO as a link
-    file) would otherwise keep the interpreter from exiting, which joins every
-    worker thread without a timeout: a drained server must still exit.
-    """
-    deadline = time.monotonic() + timeout
-    others = [t for t in threading.enumerate() if t is not threading.current_thread() and not t.daemon]
-    for thread in others:
-        thread.join(max(0.0, deadline - time.monotonic()))
-    stuck = [t.name for t in others if t.is_alive()]
-    if stuck:
-        log.warning("exiting with %d threads still blocked: %s", len(stuck), ", ".join(stuck))
-        logging.shutdown()
-        sys.stdout.flush()
-        sys.stderr.flush()
-        os._exit(0)
+__all__ = ["DRAIN_QUIET", "DescriptorServer", "check_bindable", "serve"]

@@ -35,7 +35,9 @@ from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.parser import text_string_to_metric_families
 from prometheus_client.registry import Collector
 
-log = logging.getLogger("descriptor_server")
+from ..core import loggers
+
+log = logging.getLogger(loggers.SERVER)
 
 SIBLING_TIMEOUT = 2.0
 PER_PROCESS = ("process_", "python_")

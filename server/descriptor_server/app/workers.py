@@ -29,11 +29,12 @@ import socket
 from collections.abc import Callable, Coroutine
 from typing import Any
 
-from .config import Config, ConfigError
-from .logs import set_worker
-from .worker_metrics import make_directory
+from ..config import Config, ConfigError
+from ..core import loggers
+from ..observability.logs import set_worker
+from ..observability.worker_metrics import make_directory
 
-log = logging.getLogger("descriptor_server")
+log = logging.getLogger(loggers.SERVER)
 
 Serve = Callable[[Config], Coroutine[Any, Any, None]]
 

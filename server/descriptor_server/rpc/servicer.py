@@ -30,10 +30,11 @@ from descriptor_client.errors import (
 from descriptor_client.rpcs import RPCS, SERVICE, Rpc
 from google.protobuf.message import DecodeError
 
+from ..core import loggers
+from ..core.statter import CachedBlobStatter
 from .encoding import ResponseEncoder
-from .statter import CachedBlobStatter
 
-log = logging.getLogger(__name__)
+log = logging.getLogger(loggers.SERVICE)
 
 Context: TypeAlias = "grpc.aio.ServicerContext[Any, Any]"
 Handler = Callable[[bytes, Context], Awaitable[bytes]]

@@ -25,11 +25,12 @@ from descriptor_client.descriptor import Descriptor
 from descriptor_client.errors import BackendUnavailableError, BlobUnknownError, InvalidArgumentError
 from descriptor_client.protocol import BlobDescriptorService
 
-from .caches import Cache
-from .config import Config, RedisConfig
-from .logutil import Recovery, describe
+from ..config import Config, RedisConfig
+from ..core import loggers
+from ..core.cache import Cache
+from ..core.logutil import Recovery, describe
 
-log = logging.getLogger("descriptor_server.cache")
+log = logging.getLogger(loggers.CACHE)
 
 #: A digest no blob has (the SHA-256 of nothing is a real digest; this is not one in practice).
 PROBE_DIGEST = "sha256:" + "0" * 64

@@ -34,7 +34,7 @@ from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 DISTRIBUTION = "descriptor-service"
-SOURCE_ROOT = Path(__file__).resolve().parent.parent.parent
+SOURCE_ROOT = Path(__file__).resolve().parents[3]  # app/ -> descriptor_server/ -> server/ -> checkout
 BUILD_INFO = "descriptor_build_info"
 BUILD_INFO_LABELS = ("version", "revision", "python_version", "grpcio_version", "protobuf_version")
 
