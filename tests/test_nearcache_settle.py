@@ -20,6 +20,7 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any, TypeVar
 
+import httpx
 import pytest
 from descriptor_client import AsyncDescriptorClient, BlobUnknownError, Descriptor
 from descriptor_server.caches import nearlease
@@ -27,7 +28,7 @@ from descriptor_server.caches.nearcache import NearCacheCollector
 from descriptor_server.caches.redis import RedisCache, RedisCacheError, from_config
 from descriptor_server.config import RedisNearCacheConfig
 from helpers.redis_servers import RedisProcess, SentinelSetUp, flush
-from helpers.support import OCT, REPO, Layout, ServerProcess
+from helpers.support import OCT, REPO, Layout, ServerProcess, free_port
 from helpers.targets_redis import redis_config, server_redis_config
 
 pytestmark = pytest.mark.redis
@@ -210,8 +211,15 @@ async def test_replica_cut_off_answers_nothing_cleared_meanwhile(
     root.mkdir()
     layout = Layout(root)
     link = SlowLink(redis_own, 0.0)
-    a = ServerProcess(replica_config(root, redis_own, lease="1s", addr=await link.start()), tmp_path).start()
-    b = ServerProcess(replica_config(root, redis_own, lease="1s"), tmp_path).start()
+    configs = [
+        replica_config(root, redis_own, lease="1s", addr=await link.start()),
+        replica_config(root, redis_own, lease="1s"),
+    ]
+    ports = [free_port(), free_port()]
+    for config, port in zip(configs, ports, strict=True):
+        config["http"] = {"debug": {"addr": f"127.0.0.1:{port}", "prometheus": {"enabled": True}}}
+    a = ServerProcess(configs[0], tmp_path).start()
+    b = ServerProcess(configs[1], tmp_path).start()
     assert a.proc is not None
     try:
         async with AsyncDescriptorClient(a.target) as ca, AsyncDescriptorClient(b.target) as cb:
@@ -236,6 +244,19 @@ async def test_replica_cut_off_answers_nothing_cleared_meanwhile(
             link.open.set()
             stale = [d for d in answers if not isinstance(d, BlobUnknownError)]
             assert stale == [], f"{len(stale)} of {len(digests)} cleared blobs answered"
+        # What operators see: B waited A out once (counted, logged once), A's lease ran out.
+        async with httpx.AsyncClient(timeout=10) as http:
+            scrapes = [(await http.get(f"http://127.0.0.1:{port}/metrics")).text for port in ports]
+
+        def value(scrape: str, name: str) -> float:
+            lines = [line for line in scrape.splitlines() if line.startswith(name + " ")]
+            assert lines, (name, scrape)
+            return float(lines[0].split()[1])
+
+        assert value(scrapes[1], "descriptor_cache_near_barrier_waited_out_total") == 1
+        assert value(scrapes[1], "descriptor_cache_near_barriers_total") >= 1
+        assert value(scrapes[0], "descriptor_cache_near_lease_lapses_total") >= 1
+        assert b.output.count("until its lease ran out") == 1, b.output
     finally:
         link.open.set()
         a.stop()
