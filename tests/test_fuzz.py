@@ -395,6 +395,10 @@ def valid_bodies(blobs: list[str]) -> dict[str, list[bytes]]:
             pb.BatchStatRequest(digests=blobs[:2], repository="library/app").SerializeToString(),
         ],
         "GetMetrics": [pb.GetMetricsRequest().SerializeToString(), b"\x0a\x03abc"],
+        "Revalidate": [
+            pb.RevalidateRequest(digest=digest, repository="library/app").SerializeToString(),
+            pb.RevalidateRequest(digest=alias).SerializeToString(),
+        ],
     }
 
 

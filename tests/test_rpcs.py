@@ -83,5 +83,5 @@ def test_only_the_idempotent_rpcs_are_retried_by_grpc() -> None:
 
     config = json.loads(SERVICE_CONFIG)
     retried = {entry["method"] for entry in config["methodConfig"][0]["name"]}
-    assert retried == {"Stat", "BatchStat", "GetMetrics"}
+    assert retried == {"Stat", "BatchStat", "GetMetrics", "Revalidate"}
     assert config["methodConfig"][0]["retryPolicy"]["retryableStatusCodes"] == ["UNAVAILABLE"]

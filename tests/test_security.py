@@ -227,7 +227,7 @@ def test_probes_get_in_under_mtls_through_the_health_listener(mtls_server: Serve
 
 # -- bearer tokens -----------------------------------------------------------------------------
 
-READ_METHODS = ("Stat", "BatchStat", "GetMetrics")
+READ_METHODS = ("Stat", "BatchStat", "GetMetrics", "Revalidate")
 WRITE_METHODS = ("SetDescriptor", "Clear")
 
 
@@ -240,6 +240,8 @@ def call(client: DescriptorClient, method: str, digest: str) -> None:
         assert isinstance(result, Descriptor)
     elif method == "GetMetrics":
         client.metrics()
+    elif method == "Revalidate":
+        assert client.revalidate(digest, "library/app").digest == digest
     elif method == "SetDescriptor":
         client.set_descriptor(digest, Descriptor(OCTET_STREAM, digest, 3), "team/scratch")
     else:

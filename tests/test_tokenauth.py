@@ -307,7 +307,9 @@ def test_each_rpc_needs_its_action() -> None:
     assert auth.scope_of("Clear", pb.ClearRequest(repository=REPO)) == ("repository", REPO, "delete")
     assert auth.scope_of("Clear", pb.ClearRequest()) == ("registry", "descriptors", "delete")
     assert auth.scope_of("GetMetrics", pb.GetMetricsRequest()) == ("registry", "descriptors", "pull")
-    assert set(RPCS) == {"Stat", "BatchStat", "SetDescriptor", "Clear", "GetMetrics"}
+    assert auth.scope_of("Revalidate", pb.RevalidateRequest(repository=REPO)) == ("repository", REPO, "pull")
+    assert auth.scope_of("Revalidate", pb.RevalidateRequest()) == ("registry", "descriptors", "pull")
+    assert set(RPCS) == {"Stat", "BatchStat", "SetDescriptor", "Clear", "GetMetrics", "Revalidate"}
 
 
 # -- configuration -----------------------------------------------------------------------------------------

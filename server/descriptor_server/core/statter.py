@@ -316,6 +316,49 @@ class CachedBlobStatter:
             if self.revalidator is not None:
                 self.revalidator.confirmed((digest, repository))
 
+    # -- Revalidate ----------------------------------------------------------------
+
+    async def revalidate(self, digest: str, repository: str = "") -> Descriptor:
+        """Check the scope's entry against the backend now, bypassing the cache.
+
+        The backend holds the blob: the cache is written and the descriptor returned.
+        It does not: the scope's cache entries are removed as a Clear removes them
+        (never the backend) and BLOB_UNKNOWN is raised. A backend failure changes
+        nothing. Needs no deletion switch: it only makes the cache agree with the backend.
+        """
+        validate_digest(digest)
+        validate_repository(repository)
+        key = (digest, repository)
+        try:
+            desc = await self.backend.stat(digest, repository)
+        except BlobUnknownError:
+            await self._stop_flights(key)
+            try:
+                await self.cache.clear(digest, repository)
+            except BlobUnknownError:
+                pass
+            except Exception as err:
+                self.metrics.errors += 1
+                self._cache_log.warning("cache clear after a revalidation failed: %s", describe(err))
+                raise BackendUnavailableError(f"cache failed, the entry may remain: {describe(err)}") from err
+            if self.revalidator is not None:
+                self.revalidator.forget(key)
+            raise
+        except DescriptorError:
+            raise
+        except Exception as err:
+            log.warning("backend stat of %s failed: %s", digest, describe(err))
+            raise BackendUnavailableError(f"backend failed: {describe(err)}") from err
+        try:
+            await self.cache.fill(digest, desc, repository)
+        except Exception as err:  # best effort, as after a miss
+            self.metrics.errors += 1
+            self._cache_log.warning("cache write after a revalidation failed: %s", describe(err))
+        else:
+            if self.revalidator is not None:
+                self.revalidator.confirmed(key)
+        return desc
+
     # -- Clear ---------------------------------------------------------------------
 
     async def clear(self, digest: str, repository: str = "") -> None:

@@ -119,6 +119,12 @@ class DescriptorServicer:
         results = await self.statter.batch_stat(digests, request.repository)
         return self.encoder.batch_response(digests, results)
 
+    async def revalidate(self, request: pb.RevalidateRequest) -> bytes:
+        desc = await self.statter.revalidate(request.digest, request.repository)
+        return pb.RevalidateResponse(
+            descriptor=pb.Descriptor(media_type=desc.media_type, digest=desc.digest, size=desc.size)
+        ).SerializeToString()
+
     async def metrics(self, request: pb.GetMetricsRequest) -> bytes:
         m = self.statter.metrics
         worker, workers = self.worker
