@@ -200,6 +200,39 @@ async def test_clear_on_one_replica_is_final_on_the_other(redis_own: RedisProces
         await link.close()
 
 
+async def test_revalidate_on_one_replica_is_final_on_the_other(redis_own: RedisProcess, tmp_path: Path) -> None:
+    """A blob deleted behind the service's back (garbage collection), found gone by a
+    Revalidate on B: A, 20 ms farther from Redis, no longer answers it either."""
+    root = tmp_path / "registry"
+    root.mkdir()
+    layout = Layout(root)
+    link = SlowLink(redis_own, 0.02)
+    a = ServerProcess(replica_config(root, redis_own, addr=await link.start()), tmp_path).start()
+    b = ServerProcess(replica_config(root, redis_own), tmp_path).start()
+    stale = 0
+    try:
+        async with AsyncDescriptorClient(a.target) as ca, AsyncDescriptorClient(b.target) as cb:
+            rounds = 20
+            for i in range(rounds):
+                content = f"collected {i} {time.time_ns()}".encode()
+                digest = layout.put_blob(content)
+                for _ in range(3):
+                    assert await ca.stat(digest) == Descriptor(OCT, digest, len(content))
+                layout.blob_data(digest).unlink()  # collected behind the service's back
+                with pytest.raises(BlobUnknownError):
+                    await cb.revalidate(digest)
+                try:
+                    await ca.stat(digest)
+                    stale += 1
+                except BlobUnknownError:
+                    pass
+        assert stale == 0, f"{stale} of {rounds} Stats answered a blob a Revalidate on the other replica found gone"
+    finally:
+        a.stop()
+        b.stop()
+        await link.close()
+
+
 @pytest.mark.parametrize("stopped", [True, False], ids=["sigstop", "partition"])
 async def test_replica_cut_off_answers_nothing_cleared_meanwhile(
     redis_own: RedisProcess, tmp_path: Path, stopped: bool
