@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import os
 import signal
 import time
@@ -26,7 +27,7 @@ from descriptor_client import AsyncDescriptorClient, BlobUnknownError, Descripto
 from descriptor_server.caches import nearlease
 from descriptor_server.caches.nearcache import NearCacheCollector
 from descriptor_server.caches.redis import RedisCache, RedisCacheError, from_config
-from descriptor_server.config import RedisNearCacheConfig
+from descriptor_server.config import RedisConfig, RedisNearCacheConfig
 from helpers.redis_servers import RedisProcess, SentinelSetUp, flush
 from helpers.support import OCT, REPO, Layout, ServerProcess, free_port
 from helpers.targets_redis import redis_config, server_redis_config
@@ -505,5 +506,39 @@ async def test_cluster_has_no_settler(redis_cluster: list[RedisProcess]) -> None
     try:
         assert cache.settler is None
         await cache.settle(B256)  # nothing to wait for: no near cache on Cluster
+    finally:
+        await cache.close()
+
+
+async def test_user_without_the_lease_keys_gets_no_near_cache_and_clears_do_not_wait(
+    redis_own: RedisProcess, caplog: pytest.LogCaptureFixture
+) -> None:
+    """An ACL that predates leases (no ``descriptor::nearcache::*``): the near cache cannot
+    register, so it never answers from memory; barriers are refused, and nobody is waited for."""
+    with redis_own.client() as admin:
+        admin.execute_command(
+            "ACL", "SETUSER", "registry", "on", ">s3cret", "~blobs::*", "~repository::*",
+            "~descriptor::cleared::*", "resetchannels", "&__redis__:invalidate", "+@all",
+        )  # fmt: skip
+    caplog.set_level(logging.INFO)
+    cache = from_config(RedisConfig(addrs=[redis_own.addr], username="registry", password="s3cret"))
+    near = cache.near
+    assert near is not None
+    try:
+        await cache.set_descriptor(B256, Descriptor(OCT, B256, 1))
+        for _ in range(20):
+            assert await cache.stat(B256) == Descriptor(OCT, B256, 1)
+            await asyncio.sleep(0.02)
+        assert near.hits == 0
+        assert not near.live
+        start = time.monotonic()
+        for _ in range(3):
+            await cache.settle(B256)
+        assert time.monotonic() - start < 1.0
+        assert cache.settler is not None
+        assert cache.settler.failures == 3
+        messages = [r.getMessage() for r in caplog.records]
+        assert sum("refuses the Clears' barriers" in m for m in messages) == 1, messages
+        assert sum("cannot set up invalidation tracking" in m for m in messages) == 1, messages
     finally:
         await cache.close()

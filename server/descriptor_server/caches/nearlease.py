@@ -35,6 +35,8 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
+from redis.exceptions import ResponseError
+
 from ..core import loggers
 from ..core.logutil import describe
 
@@ -178,6 +180,7 @@ class Settler:
         self._closed = False
         #: Members already logged as waited out (bounded; one line per member, not per Clear).
         self._logged: set[str] = set()
+        self._refused = False
         self.barriers = 0
         self.acks = 0
         self.waited_out = 0
@@ -204,6 +207,18 @@ class Settler:
         try:
             try:
                 now_ms, live = await self._script(self._settle, [MEMBERS_KEY, barrier_key(self.id, self._n)], [])
+            except ResponseError as err:
+                # Refused (an ACL without descriptor::nearcache::*, say): near caches using
+                # the same credentials cannot register either, so none can be waited for.
+                self.failures += 1
+                if not self._refused:
+                    self._refused = True
+                    log.warning(
+                        "redis near cache: Redis refuses the Clears' barriers (%s); near caches with these "
+                        "credentials cannot register either (see docs/nearcache.md for the ACL)",
+                        describe(err),
+                    )
+                return
             except Exception as err:  # Redis could not run the barrier: wait out every lease
                 self.failures += 1
                 log.warning(
