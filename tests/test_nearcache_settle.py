@@ -270,7 +270,7 @@ async def test_replica_cut_off_answers_nothing_cleared_meanwhile(
                 for digest in digests:
                     await cb.clear(digest)
                 took = time.monotonic() - start
-                assert took < 5.0, took
+                assert took < 8.0, took  # bounded: one lease, plus a loaded machine's slack
             finally:
                 if stopped:
                     os.kill(a.proc.pid, signal.SIGCONT)
@@ -328,7 +328,7 @@ async def test_near_cache_whose_redis_hangs_stops_answering_when_its_lease_runs_
             assert time.monotonic() - start < 0.6 + 1.0  # (loaded machines: slack)
             assert near.live  # the invalidation connection did not notice: the lease did
             assert len(near) == 0
-            assert near.lapses == 1
+            assert near.lapses >= 1
             for _ in range(5):
                 with pytest.raises(RedisCacheError):  # asked Redis, which hangs
                     await cache.stat(B256)
@@ -408,7 +408,7 @@ async def test_barrier_waits_for_a_slow_member_until_it_acks(redis_own: RedisPro
 async def test_barrier_evicts_a_member_that_renews_without_acking(redis_own: RedisProcess) -> None:
     """Alive and renewing, but its invalidations do not arrive: the settle takes its lease
     away and returns when that lease has run out, by which time it no longer answers."""
-    lagging = await near_cache(redis_own.addr, lease=0.6)
+    lagging = await near_cache(redis_own.addr, lease=1.5)  # renewals not missed on a loaded machine
     clearer = from_config(redis_config([redis_own.addr], nearcache=RedisNearCacheConfig(size=0)))
     near = lagging.near
     assert near is not None
@@ -426,10 +426,15 @@ async def test_barrier_evicts_a_member_that_renews_without_acking(redis_own: Red
         await clearer.clear(B256)
         start = time.monotonic()
         await asyncio.wait_for(clearer.settle(B256), 5.0)
-        assert time.monotonic() - start <= 2 * 0.6 + 1.0  # two leases at most
+        assert time.monotonic() - start <= 2 * 1.5 + 1.0  # two leases at most
         assert await answer(lagging, B256) is None  # its invalidation is still held back
         assert clearer.settler is not None
-        assert clearer.settler.evictions == 1
+        assert clearer.settler.evictions == 1, clearer.settler.stats()
+
+        async def noticed() -> int:
+            return near.evicted
+
+        await until(noticed, lambda n: n == 1)  # its next renewal was refused
     finally:
         gate.set()
         near.invalidate = real  # type: ignore[method-assign]
