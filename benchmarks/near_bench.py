@@ -245,7 +245,6 @@ def failover(binary: str | None) -> dict[str, Any] | None:
 
 
 async def _lease_cost(redis_addr: str, n: int, rounds: int) -> dict[str, float]:
-    sys.path.insert(0, str(ROOT / "server"))
     from descriptor_client.descriptor import Descriptor
     from descriptor_client.errors import BlobUnknownError
     from descriptor_server.caches.inmemory import InMemoryCache
