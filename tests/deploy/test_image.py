@@ -37,7 +37,8 @@ from helpers.support import Layout, digest_of
 pytestmark = pytest.mark.slow
 
 ROOT = Path(__file__).resolve().parents[2]
-TAG = "localhost/descriptor-service:test"
+#: A tag of this run's own (concurrent runs do not share one), removed at the end.
+TAG = f"localhost/descriptor-service:test-{uuid.uuid4().hex[:12]}"
 SERVICE = "descriptor.v1.BlobDescriptorService"
 USER = "54321:54321"  # not the image's 10001: any UID must do
 #: The flags docs/deploy.md gives for podman on this kind of machine, and the confinement.
@@ -66,8 +67,9 @@ def podman(*args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]
 
 
 @pytest.fixture(scope="module")
-def image(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """``./dev image``: the image tagged TAG, and its OCI archive."""
+def image(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """``./dev image``: the image tagged TAG, and its OCI archive; the image is removed
+    at the end (the base stays in podman's store: it is what makes the next run fast)."""
     for binary in ("podman", "debootstrap", "runc"):
         if shutil.which(binary) is None:
             pytest.skip(f"{binary} is not installed (./dev test installs Debian's)")
@@ -77,9 +79,12 @@ def image(tmp_path_factory: pytest.TempPathFactory) -> Path:
         [str(ROOT / "dev"), "image", "--tag", TAG, "--output", str(archive)],
         capture_output=True, text=True, timeout=1500, check=False, stdin=subprocess.DEVNULL,
     )  # fmt: skip
-    assert done.returncode == 0, done.stdout + done.stderr
-    print(f"./dev image took {time.monotonic() - started:.0f} s")
-    return archive
+    try:
+        assert done.returncode == 0, done.stdout + done.stderr
+        print(f"./dev image took {time.monotonic() - started:.0f} s")
+        yield archive
+    finally:
+        podman("rmi", "--force", TAG)
 
 
 class Container:
