@@ -14,9 +14,9 @@ import contextlib
 import logging
 import shutil
 import subprocess
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import httpx
 import pytest
@@ -26,12 +26,10 @@ from descriptor_server.caches.nearcache import CLIENT_NAME, NearCacheCollector
 from descriptor_server.caches.redis import RedisCache, RedisCacheError, from_config
 from descriptor_server.config import ConfigError, RedisConfig, RedisNearCacheConfig, from_dict, to_dict
 from helpers.redis_servers import RedisProcess, flush, server_binaries, start_sentinel, start_standalone
-from helpers.support import OCT, REPO, ServerProcess, free_port
+from helpers.support import OCT, REPO, ServerProcess, free_port, until
 from helpers.targets_redis import redis_config, server_redis_config
 
 pytestmark = pytest.mark.redis
-
-T = TypeVar("T")
 
 JSON = "application/json"
 LAYER = "application/vnd.oci.image.layer.v1.tar+gzip"
@@ -40,18 +38,6 @@ C256 = "sha256:" + "c" * 64
 #: Bound on waits for a change to show (against hangs on a loaded machine; the
 #: benchmark measures the delay).
 BOUND = 30.0
-
-
-async def until(probe: Callable[[], Awaitable[T]], ok: Callable[[T], bool], timeout: float = BOUND) -> T:
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
-    while True:
-        value = await probe()
-        if ok(value):
-            return value
-        if loop.time() > deadline:
-            raise TimeoutError(f"condition not met, last value {value!r}")
-        await asyncio.sleep(0.01)
 
 
 async def live(cache: RedisCache) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import os
 import re
@@ -11,10 +12,10 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Awaitable, Callable, Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import yaml
 
@@ -22,6 +23,8 @@ A384 = "sha384:abc" + "1" * 93
 A256 = "sha256:abc" + "1" * 61
 OCT = "application/octet-stream"
 REPO = "foo/bar"
+
+T = TypeVar("T")
 
 V2 = Path("docker") / "registry" / "v2"
 READY = re.compile(r"listening on (\S+):(\d+)")
@@ -222,3 +225,19 @@ def wait_for(predicate: Any, timeout: float = 10.0, interval: float = 0.02) -> N
         if time.monotonic() > deadline:
             raise TimeoutError("condition not met in time")
         time.sleep(interval)
+
+
+async def until(
+    probe: Callable[[], Awaitable[T]], ok: Callable[[T], bool], timeout: float = 30.0, interval: float = 0.01
+) -> T:
+    """:func:`wait_for` in a coroutine: await ``probe()`` until ``ok`` accepts its value, and
+    return that value; TimeoutError (with the last value) after ``timeout`` seconds."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while True:
+        value = await probe()
+        if ok(value):
+            return value
+        if loop.time() > deadline:
+            raise TimeoutError(f"condition not met, last value {value!r}")
+        await asyncio.sleep(interval)

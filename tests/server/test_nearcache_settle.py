@@ -17,9 +17,8 @@ import logging
 import os
 import signal
 import time
-from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import httpx
 import pytest
@@ -29,27 +28,12 @@ from descriptor_server.caches.nearcache import NearCacheCollector
 from descriptor_server.caches.redis import RedisCache, RedisCacheError, from_config
 from descriptor_server.config import RedisConfig, RedisNearCacheConfig
 from helpers.redis_servers import RedisProcess, SentinelSetUp, flush
-from helpers.support import OCT, REPO, Layout, ServerProcess, free_port
+from helpers.support import OCT, REPO, Layout, ServerProcess, free_port, until
 from helpers.targets_redis import redis_config, server_redis_config
 
 pytestmark = pytest.mark.redis
 
-T = TypeVar("T")
-
 B256 = "sha256:" + "b" * 64
-BOUND = 30.0
-
-
-async def until(probe: Callable[[], Awaitable[T]], ok: Callable[[T], bool], timeout: float = BOUND) -> T:
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
-    while True:
-        value = await probe()
-        if ok(value):
-            return value
-        if loop.time() > deadline:
-            raise TimeoutError(f"condition not met, last value {value!r}")
-        await asyncio.sleep(0.01)
 
 
 async def answer(cache: RedisCache, digest: str, repository: str = "") -> Descriptor | None:
