@@ -89,7 +89,7 @@ def measure(h2: str, work: Path, rounds: int, n: int) -> dict[str, Any]:
             for name in order[shift:] + order[:shift]:
                 token = setups[name][1]
                 headers = [f"authorization: Bearer {token}"] if token else []
-                res = common.h2load(h2, servers[name].port, body, n, headers=headers)
+                res = common.H2Load(h2, servers[name].port, body, n, headers=headers).run()
                 if res["failed"]:
                     raise RuntimeError(f"auth {name}: {res['failed']} failed requests")
                 rates[name].append(res["rps"])

@@ -6,8 +6,8 @@
   given cache (one config shape for every benchmark);
 - :func:`redis_server`: a Valkey/Redis server, started with the tests' own helpers
   (``tests/helpers/redis_servers.py``);
-- :func:`h2load` and :func:`h2load_command`: the native load generator posting a framed
-  ``StatRequest``; :func:`percentiles_ms` reads its per-request log;
+- :class:`H2Load`: the native load generator posting a framed ``StatRequest``;
+  :func:`percentiles_ms` reads its per-request log;
 - :func:`prime`, :func:`metrics`: set descriptors, read GetMetrics;
 - :func:`machine`: what the figures were measured on.
 
@@ -17,19 +17,18 @@ CPU 1 (``taskset`` / ``sched_setaffinity``).
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import hashlib
 import os
 import platform
 import re
 import shutil
-import signal
 import subprocess
 import sys
-import threading
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -46,7 +45,7 @@ from descriptor_client._proto.descriptor.v1 import descriptor_pb2 as pb  # noqa:
 from descriptor_client.descriptor import Descriptor  # noqa: E402
 from descriptor_client.rpcs import SERVICE  # noqa: E402
 from helpers.redis_servers import RedisProcess, server_binary  # noqa: E402
-from helpers.support import OCT, READY, free_port  # noqa: E402
+from helpers.support import OCT, ServerProcess, free_port  # noqa: E402
 
 NCPU = os.cpu_count() or 1
 PIN = NCPU >= 2
@@ -64,58 +63,26 @@ def digest_of(i: int, salt: str = "") -> str:
 # -- processes -----------------------------------------------------------------------
 
 
-@dataclass
-class Server:
-    name: str
-    cmd: list[str]
-    cwd: Path
-    proc: subprocess.Popen[str] | None = None
-    port: int = 0
-    lines: list[str] = field(default_factory=list)
+class Server(ServerProcess):
+    """``cmd`` (a server that logs ``listening on HOST:PORT``) as the tests' ServerProcess,
+    named, run with the checkout's client and server packages, pinned to the server CPU."""
 
-    def start(self, pin: bool = True, timeout: float = 60.0) -> Server:
-        cmd = ["taskset", "-c", SERVER_CPU, *self.cmd] if pin and PIN else self.cmd
-        self.proc = subprocess.Popen(
-            cmd,
-            cwd=self.cwd,
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            text=True,
-            env={**os.environ, "PYTHONPATH": f"{ROOT / 'client'}:{ROOT / 'server'}"},
-        )
-        ready = threading.Event()
+    def __init__(self, name: str, cmd: list[str], cwd: Path) -> None:
+        super().__init__(None, cwd, env={"PYTHONPATH": f"{ROOT / 'client'}:{ROOT / 'server'}"}, command=cmd)
+        self.name = name
+        self.cmd = cmd
 
-        def read() -> None:
-            assert self.proc is not None
-            assert self.proc.stdout is not None
-            for line in self.proc.stdout:
-                self.lines.append(line)
-                m = READY.search(line)
-                if m and not self.port:
-                    self.port = int(m.group(2))
-                    ready.set()
-            ready.set()
-
-        threading.Thread(target=read, daemon=True).start()
-        if not ready.wait(timeout) or not self.port:
-            self.stop()
-            raise RuntimeError(f"{self.name} did not start:\n" + "".join(self.lines[-20:]))
+    def start(self, timeout: float = 60.0, pin: bool = True) -> Server:
+        self.command = ["taskset", "-c", SERVER_CPU, *self.cmd] if pin and PIN else self.cmd
+        try:
+            super().start(timeout)
+        except RuntimeError as e:
+            raise RuntimeError(f"{self.name}: {e}") from None
         return self
 
-    @property
-    def target(self) -> str:
-        return f"127.0.0.1:{self.port}"
-
-    def stop(self) -> None:
-        if self.proc is None or self.proc.poll() is not None:
-            return
-        self.proc.send_signal(signal.SIGTERM)
-        try:
-            self.proc.wait(15)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait()
+    def stop(self, timeout: float = 15.0) -> None:
+        with contextlib.suppress(subprocess.TimeoutExpired):  # killed after the timeout
+            super().stop(timeout)
 
 
 def service_config(
@@ -218,61 +185,51 @@ def framed(message: bytes) -> bytes:
     return b"\x00" + len(message).to_bytes(4, "big") + message
 
 
-def h2load_command(
-    h2: str,
-    port: int,
-    body: Path,
-    n: int,
-    *,
-    clients: int = 1,
-    streams: int = 16,
-    rps: float = 0,
-    log: Path | None = None,
-    pin: bool = True,
-    headers: Sequence[str] = (),
-) -> list[str]:
-    """h2load posting ``body`` (a framed StatRequest) as Stat calls to 127.0.0.1:``port``."""
-    cmd = [h2, "-n", str(n), "-c", str(clients), "-m", str(streams), "-d", str(body)]
-    cmd += ["-H", "content-type: application/grpc", "-H", "te: trailers"]
-    for header in headers:
-        cmd += ["-H", header]
-    if rps:
-        cmd += ["--rps", str(rps)]
-    if log is not None:
-        cmd += ["--log-file", str(log)]
-    cmd.append(f"http://127.0.0.1:{port}/{SERVICE}/Stat")
-    if pin and PIN:
-        cmd = ["taskset", "-c", str(CLIENT_CPU), *cmd]
-    return cmd
+@dataclass(frozen=True)
+class H2Load:
+    """h2load posting ``body`` (a framed StatRequest) as ``n`` Stat calls to
+    127.0.0.1:``port``: :meth:`command` to run it alongside something else, :meth:`run`
+    to run it here."""
 
+    h2: str
+    port: int
+    body: Path
+    n: int
+    clients: int = 1
+    streams: int = 16
+    rps: float = 0
+    log: Path | None = None
+    pin: bool = True
+    headers: Sequence[str] = ()
 
-def h2load(
-    h2: str,
-    port: int,
-    body: Path,
-    n: int,
-    *,
-    clients: int = 1,
-    streams: int = 16,
-    rps: float = 0,
-    log: Path | None = None,
-    pin: bool = True,
-    headers: Sequence[str] = (),
-) -> dict[str, float]:
-    """One h2load run: its rate, and how many requests succeeded and failed."""
-    cmd = h2load_command(
-        h2, port, body, n, clients=clients, streams=streams, rps=rps, log=log, pin=pin, headers=headers
-    )
-    out = subprocess.run(cmd, capture_output=True, text=True, timeout=600, check=False).stdout
-    m = re.search(r"finished in ([\d.]+)(m?s), ([\d.]+) req/s", out)
-    done = re.search(r"requests: \d+ total, \d+ started, \d+ done, (\d+) succeeded, (\d+) failed, (\d+) errored", out)
-    if not m or not done:
-        raise RuntimeError("h2load failed:\n" + out)
-    return {
-        "rps": float(m.group(3)),
-        "succeeded": int(done.group(1)),
-        "failed": int(done.group(2)) + int(done.group(3)),
-    }
+    def command(self) -> list[str]:
+        cmd = [self.h2, "-n", str(self.n), "-c", str(self.clients), "-m", str(self.streams), "-d", str(self.body)]
+        cmd += ["-H", "content-type: application/grpc", "-H", "te: trailers"]
+        for header in self.headers:
+            cmd += ["-H", header]
+        if self.rps:
+            cmd += ["--rps", str(self.rps)]
+        if self.log is not None:
+            cmd += ["--log-file", str(self.log)]
+        cmd.append(f"http://127.0.0.1:{self.port}/{SERVICE}/Stat")
+        if self.pin and PIN:
+            cmd = ["taskset", "-c", str(CLIENT_CPU), *cmd]
+        return cmd
+
+    def run(self) -> dict[str, float]:
+        """One h2load run: its rate, and how many requests succeeded and failed."""
+        out = subprocess.run(self.command(), capture_output=True, text=True, timeout=600, check=False).stdout
+        m = re.search(r"finished in ([\d.]+)(m?s), ([\d.]+) req/s", out)
+        done = re.search(
+            r"requests: \d+ total, \d+ started, \d+ done, (\d+) succeeded, (\d+) failed, (\d+) errored", out
+        )
+        if not m or not done:
+            raise RuntimeError("h2load failed:\n" + out)
+        return {
+            "rps": float(m.group(3)),
+            "succeeded": int(done.group(1)),
+            "failed": int(done.group(2)) + int(done.group(3)),
+        }
 
 
 def percentiles_ms(log: Path) -> tuple[float, float, int]:

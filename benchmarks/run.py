@@ -50,12 +50,12 @@ from common import (
     OCT,
     PIN,
     SERVER_CPU,
+    H2Load,
     Server,
     digest_of,
     ensure_h2load,
     framed,
     free_port,
-    h2load_command,
     machine,
     metrics,
     pb,
@@ -200,7 +200,7 @@ def measure_servers(args: argparse.Namespace, sizes: Sizes, h2: str | None, work
             import near_bench
 
             half_redis = results["unary"]["redis"] / 2
-            load = h2load_command(h2, servers["redis"].port, body, int(half_redis * 600), rps=half_redis)
+            load = H2Load(h2, servers["redis"].port, body, int(half_redis * 600), rps=half_redis).command()
             results["near"] = {
                 "coherence": near_bench.coherence(servers["redis"].target, redis_addr, load, quick=sizes.quick),
                 "lease": near_bench.lease_cost(redis_addr, quick=sizes.quick),

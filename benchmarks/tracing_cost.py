@@ -77,7 +77,7 @@ def main() -> int:
             asyncio.run(common.prime(srv.target, digests[:1]))
         for r in range(args.rounds):
             for name, srv in servers.items():
-                res = common.h2load(h2, srv.port, body, args.n)
+                res = common.H2Load(h2, srv.port, body, args.n).run()
                 if res["failed"]:
                     raise RuntimeError(f"{name}: {res['failed']} failed requests")
                 rates[name].append(res["rps"])

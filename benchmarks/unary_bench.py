@@ -15,7 +15,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from common import Server, h2load, metrics, percentiles_ms, prime, say, service
+from common import H2Load, Server, metrics, percentiles_ms, prime, say, service
 
 
 def rates(h2: str, servers: Mapping[str, Server], body: Path, n: int, rounds: int) -> dict[str, list[float]]:
@@ -24,7 +24,7 @@ def rates(h2: str, servers: Mapping[str, Server], body: Path, n: int, rounds: in
     for r in range(rounds):
         for name, srv in servers.items():
             before = asyncio.run(metrics(srv.target)) if name != "noop" else None
-            res = h2load(h2, srv.port, body, n)
+            res = H2Load(h2, srv.port, body, n).run()
             if res["failed"]:
                 raise RuntimeError(f"{name}: {res['failed']} failed requests")
             if before is not None:
@@ -46,11 +46,11 @@ def latency(
     low = 100.0  # a light load: the server model's own floor
     for name in ("inmemory", "noop"):
         log = work / f"latency-low-{name}.log"
-        h2load(h2, servers[name].port, body, int(low * seconds), rps=low, log=log)
+        H2Load(h2, servers[name].port, body, int(low * seconds), rps=low, log=log).run()
         p50, p99, samples = percentiles_ms(log)
         out[f"{name}_low"] = {"p50_ms": p50, "p99_ms": p99, "samples": samples}
         log = work / f"latency-{name}.log"
-        res = h2load(h2, servers[name].port, body, int(half * seconds), rps=half, log=log)
+        res = H2Load(h2, servers[name].port, body, int(half * seconds), rps=half, log=log).run()
         p50, p99, samples = percentiles_ms(log)
         out[name] = {"p50_ms": p50, "p99_ms": p99, "samples": samples, "achieved_rps": res["rps"]}
         say(f"{name} at {half:.0f}/s: p50 {p50:.2f} ms, p99 {p99:.2f} ms ({samples} samples)")
@@ -71,7 +71,7 @@ def workers(h2: str, work: Path, hot: str, body: Path, *, n: int, rounds: int) -
             asyncio.run(prime(svc.target, [hot]))
             best = 0.0
             for _ in range(rounds):
-                best = max(best, h2load(h2, svc.port, body, n, clients=4, pin=False)["rps"])
+                best = max(best, H2Load(h2, svc.port, body, n, clients=4, pin=False).run()["rps"])
             scaling[str(count)] = best
             say(f"--workers {count}: {best:.0f}/s (4 connections, unpinned)")
         finally:

@@ -122,21 +122,28 @@ def port_free(port: int) -> bool:
 
 
 class ServerProcess:
-    """``descriptor-server --config FILE`` as a subprocess; ``target`` once it is ready."""
+    """``descriptor-server --config FILE`` as a subprocess; ``target`` once it is ready.
+
+    ``command`` replaces the whole command line (``config`` may then be None): any
+    server that logs ``listening on HOST:PORT`` when ready (the benchmarks' no-op
+    servicer, a pinned service)."""
 
     def __init__(
         self,
-        config: Mapping[str, Any],
+        config: Mapping[str, Any] | None,
         workdir: Path,
         *,
         env: Mapping[str, str] | None = None,
         args: list[str] | None = None,
+        command: list[str] | None = None,
     ) -> None:
         self.config_path = workdir / f"config-{id(self)}.yml"
-        self.config_path.write_text(yaml.safe_dump(dict(config)))
+        if config is not None:
+            self.config_path.write_text(yaml.safe_dump(dict(config)))
         self.workdir = workdir
         self.env = {**os.environ, **(env or {})}
         self.args = args if args is not None else ["--config", str(self.config_path)]
+        self.command = command
         self.proc: subprocess.Popen[str] | None = None
         self.target = ""
         self.port = 0
@@ -145,7 +152,7 @@ class ServerProcess:
 
     def start(self, timeout: float = 30.0) -> ServerProcess:
         self.proc = subprocess.Popen(
-            [*server_command(), *self.args],
+            self.command if self.command is not None else [*server_command(), *self.args],
             cwd=self.workdir,
             env=self.env,
             stdin=subprocess.DEVNULL,
