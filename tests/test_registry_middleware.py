@@ -239,7 +239,9 @@ def test_bad_middleware_options_stop_the_registry_at_start(
     path = tmp_path / "registry.yml"
     path.write_text(yaml.safe_dump(config))
     env = {k: v for k, v in os.environ.items() if not k.startswith("REGISTRY_")}
-    done = subprocess.run([binary, "serve", str(path)], capture_output=True, text=True, timeout=60, env=env, check=False)
+    done = subprocess.run(
+        [binary, "serve", str(path)], capture_output=True, text=True, timeout=60, env=env, check=False
+    )
     assert done.returncode == 1, done.stdout + done.stderr
     first = done.stderr.splitlines()[0]
     assert first.startswith("configuration error: middleware.repository[0] (descriptorcache): "), done.stderr

@@ -205,8 +205,15 @@ class DescriptorServer:
         authorizer = security.build_authorizer(config.auth)
         #: Whether the authorizer checks tokens, so reads each call's metadata.
         self.reads_tokens = authorizer.enabled
+        g = config.grpc
         self.servicer = DescriptorServicer(
-            self.statter, authorizer=authorizer, observer=security.audited(self.observe, authorizer)
+            self.statter,
+            authorizer=authorizer,
+            observer=security.audited(self.observe, authorizer),
+            # Credentials are checked from the metadata before any request is read.
+            authenticator=getattr(authorizer, "authenticate", None) if authorizer.enabled else None,
+            request_timeout=g.requesttimeout,
+            max_calls=g.maxconcurrentcalls,
         )
         self.metrics.track_inflight(lambda: self.servicer.inflight)
         if isinstance(self.statter.backend, bounded.BoundedBackend):
@@ -250,8 +257,9 @@ class DescriptorServer:
     async def start(self) -> int:
         g = self.config.grpc
         server = grpc.aio.server(
+            # grpc.maxconcurrentcalls is the servicer's (calls it refuses are counted and
+            # logged; grpcio's maximum_concurrent_rpcs would refuse them unseen).
             options=server_options(g),
-            maximum_concurrent_rpcs=g.maxconcurrentcalls or None,
             interceptors=(
                 ObservingInterceptor(
                     self.metrics.rpcs,

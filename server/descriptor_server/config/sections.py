@@ -176,6 +176,12 @@ class GrpcConfig:
     maxrecvmsgsize: int = 4 * 1024 * 1024
     maxmetadatasize: int = 8 * 1024
     maxconcurrentcalls: int = 0
+    #: How long a call may wait for its request message (0 = no bound).
+    requesttimeout: Duration = 10.0
+    #: Connections open at once on the port (0 = no bound).
+    maxconnections: int = 1000
+    #: Calls open at once on one connection (HTTP/2 MAX_CONCURRENT_STREAMS; 0 = grpc's own, unbounded).
+    maxstreams: int = 100
     drain: Duration = 30.0
     healthaddr: str = ""
     #: How often the backend is probed for the service's health status (0 = never).

@@ -97,6 +97,12 @@ def validate(config: Config) -> None:
         raise ConfigError("grpc.maxrecvmsgsize", "must be >= 1024")
     if grpc.maxconcurrentcalls < 0:
         raise ConfigError("grpc.maxconcurrentcalls", "must be >= 0 (0 = unlimited)")
+    if grpc.requesttimeout < 0:
+        raise ConfigError("grpc.requesttimeout", "must be >= 0 (0 = no bound)")
+    if grpc.maxconnections < 0:
+        raise ConfigError("grpc.maxconnections", "must be >= 0 (0 = no bound)")
+    if grpc.maxstreams < 0:
+        raise ConfigError("grpc.maxstreams", "must be >= 0 (0 = grpc's own, unbounded)")
     if grpc.maxmetadatasize < 1024:
         raise ConfigError("grpc.maxmetadatasize", "must be >= 1024")
     if grpc.keepalive.time <= 0:
