@@ -28,7 +28,7 @@ from descriptor_server.backends.filesystem import FilesystemBackend
 from descriptor_server.caches import Cache
 from descriptor_server.caches.inmemory import InMemoryCache
 from descriptor_server.caches.redis import from_config
-from descriptor_server.statter import CachedBlobStatter
+from descriptor_server.core.statter import CachedBlobStatter
 from helpers.gates import GatedBackend
 from helpers.redis_servers import RedisProcess, flush
 from helpers.support import OCT, REPO, Layout, ServerProcess, base_config

@@ -151,7 +151,11 @@ def test_client_wheel_contents(wheels: dict[str, Path]) -> None:
 
 def test_server_wheel_contents(wheels: dict[str, Path]) -> None:
     names, fields = metadata(wheels["descriptor_service"])
-    for expected in ("descriptor_server/app.py", "descriptor_server/py.typed", "descriptor_server/version.py"):
+    for expected in (
+        "descriptor_server/app/__init__.py",
+        "descriptor_server/py.typed",
+        "descriptor_server/app/version.py",
+    ):
         assert expected in names, expected
     assert any(n.startswith("descriptor_server/caches/") for n in names)
     assert any(n.startswith("descriptor_server/backends/") for n in names)

@@ -25,6 +25,7 @@ import pytest
 import yaml
 from descriptor_client import BlobUnknownError, Descriptor, DescriptorClient
 from helpers.backend_support import REGISTRY_DESCRIPTOR, RegistryProcess, push_blob
+from helpers.registry_scenarios import middleware
 from helpers.support import OCT, ServerProcess, base_config, free_port
 
 _repos = itertools.count()
@@ -32,10 +33,6 @@ _repos = itertools.count()
 
 def new_repo() -> str:
     return f"plugged/app-{next(_repos)}"
-
-
-def middleware(target: str, **options: Any) -> dict[str, Any]:
-    return {"middleware": {"repository": [{"name": "descriptorcache", "options": {"target": target, **options}}]}}
 
 
 @pytest.fixture(scope="module")

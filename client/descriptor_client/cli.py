@@ -2,7 +2,7 @@
 
     descriptorctl [--target HOST:PORT] [--token T] [--tls-ca F] [--tls-cert F] [--tls-key F] VERB
 
-Verbs: ``stat``, ``set``, ``clear``, ``batch``, ``metrics``, ``health``. Defaults come
+Verbs: ``stat``, ``set``, ``clear``, ``revalidate``, ``batch``, ``metrics``, ``health``. Defaults come
 from ``DESCRIPTOR_TARGET`` (else ``127.0.0.1:5051``), ``DESCRIPTOR_TOKEN``,
 ``DESCRIPTOR_TLS_CA``, ``DESCRIPTOR_TLS_CERT`` and ``DESCRIPTOR_TLS_KEY``.
 
@@ -128,6 +128,12 @@ def cmd_clear(client: DescriptorClient, args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_revalidate(client: DescriptorClient, args: argparse.Namespace) -> int:
+    desc = client.revalidate(args.digest, args.repository)
+    print(json.dumps(descriptor_json(desc)) if args.json else descriptor_line(desc))
+    return EXIT_OK
+
+
 #: How long ``batch`` waits for more stdin lines before sending what it has.
 IDLE_SECONDS = 0.05
 _EOF = object()
@@ -248,6 +254,7 @@ VERBS = {
     "stat": cmd_stat,
     "set": cmd_set,
     "clear": cmd_clear,
+    "revalidate": cmd_revalidate,
     "batch": cmd_batch,
     "metrics": cmd_metrics,
     "health": cmd_health,
@@ -357,6 +364,14 @@ def build_parser() -> argparse.ArgumentParser:
         "remove a digest from the cache and the backend",
         "Needs deletion enabled on the server (exit 5, UNSUPPORTED, otherwise). "
         "With --repository only that repository's link goes; exit 1 when nothing held the digest.",
+        [common, scoped],
+    )
+    p.add_argument("digest")
+    p = verb(
+        "revalidate",
+        "check a digest against the backend now: the cache follows (never deletes from the backend)",
+        "The service asks its backend about DIGEST in the scope now; an entry the backend "
+        "no longer has is removed from the cache as Clear would, and one it has is refreshed.",
         [common, scoped],
     )
     p.add_argument("digest")

@@ -52,12 +52,13 @@ from redis.exceptions import RedisError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from ..config import ConfigError, RedisConfig, validate_redis
-from ..logutil import describe
+from ..core import loggers
+from ..core.logutil import describe
 from .nearcache import NearCache, NearStats
 from .redispool import IdleLimitedPool, IdleLimitedSentinelPool
 from .validation import check_key, check_set
 
-log = logging.getLogger(__name__)
+log = logging.getLogger(loggers.REDIS)
 
 T = TypeVar("T")
 

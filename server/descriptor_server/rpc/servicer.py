@@ -1,0 +1,265 @@
+"""The gRPC servicer: a thin adapter from wire messages to the cached statter.
+
+Each handler reads as validate, call, convert: the statter validates and answers, and
+:mod:`.encoding` turns the answer into response bytes. The methods, their request
+classes and their access rules come from the one RPC table
+(:data:`descriptor_client.rpcs.RPCS`). Handlers take the raw request bytes and
+decode them here, so that a body that does not decode answers INVALID_ARGUMENT /
+``REQUEST_INVALID`` (grpcio's own deserializer would answer UNKNOWN). Every error
+leaves as a status carrying a ``google.rpc.ErrorInfo`` detail, from the one table in
+:mod:`descriptor_client.errors`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any, Protocol, TypeAlias
+
+import grpc
+from descriptor_client._proto.descriptor.v1 import descriptor_pb2 as pb
+from descriptor_client.descriptor import Descriptor
+from descriptor_client.errors import (
+    BackendUnavailableError,
+    DescriptorError,
+    RequestInvalidError,
+    ResourceExhaustedError,
+    ServerDrainingError,
+    to_status_proto,
+)
+from descriptor_client.rpcs import RPCS, SERVICE, Rpc
+from google.protobuf.message import DecodeError
+
+from ..core import loggers
+from ..core.statter import CachedBlobStatter
+from .encoding import ResponseEncoder
+
+log = logging.getLogger(loggers.SERVICE)
+
+Context: TypeAlias = "grpc.aio.ServicerContext[Any, Any]"
+Handler = Callable[[Any, Context], Awaitable[bytes]]
+
+#: Called once the request is decoded, before the handler: (method name, request,
+#: context); raises UnauthenticatedError / PermissionDeniedError to refuse the call.
+Authorizer = Callable[[str, Any, Context], None]
+
+#: Called when a call starts, before its request message is read: (method name,
+#: context); raises UnauthenticatedError to refuse a call whose metadata carries no
+#: acceptable credentials, so that such a call costs nothing more.
+Authenticator = Callable[[str, Context], Awaitable[None]]
+
+
+async def read_request(context: Context, timeout: float) -> bytes:
+    """The call's one request message, waited for at most ``timeout`` seconds (0: no bound).
+
+    Handlers are registered request-streaming so that they run as soon as a call's
+    headers arrive (grpcio runs a unary handler only once the message has come, and
+    nothing bounds that wait): a call that never sends its request ends here with
+    INVALID_ARGUMENT / ``REQUEST_INVALID`` instead of holding its memory for good.
+    """
+    if timeout <= 0:
+        body = await context.read()
+    else:
+        task = asyncio.current_task()
+        expired = False
+
+        def expire() -> None:
+            nonlocal expired
+            expired = True
+            if task is not None:
+                task.cancel()
+
+        timer = asyncio.get_running_loop().call_later(timeout, expire)
+        try:
+            body = await context.read()
+        except asyncio.CancelledError:
+            if not expired:
+                raise
+            raise RequestInvalidError(
+                f"no request message within {timeout:g}s of the call's start (grpc.requesttimeout)"
+            ) from None
+        finally:
+            timer.cancel()
+    if body is grpc.aio.EOF:
+        raise RequestInvalidError("the call ended without a request message")
+    data: bytes = body
+    return data
+
+
+class Observer(Protocol):
+    """Called after every call: method name, status code, seconds, decoded request or None,
+    the call's context, and the ErrorInfo reason ("" when there is none)."""
+
+    def __call__(
+        self, method: str, code: grpc.StatusCode, seconds: float, request: Any, *, context: Context, reason: str
+    ) -> None: ...
+
+
+#: gRPC's server pushback: a negative value tells a client's retry policy not to retry.
+NO_RETRY = ("grpc-retry-pushback-ms", "-1")
+
+
+def status_trailers(err: DescriptorError) -> tuple[tuple[str, bytes | str], ...]:
+    """The trailing metadata that carries an error's google.rpc.Status.
+
+    BACKEND_UNAVAILABLE also carries server pushback, so that clients retrying
+    UNAVAILABLE (for a draining replica) do not triple the load on a failing backend.
+    """
+    details = ("grpc-status-details-bin", to_status_proto(err).SerializeToString())
+    if isinstance(err, BackendUnavailableError):
+        return (details, NO_RETRY)
+    return (details,)
+
+
+async def abort(context: Context, err: DescriptorError) -> None:
+    """End the call with the error's status, message and ErrorInfo detail."""
+    await context.abort(err.code, err.message, status_trailers(err))
+
+
+class DescriptorServicer:
+    """Serves ``descriptor.v1.BlobDescriptorService`` from a :class:`CachedBlobStatter`."""
+
+    def __init__(
+        self,
+        statter: CachedBlobStatter,
+        *,
+        authorizer: Authorizer | None = None,
+        observer: Observer | None = None,
+        authenticator: Authenticator | None = None,
+        request_timeout: float = 0.0,
+        max_calls: int = 0,
+    ) -> None:
+        self.statter = statter
+        self.authorizer = authorizer
+        self.observer = observer
+        #: Refuses, from the metadata alone, calls without acceptable credentials.
+        self.authenticator = authenticator
+        #: grpc.requesttimeout: how long a call may wait for its request message.
+        self.request_timeout = request_timeout
+        #: grpc.maxconcurrentcalls: calls handled at once (their request received); 0 = no limit.
+        self.max_calls = max_calls
+        self.draining = False
+        #: Calls that have started and not ended (waiting for their request, or handled).
+        self.inflight = 0
+        #: Of those, the calls whose request has arrived (what grpc.maxconcurrentcalls bounds).
+        self.handling = 0
+        #: time.monotonic() of the last call that reached a handler (for the drain's quiet window)
+        self.last_arrival = 0.0
+        self.encoder = ResponseEncoder()
+        #: (worker index, worker count) that GetMetrics reports; the app sets it with --workers.
+        self.worker = (0, 1)
+
+    # -- handlers (decoded request -> response bytes) -----------------------------
+
+    async def stat(self, request: pb.StatRequest) -> bytes:
+        desc = await self.statter.stat(request.digest, request.repository)
+        return self.encoder.stat_response(desc)
+
+    async def set_descriptor(self, request: pb.SetDescriptorRequest) -> bytes:
+        d = request.descriptor
+        await self.statter.set_descriptor(
+            request.digest, Descriptor(d.media_type, d.digest, d.size), request.repository
+        )
+        return b""
+
+    async def clear(self, request: pb.ClearRequest) -> bytes:
+        await self.statter.clear(request.digest, request.repository)
+        return b""
+
+    async def batch_stat(self, request: pb.BatchStatRequest) -> bytes:
+        # One list of str objects: each later pass reuses their cached hashes (the
+        # protobuf container would make a fresh str at every access).
+        digests = list(request.digests)
+        results = await self.statter.batch_stat(digests, request.repository)
+        return self.encoder.batch_response(digests, results)
+
+    async def revalidate(self, request: pb.RevalidateRequest) -> bytes:
+        desc = await self.statter.revalidate(request.digest, request.repository)
+        return pb.RevalidateResponse(
+            descriptor=pb.Descriptor(media_type=desc.media_type, digest=desc.digest, size=desc.size)
+        ).SerializeToString()
+
+    async def metrics(self, request: pb.GetMetricsRequest) -> bytes:
+        m = self.statter.metrics
+        worker, workers = self.worker
+        return pb.GetMetricsResponse(
+            requests=m.requests, hits=m.hits, misses=m.misses, errors=m.errors, worker=worker, workers=workers
+        ).SerializeToString()
+
+    def _handler_of(self, rpc: Rpc) -> Callable[[Any], Awaitable[bytes]]:
+        """The handler of an RPC of the table: the method named by its verb."""
+        handler: Callable[[Any], Awaitable[bytes]] = getattr(self, rpc.verb)
+        return handler
+
+    # -- wiring -------------------------------------------------------------------
+
+    def _wrap(self, rpc: Rpc) -> Handler:
+        name, message, fn = rpc.name, rpc.request, self._handler_of(rpc)
+        parse = message.FromString
+
+        async def handler(_requests: Any, context: Context) -> bytes:
+            # Runs when the call's headers arrive: refusals that need no request
+            # (draining, credentials) answer before any message is read.
+            start = time.perf_counter()
+            code = grpc.StatusCode.OK
+            reason = ""
+            request: Any = None
+            handling = False
+            self.inflight += 1
+            self.last_arrival = time.monotonic()
+            try:
+                if self.draining:
+                    raise ServerDrainingError("server is draining; retry another replica")
+                if self.authenticator is not None:
+                    await self.authenticator(name, context)
+                body = await read_request(context, self.request_timeout)
+                if self.draining:  # began draining while the request was on its way
+                    raise ServerDrainingError("server is draining; retry another replica")
+                if self.max_calls and self.handling >= self.max_calls:
+                    raise ResourceExhaustedError(
+                        f"{self.handling} calls in progress, at most {self.max_calls} (grpc.maxconcurrentcalls)"
+                    )
+                self.handling += 1
+                handling = True
+                try:
+                    request = parse(body)
+                except DecodeError:
+                    raise RequestInvalidError(
+                        f"request body does not decode as {message.DESCRIPTOR.full_name}"
+                    ) from None
+                if self.authorizer is not None:
+                    self.authorizer(name, request, context)
+                return await fn(request)
+            except DescriptorError as err:
+                code, reason = err.code, err.reason
+                await abort(context, err)
+            except asyncio.CancelledError:
+                code = grpc.StatusCode.CANCELLED
+                raise
+            except Exception:
+                code = grpc.StatusCode.INTERNAL
+                log.exception("unexpected error in %s", name)
+                await context.abort(grpc.StatusCode.INTERNAL, "internal error")
+            finally:
+                self.inflight -= 1
+                if handling:
+                    self.handling -= 1
+                if self.observer is not None:
+                    self.observer(name, code, time.perf_counter() - start, request, context=context, reason=reason)
+            raise AssertionError("unreachable")  # pragma: no cover - abort raises
+
+        return handler
+
+    def handlers(self) -> dict[str, Handler]:
+        """Method name -> bytes-in, bytes-out handler, for every RPC of the table."""
+        return {name: self._wrap(rpc) for name, rpc in RPCS.items()}
+
+    def generic_handler(self) -> grpc.GenericRpcHandler:
+        return grpc.method_handlers_generic_handler(
+            SERVICE,
+            # Request-streaming on the server side only (the wire is the same): the
+            # handler starts at the call's headers, see read_request.
+            {name: grpc.stream_unary_rpc_method_handler(fn) for name, fn in self.handlers().items()},
+        )
