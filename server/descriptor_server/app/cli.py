@@ -91,6 +91,7 @@ def _run(args: argparse.Namespace, config: Config) -> int:
     setup_logging(config.log)
     if warning:
         log.warning("%s", warning)  # once, before any worker starts
+    workers.hold_signals()  # until the handlers are in place (serve, run_workers)
     if config.grpc.workers > 1:
         return workers.run_workers(config, serve)
     with contextlib.suppress(KeyboardInterrupt):  # signal handlers catch SIGINT

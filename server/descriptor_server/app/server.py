@@ -261,6 +261,9 @@ async def serve(config: Config) -> None:
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, server.request_stop)
     security.install_reload(loop, server.servicer.authorizer)
+    # Signals held since start-up began (workers.hold_signals) are handled from here:
+    # a SIGTERM that came early drains as soon as the server has started.
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, (signal.SIGTERM, signal.SIGINT, signal.SIGHUP))
     await server.start()
     await server.wait()
     await server.drain()

@@ -80,6 +80,27 @@ def worker_config(config: Config, index: int) -> Config:
     return dataclasses.replace(config, grpc=grpc, http=http)
 
 
+#: The signals the server handles (drain, drain, reload).
+HANDLED = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
+
+
+def hold_signals() -> None:
+    """Hold the handled signals until :func:`release_signals`, from before start-up.
+
+    Until a process has installed its handlers, a signal would take its default action
+    (SIGTERM and SIGHUP kill, SIGINT raises KeyboardInterrupt anywhere). Blocked, it
+    stays pending and is handled the moment the handlers are in place, as if it had
+    come once running: SIGTERM/SIGINT drain, SIGHUP reloads. Forked workers and the
+    threads started meanwhile inherit the block.
+    """
+    signal.pthread_sigmask(signal.SIG_BLOCK, HANDLED)
+
+
+def release_signals() -> None:
+    """Handle the held signals (and any that came while they were held)."""
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, HANDLED)
+
+
 def run_workers(config: Config, serve: Serve) -> int:
     """Fork ``config.grpc.workers`` servers on one port; wait for all; the worst exit status."""
     global current
@@ -120,6 +141,9 @@ def run_workers(config: Config, serve: Serve) -> int:
     signal.signal(signal.SIGTERM, forward)
     signal.signal(signal.SIGINT, forward)
     signal.signal(signal.SIGHUP, forward)  # each worker re-reads its token keys
+    # Held since before the fork (hold_signals): one that came meanwhile is forwarded
+    # now, and each worker takes it once its own handlers are in place.
+    release_signals()
     status = 0
     while remaining:
         child, raw = os.wait()
