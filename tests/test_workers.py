@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import contextlib
+import os
+import shlex
+import shutil
 import signal
 import subprocess
 import threading
@@ -161,3 +164,64 @@ def test_a_signal_during_start_up_is_handled_as_once_running(tmp_path: Path, lay
         assert "failed" not in output, (delay, output)
         if sig == signal.SIGHUP:
             assert serving, (delay, output)
+
+
+def _read_only_tmp(args: list[str], cwd: Path) -> subprocess.CompletedProcess[str]:
+    """Run the server command with /tmp, /var/tmp and its working directory read-only
+    (a container's read-only root file system), in a private mount namespace."""
+    if shutil.which("unshare") is None:
+        pytest.skip("unshare is not installed")
+    binds = " && ".join(f"mount --bind -o ro {d} {d}" for d in ("/tmp", "/var/tmp", str(cwd)))
+    probe = subprocess.run(
+        ["unshare", "-m", "--propagation", "private", "sh", "-c", f"{binds} && ! touch /tmp/.w 2>/dev/null"],
+        capture_output=True,
+        check=False,
+    )
+    if probe.returncode != 0:
+        pytest.skip("cannot make /tmp read-only here (unshare -m needs CAP_SYS_ADMIN)")
+    command = " ".join(shlex.quote(a) for a in [*server_command(), *args])
+    return subprocess.run(
+        [
+            "unshare",
+            "-m",
+            "--propagation",
+            "private",
+            "sh",
+            "-c",
+            f"{binds} && cd {shlex.quote(str(cwd))} && exec {command}",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+        env={k: v for k, v in os.environ.items() if k not in ("TMPDIR", "TEMP", "TMP")},
+    )
+
+
+def test_workers_with_metrics_and_no_writable_tmp_is_a_config_error(tmp_path: Path, layout: Layout) -> None:
+    config = base_config(layout.root, delete=False)
+    config["http"] = {"debug": {"addr": "127.0.0.1:0", "prometheus": {"enabled": True}}}
+    proc = ServerProcess(config, tmp_path)
+    for args in ([*proc.args, "--workers", "2"], ["--check-config", str(proc.config_path), "--workers", "2"]):
+        done = _read_only_tmp(args, tmp_path)
+        assert done.returncode == 2, done.stdout + done.stderr  # not 1: systemd would restart it forever
+        assert "Traceback" not in done.stderr, done.stderr
+        line = done.stderr.strip().splitlines()[-1]
+        assert line.startswith("descriptor-server: config error: http.debug.prometheus.enabled:"), line
+        assert "TMPDIR" in line
+
+
+def test_check_config_applies_workers(tmp_path: Path, layout: Layout) -> None:
+    """--check-config with --workers refuses what that start would refuse."""
+    config = base_config(layout.root, delete=True)  # per-worker in-memory caches and deletion
+    proc = ServerProcess(config, tmp_path)
+    assert run_server_command(["--check-config", str(proc.config_path)], cwd=tmp_path).returncode == 0
+    out = run_server_command(["--check-config", str(proc.config_path), "--workers", "2"], cwd=tmp_path)
+    assert out.returncode == 2, out.stdout + out.stderr
+    assert "grpc.workers" in out.stderr
+    assert "workers: 2" not in out.stdout
+    fine = base_config(layout.root, delete=False)
+    proc = ServerProcess(fine, tmp_path)
+    out = run_server_command(["--check-config", str(proc.config_path), "--workers", "2"], cwd=tmp_path)
+    assert out.returncode == 0, out.stderr
+    assert "workers: 2" in out.stdout

@@ -77,17 +77,19 @@ def _run(args: argparse.Namespace, config: Config) -> int:
     security.check_files(config)
     check_tracing(os.environ)
     warning = config.deprecation_warning()
-    if args.check_config:
-        if warning:
-            print(f"descriptor-server: {warning}", file=sys.stderr, flush=True)
-        asyncio.run(check_components(config))
-        print(yaml.safe_dump(to_dict(config), sort_keys=False), end="")
-        return 0
-    if args.workers is not None:
+    if args.workers is not None:  # --check-config checks what --workers would serve
         if args.workers < 1:
             raise ConfigError("grpc.workers", "must be >= 1 (--workers)")
         config = dataclasses.replace(config, grpc=dataclasses.replace(config.grpc, workers=args.workers))
         check_workers(config)
+    if args.check_config:
+        if warning:
+            print(f"descriptor-server: {warning}", file=sys.stderr, flush=True)
+        asyncio.run(check_components(config))
+        if config.grpc.workers > 1:
+            workers.check_metrics_directory(config)
+        print(yaml.safe_dump(to_dict(config), sort_keys=False), end="")
+        return 0
     setup_logging(config.log)
     if warning:
         log.warning("%s", warning)  # once, before any worker starts

@@ -101,13 +101,35 @@ def release_signals() -> None:
     signal.pthread_sigmask(signal.SIG_UNBLOCK, HANDLED)
 
 
+def metrics_directory(config: Config) -> str:
+    """The workers' private metrics directory ("" without metrics), or a ConfigError."""
+    debug = config.http.debug
+    if not (debug.addr and debug.prometheus.enabled):
+        return ""
+    try:
+        return make_directory()
+    except OSError as err:  # no writable temporary directory (a read-only root file system)
+        raise ConfigError(
+            "http.debug.prometheus.enabled",
+            f"with grpc.workers > 1 the workers' metrics need a private directory for their sockets, "
+            f"and none could be made ({err}); point TMPDIR at a writable directory "
+            f"(an emptyDir or tmpfs), or serve the metrics from one worker",
+        ) from None
+
+
+def check_metrics_directory(config: Config) -> None:
+    """``--check-config --workers N``: refuse what start would (the directory is removed)."""
+    path = metrics_directory(config)
+    if path:
+        shutil.rmtree(path, ignore_errors=True)
+
+
 def run_workers(config: Config, serve: Serve) -> int:
     """Fork ``config.grpc.workers`` servers on one port; wait for all; the worst exit status."""
     global current
     addr, holder = _reserve_port(config.grpc.addr)
     config = dataclasses.replace(config, grpc=dataclasses.replace(config.grpc, addr=addr))
-    debug = config.http.debug
-    metrics_dir = make_directory() if debug.addr and debug.prometheus.enabled else ""
+    metrics_dir = metrics_directory(config)
     pids: list[int] = []
     for index in range(config.grpc.workers):
         pid = os.fork()
