@@ -24,7 +24,7 @@ import yaml
 from .. import security
 from ..config import Config, ConfigError, as_written, check_workers, load, to_dict
 from ..core import loggers
-from ..observability.logs import setup_logging
+from ..observability.logs import setup_audit, setup_logging
 from ..observability.tracing import check_tracing
 from . import workers
 from .composition import check_components
@@ -91,6 +91,9 @@ def _run(args: argparse.Namespace, config: Config) -> int:
         print(yaml.safe_dump(to_dict(config), sort_keys=False), end="")
         return 0
     setup_logging(config.log)
+    auth = config.auth
+    # log.audit auto: on when calls carry an identity (tokens, or mutual TLS).
+    setup_audit(config.log, bool(auth.tokens or auth.tokensfile or auth.token is not None or config.grpc.tls.clientcas))
     if warning:
         log.warning("%s", warning)  # once, before any worker starts
     workers.hold_signals()  # until the handlers are in place (serve, run_workers)

@@ -275,6 +275,9 @@ class LogConfig:
     formatter: str = "text"
     #: Fixed fields added to every log line (distribution's ``log.fields``); values kept as text.
     fields: dict[str, str] = field(default_factory=dict)
+    #: The audit lines (descriptor_server.audit): auto (on when any token auth is
+    #: configured), on, or off.
+    audit: str = "auto"
 
 
 @dataclass(frozen=True)

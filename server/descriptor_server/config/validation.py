@@ -132,6 +132,8 @@ def validate(config: Config) -> None:
         raise ConfigError("http.debug.prometheus.path", "must start with /")
     if config.log.level.lower() not in ("debug", "info", "warn", "warning", "error"):
         raise ConfigError("log.level", f"unknown level {config.log.level!r} (want debug, info, warn or error)")
+    if config.log.audit not in ("auto", "on", "off"):
+        raise ConfigError("log.audit", f"unknown value {config.log.audit!r} (want auto, on or off)")
     if config.log.formatter not in ("text", "json"):
         raise ConfigError("log.formatter", f"unknown formatter {config.log.formatter!r} (want text or json)")
 

@@ -147,6 +147,20 @@ class TextFormatter(logging.Formatter):
         return line
 
 
+def audit_enabled(config: LogConfig, identified: bool) -> bool:
+    """``log.audit``: ``on``, ``off``, or ``auto`` (on when calls carry an identity:
+    token auth or mutual TLS, ``identified``)."""
+    mode = getattr(config, "audit", "auto")
+    return mode == "on" or (mode == "auto" and identified)
+
+
+def setup_audit(config: LogConfig, identified: bool) -> None:
+    """Turn the audit logger (``descriptor_server.audit``) on or off, as ``log.audit`` says."""
+    logging.getLogger("descriptor_server.audit").setLevel(
+        logging.INFO if audit_enabled(config, identified) else logging.WARNING
+    )
+
+
 def setup_logging(config: LogConfig) -> None:
     """Log to stderr at ``log.level``, as text or JSON (``log.formatter``), with ``log.fields``."""
     handler = logging.StreamHandler(sys.stderr)
