@@ -232,16 +232,31 @@ class DescriptorServer:
         within ``grpc.drain``; only then does it stop.
         """
         grace = self.config.grpc.drain if grace is None else grace
-        log.info("draining: refusing new calls, waiting for %d in flight", self.servicer.inflight)
+        quiet = min(DRAIN_QUIET, grace)
+        log.info(
+            "draining: refusing new calls (SERVER_DRAINING), %d in flight; stopping once none is in "
+            "flight and no call has come for %gs, at most grpc.drain (%gs)",
+            self.servicer.inflight,
+            quiet,
+            grace,
+        )
         self.servicer.draining = True
         await self.health.drain()
-        deadline = time.monotonic() + grace
-        quiet = min(DRAIN_QUIET, grace)
+        began = time.monotonic()
+        deadline = began + grace
         while time.monotonic() < deadline:
             now = time.monotonic()
-            if not self.servicer.inflight and now - max(self.servicer.last_arrival, deadline - grace) >= quiet:
+            if not self.servicer.inflight and now - max(self.servicer.last_arrival, began) >= quiet:
+                log.info("drained in %.1fs: nothing in flight, no call for %gs", now - began, quiet)
                 break
             await asyncio.sleep(0.01)
+        else:
+            log.warning(
+                "grpc.drain (%gs) is over: stopping with %d calls in flight (cancelled), the last call came %.1fs ago",
+                grace,
+                self.servicer.inflight,
+                time.monotonic() - self.servicer.last_arrival,
+            )
         if self.server is not None:
             await self.server.stop(max(0.0, deadline - time.monotonic()))
         if self.health_server is not None:
