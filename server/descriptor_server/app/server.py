@@ -137,9 +137,16 @@ class DescriptorServer:
             registry = totals_registry(registry, worker.metrics_dir, worker.count)
         elif worker.metrics_dir:
             self.sibling = SiblingListener(self.metrics.registry, worker.metrics_dir, worker.index)
+        # The debug listener: the metrics, and the HTTP health path for load balancers.
         self.endpoint = (
-            MetricsEndpoint(registry, debug.addr, debug.prometheus.path)
-            if debug.addr and debug.prometheus.enabled
+            MetricsEndpoint(
+                registry if debug.prometheus.enabled else None,
+                debug.addr,
+                debug.prometheus.path,
+                health_path=debug.healthpath,
+                serving=lambda: self.health.serving,
+            )
+            if debug.addr and (debug.prometheus.enabled or debug.healthpath)
             else None
         )
         self.server: grpc.aio.Server | None = None

@@ -262,6 +262,8 @@ class PrometheusConfig:
 class DebugConfig:
     addr: str = ""
     prometheus: PrometheusConfig = field(default_factory=PrometheusConfig)
+    #: An HTTP health path for load balancers that cannot speak gRPC ("" = none).
+    healthpath: str = "/healthz"
 
 
 @dataclass(frozen=True)

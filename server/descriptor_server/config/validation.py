@@ -130,6 +130,11 @@ def validate(config: Config) -> None:
         raise ConfigError("http.debug.addr", "required when http.debug.prometheus.enabled is true")
     if not config.http.debug.prometheus.path.startswith("/"):
         raise ConfigError("http.debug.prometheus.path", "must start with /")
+    healthpath = config.http.debug.healthpath
+    if healthpath and not healthpath.startswith("/"):
+        raise ConfigError("http.debug.healthpath", "must start with / (or be empty: no HTTP health path)")
+    if healthpath and healthpath == config.http.debug.prometheus.path and config.http.debug.prometheus.enabled:
+        raise ConfigError("http.debug.healthpath", "must differ from http.debug.prometheus.path")
     if config.log.level.lower() not in ("debug", "info", "warn", "warning", "error"):
         raise ConfigError("log.level", f"unknown level {config.log.level!r} (want debug, info, warn or error)")
     if config.log.audit not in ("auto", "on", "off"):

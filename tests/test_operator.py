@@ -1,0 +1,81 @@
+"""What an operator relies on around the service: the HTTP health path, HEAD /metrics."""
+
+from __future__ import annotations
+
+import re
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+import pytest
+from helpers.support import Layout, ServerProcess, base_config, wait_for
+
+
+def debug_url(server: ServerProcess, what: str) -> str:
+    m = re.search(rf"{what} at (http://\S+)", server.output)
+    assert m, server.output
+    return m.group(1)
+
+
+def fetch(url: str, method: str = "GET") -> tuple[int, bytes, dict[str, str]]:
+    request = urllib.request.Request(url, method=method)
+    try:
+        with urllib.request.urlopen(request, timeout=10) as resp:
+            return resp.status, resp.read(), dict(resp.headers)
+    except urllib.error.HTTPError as err:
+        return err.code, err.read(), dict(err.headers)
+
+
+@pytest.mark.parametrize("metrics", [True, False], ids=["with-metrics", "health-only"])
+def test_http_health_follows_the_service(tmp_path: Path, layout: Layout, metrics: bool) -> None:
+    """200 SERVING while serving; 503 NOT_SERVING once draining (a load balancer stops
+    sending before the port closes)."""
+    config = base_config(layout.root, drain="20s")
+    config["http"] = {"debug": {"addr": "127.0.0.1:0", "prometheus": {"enabled": metrics}}}
+    server = ServerProcess(config, tmp_path).start()
+    try:
+        url = debug_url(server, "HTTP health")
+        assert url.endswith("/healthz")
+        assert fetch(url)[:2] == (200, b"SERVING\n")
+        status, body, _ = fetch(url, "HEAD")
+        assert (status, body) == (200, b"")
+        server.signal()  # an idle server drains for 0.5s (the quiet window): look meanwhile
+        seen: list[tuple[int, bytes]] = []
+
+        def not_serving() -> bool:
+            seen.append(fetch(url)[:2])
+            return seen[-1][0] == 503
+
+        wait_for(not_serving, timeout=5, interval=0.01)
+        assert seen[-1] == (503, b"NOT_SERVING\n")
+        assert server.wait(30) == 0
+    finally:
+        server.stop()
+
+
+def test_head_metrics_answers_like_get_without_a_body(tmp_path: Path, layout: Layout) -> None:
+    config = base_config(layout.root)
+    config["http"] = {"debug": {"addr": "127.0.0.1:0", "prometheus": {"enabled": True}}}
+    server = ServerProcess(config, tmp_path).start()
+    try:
+        url = debug_url(server, "metrics endpoint")
+        status, body, headers = fetch(url)
+        assert status == 200
+        assert b"descriptor_build_info" in body
+        status, body, head_headers = fetch(url, "HEAD")
+        assert (status, body) == (200, b"")
+        assert head_headers["Content-Type"] == headers["Content-Type"]
+        assert fetch(url.rsplit("/", 1)[0] + "/nothing")[0] == 404
+    finally:
+        server.stop()
+
+
+def test_a_bad_health_path_is_a_config_error(tmp_path: Path, layout: Layout) -> None:
+    from helpers.support import run_server_command
+
+    config = base_config(layout.root)
+    config["http"] = {"debug": {"addr": "127.0.0.1:0", "healthpath": "healthz"}}
+    proc = ServerProcess(config, tmp_path)
+    out = run_server_command(["--check-config", str(proc.config_path)], cwd=tmp_path)
+    assert out.returncode == 2
+    assert "http.debug.healthpath" in out.stderr
