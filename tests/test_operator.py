@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+import contextlib
+import json
 import re
+import socket
 import urllib.error
 import urllib.request
 from pathlib import Path
 
+import grpc
 import pytest
+from helpers.pki import CA
 from helpers.support import Layout, ServerProcess, base_config, wait_for
 
 
@@ -79,3 +84,32 @@ def test_a_bad_health_path_is_a_config_error(tmp_path: Path, layout: Layout) -> 
     out = run_server_command(["--check-config", str(proc.config_path)], cwd=tmp_path)
     assert out.returncode == 2
     assert "http.debug.healthpath" in out.stderr
+
+
+def test_json_logs_stay_json_when_grpc_core_logs(tmp_path: Path, layout: Layout) -> None:
+    """A failed TLS handshake (a plaintext client, a scanner) makes gRPC's C core write
+    a glog line to stderr: in JSON mode it is a JSON line too."""
+    ca = CA(tmp_path, "json-logs-ca")
+    cert = ca.issue("server", ips=("127.0.0.1",))
+    config = base_config(layout.root)
+    config["log"] = {"level": "info", "formatter": "json"}
+    config["grpc"]["tls"] = {"certificate": str(cert.cert), "key": str(cert.key)}
+    server = ServerProcess(config, tmp_path).start()
+    try:
+        for _ in range(3):  # garbage where a TLS ClientHello should be
+            with socket.create_connection(("127.0.0.1", server.port), timeout=5) as sock:
+                sock.sendall(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n" + b"\x00" * 64)
+                with contextlib.suppress(OSError):
+                    sock.recv(100)
+        with grpc.insecure_channel(server.target) as channel:  # a plaintext gRPC client
+            with contextlib.suppress(grpc.FutureTimeoutError):
+                grpc.channel_ready_future(channel).result(timeout=3)
+        wait_for(lambda: "andshake" in server.output, timeout=10)  # the C core said so
+    finally:
+        server.stop()
+    lines = [line for line in server.lines if line.strip()]
+    assert lines
+    for line in lines:
+        assert isinstance(json.loads(line), dict), line
+    core = [json.loads(x) for x in lines if '"grpc.core"' in x]
+    assert all(c["level"] in ("info", "warning", "error") and c["msg"] for c in core), core

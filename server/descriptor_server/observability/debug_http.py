@@ -51,9 +51,8 @@ def path_only(
         if app is not None and at == path:
             if not head:
                 return app(environ, start_response)
-            body = app({**environ, "REQUEST_METHOD": "GET"}, start_response)
-            for _ in body:  # the headers without the body
-                pass
+            for _ in app({**environ, "REQUEST_METHOD": "GET"}, start_response):
+                pass  # the headers without the body
             return []
         if health_path and serving is not None and at == health_path:
             up = serving()
@@ -64,9 +63,9 @@ def path_only(
             )
             return [] if head else [text]
         served = [p for p in (path if app is not None else "", health_path) if p]
-        body = b"not found: this endpoint serves " + " and ".join(served).encode() + b"\n"
+        missing = b"not found: this endpoint serves " + " and ".join(served).encode() + b"\n"
         start_response("404 Not Found", [("Content-Type", "text/plain; charset=utf-8")])
-        return [] if head else [body]
+        return [] if head else [missing]
 
     return dispatch
 
