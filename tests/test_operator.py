@@ -101,9 +101,9 @@ def test_json_logs_stay_json_when_grpc_core_logs(tmp_path: Path, layout: Layout)
                 sock.sendall(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n" + b"\x00" * 64)
                 with contextlib.suppress(OSError):
                     sock.recv(100)
-        with grpc.insecure_channel(server.target) as channel:  # a plaintext gRPC client
-            with contextlib.suppress(grpc.FutureTimeoutError):
-                grpc.channel_ready_future(channel).result(timeout=3)
+        # A plaintext gRPC client.
+        with grpc.insecure_channel(server.target) as channel, contextlib.suppress(grpc.FutureTimeoutError):
+            grpc.channel_ready_future(channel).result(timeout=3)
         wait_for(lambda: "andshake" in server.output, timeout=10)  # the C core said so
     finally:
         server.stop()
