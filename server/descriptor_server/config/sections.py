@@ -292,13 +292,22 @@ class Config:
     log: LogConfig = field(default_factory=LogConfig)
     #: distribution 2.x keys read as their 3.x names: ``(old, new)`` dotted paths.
     deprecated: tuple[tuple[str, str], ...] = field(default=(), metadata=INTERNAL, compare=False)
+    #: Keys of a distribution registry's config that this service has no use for (ignored).
+    ignored: tuple[str, ...] = field(default=(), metadata=INTERNAL, compare=False)
 
     def deprecation_warning(self) -> str | None:
-        """The one warning for the 2.x keys this config used (None when it used none)."""
-        if not self.deprecated:
-            return None
-        pairs = ", ".join(f"{old} -> {new}" for old, new in self.deprecated)
-        return (
-            f"config: distribution 2.x keys read as their 3.x names ({pairs});"
-            " rename them: the 2.x names are deprecated"
-        )
+        """The one warning for the 2.x keys this config used and the distribution keys it
+        ignored (None when there are none)."""
+        parts = []
+        if self.deprecated:
+            pairs = ", ".join(f"{old} -> {new}" for old, new in self.deprecated)
+            parts.append(
+                f"config: distribution 2.x keys read as their 3.x names ({pairs});"
+                " rename them: the 2.x names are deprecated"
+            )
+        if self.ignored:
+            parts.append(
+                f"config: keys of a distribution registry's config ignored ({', '.join(self.ignored)}):"
+                " this service has no use for them"
+            )
+        return " ".join(parts) or None
