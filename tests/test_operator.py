@@ -6,12 +6,15 @@ import contextlib
 import json
 import re
 import socket
+import subprocess
+import sys
 import urllib.error
 import urllib.request
 from pathlib import Path
 
 import grpc
 import pytest
+from descriptor_client import DescriptorClient, UnavailableError
 from helpers.pki import CA
 from helpers.support import Layout, ServerProcess, base_config, wait_for
 
@@ -113,3 +116,27 @@ def test_json_logs_stay_json_when_grpc_core_logs(tmp_path: Path, layout: Layout)
         assert isinstance(json.loads(line), dict), line
     core = [json.loads(x) for x in lines if '"grpc.core"' in x]
     assert all(c["level"] in ("info", "warning", "error") and c["msg"] for c in core), core
+
+
+def test_a_plaintext_client_on_a_tls_port_gets_a_hint(tmp_path: Path, layout: Layout) -> None:
+    ca = CA(tmp_path, "hint-ca")
+    cert = ca.issue("server", ips=("127.0.0.1",))
+    config = base_config(layout.root)
+    config["grpc"]["tls"] = {"certificate": str(cert.cert), "key": str(cert.key)}
+    server = ServerProcess(config, tmp_path).start()
+    try:
+        with DescriptorClient(server.target, timeout=5) as client, pytest.raises(UnavailableError) as info:
+            client.metrics()
+        assert "TLS" in info.value.message, info.value.message
+        assert "--tls-ca" in info.value.message
+        done = subprocess.run(
+            [sys.executable, "-m", "descriptor_client", "--target", server.target, "--timeout", "5", "metrics"],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+        assert done.returncode == 3
+        assert "TLS" in done.stderr
+    finally:
+        server.stop()

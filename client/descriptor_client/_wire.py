@@ -22,6 +22,7 @@ from .errors import (
     RepositoryNameInvalidError,
     ServerDrainingError,
     UnavailableError,
+    from_rpc_error,
     from_status_proto,
 )
 from .metrics import Metrics
@@ -354,6 +355,18 @@ class ClientBase:
             request_serializer=HealthCheckRequest.SerializeToString,
             response_deserializer=HealthCheckResponse.FromString,
         )
+
+    def _error(self, err: grpc.RpcError) -> DescriptorError:
+        """The typed error of a failed call, with a hint when a plaintext client's
+        connection was closed on it (what a TLS port does to a plaintext client)."""
+        error = from_rpc_error(err)
+        if self._tls is None and error.code == grpc.StatusCode.UNAVAILABLE and "Socket closed" in error.message:
+            error.message += (
+                " (the server closed the plaintext connection: if it serves TLS, give the client its CA:"
+                " ClientTLS, descriptorctl --tls-ca, $DESCRIPTOR_TLS_CA)"
+            )
+            error.args = (error.message,)
+        return error
 
     def _deadline(self, timeout: float | None) -> float | None:
         return self.timeout if timeout is None else timeout
