@@ -170,6 +170,8 @@ class CachedBlobStatter:
             except Exception as clear_err:
                 self.metrics.errors += 1
                 self._cache_log.warning("cache clear after a revalidation failed: %s", describe(clear_err))
+                return
+            await self._settle(digest)
         else:
             self.metrics.revalidation_failed += 1
 
@@ -341,6 +343,7 @@ class CachedBlobStatter:
                 self.metrics.errors += 1
                 self._cache_log.warning("cache clear after a revalidation failed: %s", describe(err))
                 raise BackendUnavailableError(f"cache failed, the entry may remain: {describe(err)}") from err
+            await self._settle(digest)
             if self.revalidator is not None:
                 self.revalidator.forget(key)
             raise
@@ -361,6 +364,12 @@ class CachedBlobStatter:
 
     # -- Clear ---------------------------------------------------------------------
 
+    async def _settle(self, digest: str) -> None:
+        """After a removal: return once no near cache of any process answers it any more."""
+        settle = getattr(self.cache, "settle", None)
+        if settle is not None:
+            await settle(digest)
+
     async def clear(self, digest: str, repository: str = "") -> None:
         validate_digest(digest)
         validate_repository(repository)
@@ -374,6 +383,7 @@ class CachedBlobStatter:
         try:
             await self._stop_flights(clear)
             await self._clear(digest, repository)
+            await self._settle(digest)
         finally:
             self._clearing[clear] -= 1
             if not self._clearing[clear]:

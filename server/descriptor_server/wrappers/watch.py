@@ -149,6 +149,11 @@ class WatchedCache:
     async def clear(self, digest: str, repository: str = "") -> None:
         await self._watch(lambda: self.inner.clear(digest, repository))
 
+    async def settle(self, digest: str) -> None:
+        settle = getattr(self.inner, "settle", None)
+        if settle is not None:
+            await self._watch(lambda: settle(digest))
+
     async def probe(self) -> None:
         """Return while the cache answers a lookup; raise BackendUnavailableError while it fails."""
         try:
