@@ -458,7 +458,7 @@ def test_python_m_descriptor_client_is_descriptorctl(shared: tuple[ServerProcess
 
 
 def test_dev_refuses_an_unknown_command() -> None:
-    root = Path(__file__).resolve().parents[1]
+    root = Path(__file__).resolve().parents[2]
     done = subprocess.run(
         [str(root / "dev"), "nonsense"], capture_output=True, text=True, timeout=60, check=False, cwd=root
     )

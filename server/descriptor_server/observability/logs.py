@@ -162,7 +162,7 @@ def audit_enabled(config: LogConfig, identified: bool) -> bool:
 
 def setup_audit(config: LogConfig, identified: bool) -> None:
     """Turn the audit logger (``descriptor_server.audit``) on or off, as ``log.audit`` says."""
-    logging.getLogger("descriptor_server.audit").setLevel(
+    logging.getLogger(loggers.AUDIT).setLevel(
         logging.INFO if audit_enabled(config, identified) else logging.WARNING
     )
 
