@@ -45,6 +45,9 @@ from .version import build_info_collector, version
 
 log = logging.getLogger(loggers.SERVER)
 
+#: The last seconds of ``grpc.drain`` kept for the server's stop (see :meth:`DescriptorServer.drain`).
+STOP_RESERVE = 1.0
+
 #: Seconds without a new call after which a draining server stops (bounded by ``grpc.drain``).
 DRAIN_QUIET = 0.5
 
@@ -253,7 +256,13 @@ class DescriptorServer:
         await self.health.drain()
         began = time.monotonic()
         deadline = began + grace
-        while time.monotonic() < deadline:
+        # The end of grpc.drain is kept for the stop itself: grpcio's stop sends GOAWAY
+        # (later calls are refused by the transport, UNAVAILABLE, which clients retry)
+        # and cancels only the calls still in a handler when its grace runs out, so the
+        # calls being answered at that moment (SERVER_DRAINING to clients still sending)
+        # get this long to finish instead of none.
+        reserve = min(STOP_RESERVE, grace / 4)
+        while time.monotonic() < deadline - reserve:
             now = time.monotonic()
             if not self.servicer.inflight and now - max(self.servicer.last_arrival, began) >= quiet:
                 log.info("drained in %.1fs: nothing in flight, no call for %gs", now - began, quiet)
@@ -261,9 +270,11 @@ class DescriptorServer:
             await asyncio.sleep(0.01)
         else:
             log.warning(
-                "grpc.drain (%gs) is over: stopping with %d calls in flight (cancelled), the last call came %.1fs ago",
+                "grpc.drain (%gs) is nearly over: stopping with %d calls in flight (given %gs more, then "
+                "cancelled), the last call came %.1fs ago",
                 grace,
                 self.servicer.inflight,
+                reserve,
                 time.monotonic() - self.servicer.last_arrival,
             )
         if self.server is not None:

@@ -162,9 +162,7 @@ def audit_enabled(config: LogConfig, identified: bool) -> bool:
 
 def setup_audit(config: LogConfig, identified: bool) -> None:
     """Turn the audit logger (``descriptor_server.audit``) on or off, as ``log.audit`` says."""
-    logging.getLogger(loggers.AUDIT).setLevel(
-        logging.INFO if audit_enabled(config, identified) else logging.WARNING
-    )
+    logging.getLogger(loggers.AUDIT).setLevel(logging.INFO if audit_enabled(config, identified) else logging.WARNING)
 
 
 #: A glog line of gRPC's C core: ``E0000 00:00:1733.123   123 file.cc:42] message``.
