@@ -282,7 +282,7 @@ def test_stop_drains_the_call_in_flight_within_the_stop_timeout(image: Path, tmp
                 started = time.monotonic()
                 stop = subprocess.Popen(["podman", "stop", c.name], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
                 try:
-                    c.wait_for(re.compile(r"draining: refusing new calls, waiting for 1 in flight"), timeout=30)
+                    c.wait_for(re.compile(r"draining: refusing new calls \(SERVER_DRAINING\), 1 in flight"), timeout=30)
                     assert "NOT_SERVING" in probe(health)
                     with pytest.raises(UnavailableError):
                         client.stat(digest_of(b"another"), repository="team/app", timeout=5)
