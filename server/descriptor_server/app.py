@@ -68,7 +68,7 @@ def build_cache(config: Config, *, observe: RedisObserver | None = None) -> Cach
     if kind == "inmemory":
         from .caches.inmemory import InMemoryCache
 
-        return InMemoryCache(config.storage.cache.blobdescriptorsize)
+        return InMemoryCache(config.storage.cache.blobdescriptorsize, fence_ttl=fence_ttl(config))
     if kind == "redis":
         import importlib
 
