@@ -10,7 +10,7 @@ real second server as the backend), with the backend held at gates.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -79,6 +79,23 @@ async def setup(
 
 
 Setup = tuple[CachedBlobStatter, GatedBackend, Cache]
+
+
+async def eventually(predicate: Callable[[], bool], timeout: float = 10.0) -> bool:
+    """Whether ``predicate`` holds within ``timeout`` (checked every 10 ms, the loop running)."""
+    for _ in range(int(timeout / 0.01)):
+        if predicate():
+            return True
+        await asyncio.sleep(0.01)
+    return predicate()
+
+
+async def eventually_unknown(statter: CachedBlobStatter, digest: str, scope: str, timeout: float = 10.0) -> bool:
+    for _ in range(int(timeout / 0.01)):
+        if await unknown(statter, digest, scope):
+            return True
+        await asyncio.sleep(0.01)
+    return False
 
 
 async def unknown(statter: CachedBlobStatter, digest: str, repository: str = "") -> bool:
@@ -292,13 +309,10 @@ async def test_a_clear_past_the_backend_timeout_never_leaves_the_deleted_blob_an
     assert await statter.stat(digest, scope) == Descriptor(OCT, digest, len(content))
     gated.deletes.open()  # the abandoned delete now runs and removes the blob
     gone = layout.blob_data(digest) if not scope else layout.link(REPO, digest)
-    async with asyncio.timeout(10):
-        while gone.exists():
-            await asyncio.sleep(0.01)
-        # Once the delete has ended, the entry written back meanwhile is invalidated:
-        # the cache stops answering (before the fix it answered for good).
-        while not await unknown(statter, digest, scope):
-            await asyncio.sleep(0.01)
+    assert await eventually(lambda: not gone.exists())
+    # Once the delete has ended, the entry written back meanwhile is invalidated: the
+    # cache stops answering it (before, it answered for good).
+    assert await eventually_unknown(statter, digest, scope)
     assert await unknown(statter, digest, REPO)
 
 
