@@ -143,9 +143,9 @@ def _counting_backend(root: Path) -> Any:
 
 
 def hung_backend(calls: int, bounded_on: bool, workdir: Path) -> dict[str, Any]:
-    from descriptor_server.backends.bounded import BoundedBackend
     from descriptor_server.caches.inmemory import InMemoryCache
-    from descriptor_server.statter import CachedBlobStatter
+    from descriptor_server.core.statter import CachedBlobStatter
+    from descriptor_server.wrappers.bounds import BoundedBackend
 
     root = workdir / ("bounded" if bounded_on else "unbounded")
     mount = _Mount(root, held=64)

@@ -461,7 +461,7 @@ class CountingBackend:
 def scan_and_coalescing(capacity: int) -> dict[str, float]:
     """Hot set (10% of capacity) kept through a 10x-capacity BatchStat sweep; misses coalesced."""
     from descriptor_server.caches.inmemory import InMemoryCache
-    from descriptor_server.statter import CachedBlobStatter
+    from descriptor_server.core.statter import CachedBlobStatter
 
     async def run() -> dict[str, float]:
         cache = InMemoryCache(capacity)

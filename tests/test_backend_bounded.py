@@ -17,11 +17,11 @@ from pathlib import Path
 
 import pytest
 from descriptor_client import BackendUnavailableError, Descriptor
-from descriptor_server.backends.bounded import BoundedBackend, bounded
 from descriptor_server.backends.filesystem import FilesystemBackend
 from descriptor_server.caches.inmemory import InMemoryCache
 from descriptor_server.config import from_dict
-from descriptor_server.statter import CachedBlobStatter
+from descriptor_server.core.statter import CachedBlobStatter
+from descriptor_server.wrappers.bounds import BoundedBackend, bounded
 from helpers.fifo_support import make_fifo, release
 from helpers.support import OCT, REPO, Layout, digest_of
 
@@ -135,7 +135,7 @@ async def test_a_caller_that_gives_up_frees_its_queue_place(tmp_path: Path) -> N
 def test_bounded_follows_the_configuration(tmp_path: Path) -> None:
     fs = FilesystemBackend(str(tmp_path))
     config = from_dict({"storage": {"backendtimeout": "2s", "maxinflight": 3, "maxpending": 5}})
-    from descriptor_server.backends.bounded import from_config
+    from descriptor_server.wrappers.bounds import from_config
 
     wrapped = from_config(fs, config.storage)
     assert isinstance(wrapped, BoundedBackend)

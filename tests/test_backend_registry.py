@@ -390,7 +390,7 @@ def test_token_lifetime_follows_distribution() -> None:
 )
 def test_registry_token_is_honoured_by_the_registry_and_the_service(tmp_path: Path, algorithm: str, via: str) -> None:
     """Debian's docker-registry 2.8 and our server, configured alike, grant the same token the same."""
-    from descriptor_server.auth.jose import libtrust_key_id
+    from descriptor_server.security.jose import libtrust_key_id
 
     issuer = TokenIssuer(tmp_path / "issuer", algorithm=algorithm, intermediate=algorithm == "ES256")
     realm = "http://127.0.0.1:9/token"  # the challenge's realm; tokens are minted here directly

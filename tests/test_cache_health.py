@@ -10,9 +10,9 @@ from pathlib import Path
 
 import pytest
 from descriptor_client import AsyncDescriptorClient, BackendUnavailableError, Descriptor
-from descriptor_server.cachehealth import WatchedCache, check_cache_at_start, combined_probe
 from descriptor_server.caches.redis import RedisCacheError, from_config
 from descriptor_server.config import load
+from descriptor_server.wrappers.watch import WatchedCache, check_cache_at_start, combined_probe
 from helpers.redis_servers import RedisProcess
 from helpers.support import A256, OCT, REPO, Layout, ServerProcess, refused_port
 from helpers.targets_redis import server_redis_config

@@ -19,7 +19,7 @@ from descriptor_client import (
 )
 from descriptor_server.backends.filesystem import FilesystemBackend
 from descriptor_server.caches.inmemory import InMemoryCache
-from descriptor_server.statter import CachedBlobStatter
+from descriptor_server.core.statter import CachedBlobStatter
 from helpers.support import A256, A384, OCT, REPO, Layout, ServerProcess, base_config
 
 JSON = "application/json"

@@ -19,7 +19,7 @@ from descriptor_client.errors import DigestInvalidFormatError, RepositoryNameInv
 from descriptor_server.backends.filesystem import FilesystemBackend
 from descriptor_server.caches.redis import RedisCache, RedisCacheError, from_config
 from descriptor_server.config import ConfigError, RedisConfig, RedisNearCacheConfig, RedisTLSConfig
-from descriptor_server.statter import CachedBlobStatter
+from descriptor_server.core.statter import CachedBlobStatter
 from helpers.pki import CA
 from helpers.redis_servers import (
     RedisProcess,

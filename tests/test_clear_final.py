@@ -23,13 +23,13 @@ from descriptor_client import (
     UnsupportedError,
 )
 from descriptor_server.backends import Backend
-from descriptor_server.backends.bounded import BoundedBackend
 from descriptor_server.backends.descriptorservice import DescriptorServiceBackend
 from descriptor_server.backends.filesystem import FilesystemBackend
 from descriptor_server.caches import Cache
 from descriptor_server.caches.inmemory import InMemoryCache
 from descriptor_server.caches.redis import from_config
-from descriptor_server.statter import CachedBlobStatter
+from descriptor_server.core.statter import CachedBlobStatter
+from descriptor_server.wrappers.bounds import BoundedBackend
 from helpers.gates import GatedBackend
 from helpers.redis_servers import RedisProcess, flush
 from helpers.support import OCT, REPO, Layout, ServerProcess, base_config, digest_of

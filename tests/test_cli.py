@@ -129,6 +129,21 @@ def test_clear(shared: tuple[ServerProcess, Layout]) -> None:
     assert ctl(server.target, "clear", digest, "-r", REPO).returncode == 1
 
 
+def test_revalidate(shared: tuple[ServerProcess, Layout]) -> None:
+    server, layout = shared
+    digest = layout.push(REPO, b"revalidated by descriptorctl")
+    done = ctl(server.target, "revalidate", digest, "-r", REPO, "--json")
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout) == {"digest": digest, "mediaType": OCT, "size": 28}
+    layout.link(REPO, digest).unlink()  # gone behind the service's back
+    assert ctl(server.target, "stat", digest, "-r", REPO).returncode == 0  # still cached
+    done = ctl(server.target, "revalidate", digest, "--repository", REPO)
+    assert done.returncode == 1
+    assert "BLOB_UNKNOWN" in done.stderr
+    assert ctl(server.target, "stat", digest, "-r", REPO).returncode == 1
+    assert ctl(server.target, "revalidate", "sha384:abc").returncode == 2
+
+
 def test_clear_when_deletion_is_disabled(tmp_path: Path, layout: Layout) -> None:
     digest = layout.push(REPO, b"kept")
     with running_server(base_config(layout.root, delete=False), tmp_path) as server:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from descriptor_client import BlobUnknownError, Descriptor, DigestInvalidLengthError
 from descriptor_client._proto.descriptor.v1 import descriptor_pb2 as pb
 from descriptor_client.errors import from_status_proto
-from descriptor_server.encoding import ResponseEncoder, length_delimited
+from descriptor_server.rpc.encoding import ResponseEncoder, length_delimited
 from helpers.support import OCT, digest_of
 
 A = digest_of(b"a")

@@ -395,6 +395,10 @@ def valid_bodies(blobs: list[str]) -> dict[str, list[bytes]]:
             pb.BatchStatRequest(digests=blobs[:2], repository="library/app").SerializeToString(),
         ],
         "GetMetrics": [pb.GetMetricsRequest().SerializeToString(), b"\x0a\x03abc"],
+        "Revalidate": [
+            pb.RevalidateRequest(digest=digest, repository="library/app").SerializeToString(),
+            pb.RevalidateRequest(digest=alias).SerializeToString(),
+        ],
     }
 
 
@@ -561,7 +565,7 @@ def test_hostile_tokens_are_refused(token_fuzzed: TokenFuzzed) -> None:
 @given(data=st.data())
 def test_mutated_tokens_never_pass_unchanged_checks(token_fuzzed: TokenFuzzed, data: st.DataObject) -> None:
     """Bit flips and cuts of a valid token: refused, unless the bytes it decodes to are the same."""
-    from descriptor_server.auth.jose import JoseError, b64url_decode
+    from descriptor_server.security.jose import JoseError, b64url_decode
 
     token = token_fuzzed.issuer.mint(["repository:library/app:pull"])
     chars = list(token)

@@ -303,6 +303,7 @@ def test_reflection_lists_and_describes_the_service(server: ServerProcess) -> No
             "Clear": ("ClearRequest", "ClearResponse"),
             "BatchStat": ("BatchStatRequest", "BatchStatResponse"),
             "GetMetrics": ("GetMetricsRequest", "GetMetricsResponse"),
+            "Revalidate": ("RevalidateRequest", "RevalidateResponse"),
         }
         stat = pool.FindMessageTypeByName("descriptor.v1.StatRequest")
         assert {f.name: f.number for f in stat.fields} == {"digest": 1, "repository": 2}

@@ -5,8 +5,9 @@
 prometheus-client, httpx, boto3 or ``descriptor_server``. ``descriptor-service`` (from
 the root) carries the server only and depends on the client at the same version. Each
 wheel is built from a copy of the local tree (so no earlier ``build/`` can leak into it)
-with ``pip wheel --no-deps`` (build dependencies and
-the runtime dependencies come from pip's cache or PyPI), and the server installed from
+with ``pip wheel --no-deps --no-build-isolation`` (the build dependencies are the
+locked ones of the test environment) and installed with the runtime dependencies pinned
+by ``uv.lock`` (``uv export``, as a pip constraints file), and the server installed from
 its wheel serves the client installed from its own.
 """
 
@@ -61,29 +62,44 @@ def source_copy(dest: Path) -> Path:
 def wheels(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     src = source_copy(tmp_path_factory.mktemp("src"))
     out = tmp_path_factory.mktemp("wheels")
-    run(sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "-w", out, src / "client", src)
+    run(sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "--no-build-isolation", "-w", out, src / "client", src)
     found = {p.name.split("-")[0]: p for p in out.glob("*.whl")}
     assert set(found) == {"descriptor_client", "descriptor_service"}, found
     return found
 
 
-def fresh_venv(path: Path, *wheel_files: Path) -> Path:
-    """A new venv (no system site-packages) with the wheels installed by this pip."""
+@pytest.fixture(scope="module")
+def constraints(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """uv.lock's versions of every third-party package, as a pip constraints file."""
+    uv = ROOT / ".tools" / "uv" / "bin" / "uv"
+    if not uv.exists():  # a failure in CI (conftest)
+        pytest.skip(f"{uv} is not installed (./dev installs it)")
+    out = tmp_path_factory.mktemp("lock") / "constraints.txt"
+    run(uv, "export", "--frozen", "--all-extras", "--no-hashes", "--no-emit-workspace", "--quiet", "-o", out, cwd=ROOT)
+    return out
+
+
+def fresh_venv(path: Path, constraints: Path, *wheel_files: Path) -> Path:
+    """A new venv (no system site-packages) with the wheels installed by this pip, their
+    dependencies at the versions uv.lock pins."""
     venv.EnvBuilder(with_pip=False, clear=True).create(path)
     python = path / "bin" / "python"
-    run(sys.executable, "-m", "pip", "--python", python, "install", "-q", "--no-input", *wheel_files)
+    run(sys.executable, "-m", "pip", "--python", python, "install", "-q", "--no-input", "-c", constraints, *wheel_files)
     return python
 
 
 @pytest.fixture(scope="module")
-def client_venv(wheels: dict[str, Path], tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return fresh_venv(tmp_path_factory.mktemp("client-venv") / "venv", wheels["descriptor_client"])
+def client_venv(wheels: dict[str, Path], constraints: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return fresh_venv(tmp_path_factory.mktemp("client-venv") / "venv", constraints, wheels["descriptor_client"])
 
 
 @pytest.fixture(scope="module")
-def server_venv(wheels: dict[str, Path], tmp_path_factory: pytest.TempPathFactory) -> Path:
+def server_venv(wheels: dict[str, Path], constraints: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     return fresh_venv(
-        tmp_path_factory.mktemp("server-venv") / "venv", wheels["descriptor_service"], wheels["descriptor_client"]
+        tmp_path_factory.mktemp("server-venv") / "venv",
+        constraints,
+        wheels["descriptor_service"],
+        wheels["descriptor_client"],
     )
 
 
@@ -135,7 +151,11 @@ def test_client_wheel_contents(wheels: dict[str, Path]) -> None:
 
 def test_server_wheel_contents(wheels: dict[str, Path]) -> None:
     names, fields = metadata(wheels["descriptor_service"])
-    for expected in ("descriptor_server/app.py", "descriptor_server/py.typed", "descriptor_server/version.py"):
+    for expected in (
+        "descriptor_server/app/__init__.py",
+        "descriptor_server/py.typed",
+        "descriptor_server/app/version.py",
+    ):
         assert expected in names, expected
     assert any(n.startswith("descriptor_server/caches/") for n in names)
     assert any(n.startswith("descriptor_server/backends/") for n in names)

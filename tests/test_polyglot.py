@@ -19,7 +19,7 @@ from helpers.support import REPO, Layout, ServerProcess, base_config, refused_po
 
 NODE_DIR = Path(__file__).parent / "node"
 SCRIPT = NODE_DIR / "conformance.mjs"
-RPCS = ("Stat", "SetDescriptor", "Clear", "BatchStat", "GetMetrics")
+RPCS = ("Stat", "SetDescriptor", "Clear", "BatchStat", "GetMetrics", "Revalidate")
 MAX_BATCH = 5
 BLOB = b"a layer pushed to the registry\n"
 READ_TOKEN = "node-reader-token"

@@ -22,6 +22,7 @@ import httpx
 import pytest
 from descriptor_client import BlobUnknownError, Descriptor, DescriptorClient
 from helpers.backend_support import REGISTRY_DESCRIPTOR, RegistryProcess, push_blob
+from helpers.registry_scenarios import middleware
 from helpers.support import OCT, ServerProcess, base_config
 
 _repos = itertools.count()
@@ -29,10 +30,6 @@ _repos = itertools.count()
 
 def new_repo() -> str:
     return f"plugged/app-{next(_repos)}"
-
-
-def middleware(target: str, **options: Any) -> dict[str, Any]:
-    return {"middleware": {"repository": [{"name": "descriptorcache", "options": {"target": target, **options}}]}}
 
 
 @pytest.fixture(scope="module")

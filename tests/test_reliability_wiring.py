@@ -1,8 +1,8 @@
 """Issue 12 items 5 and 6 through the server command: the backend bounds, the Redis
 start-up check and readiness following the cache, as configured.
 
-The wiring is in app.py: ``backends.bounded.from_config`` around the backend,
-``cachehealth.check_cache_at_start`` at start, ``WatchedCache`` and
+The wiring is in app/ and wrappers/: ``wrappers.bounds.from_config`` around the backend,
+``wrappers.watch.check_cache_at_start`` at start, ``WatchedCache`` and
 ``grpc.healthprobecache`` in the health probe.
 """
 

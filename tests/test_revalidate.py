@@ -16,8 +16,8 @@ import pytest
 from descriptor_client import BlobUnknownError, Descriptor, DescriptorClient
 from descriptor_server.backends.filesystem import FilesystemBackend
 from descriptor_server.caches.inmemory import InMemoryCache
-from descriptor_server.revalidate import Revalidator
-from descriptor_server.statter import CachedBlobStatter
+from descriptor_server.core.revalidate import Revalidator
+from descriptor_server.core.statter import CachedBlobStatter
 from helpers.backend_support import RegistryProcess, push_blob, registry_available
 from helpers.redis_servers import RedisProcess, flush
 from helpers.support import OCT, REPO, Layout, base_config, running_server, wait_for

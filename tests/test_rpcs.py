@@ -16,9 +16,9 @@ from descriptor_client._proto.descriptor.v1 import descriptor_pb2 as pb
 from descriptor_client._wire import SERVICE_CONFIG
 from descriptor_client.rpcs import RPCS, SERVICE
 from descriptor_server.caches.inmemory import InMemoryCache
+from descriptor_server.core.statter import CachedBlobStatter
+from descriptor_server.rpc.servicer import DescriptorServicer
 from descriptor_server.security import METHOD_SCOPES
-from descriptor_server.service import DescriptorServicer
-from descriptor_server.statter import CachedBlobStatter
 
 PROTO_METHODS = [m.name for m in pb.DESCRIPTOR.services_by_name["BlobDescriptorService"].methods]
 
@@ -83,5 +83,5 @@ def test_only_the_idempotent_rpcs_are_retried_by_grpc() -> None:
 
     config = json.loads(SERVICE_CONFIG)
     retried = {entry["method"] for entry in config["methodConfig"][0]["name"]}
-    assert retried == {"Stat", "BatchStat", "GetMetrics"}
+    assert retried == {"Stat", "BatchStat", "GetMetrics", "Revalidate"}
     assert config["methodConfig"][0]["retryPolicy"]["retryableStatusCodes"] == ["UNAVAILABLE"]

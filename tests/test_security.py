@@ -227,7 +227,7 @@ def test_probes_get_in_under_mtls_through_the_health_listener(mtls_server: Serve
 
 # -- bearer tokens -----------------------------------------------------------------------------
 
-READ_METHODS = ("Stat", "BatchStat", "GetMetrics")
+READ_METHODS = ("Stat", "BatchStat", "GetMetrics", "Revalidate")
 WRITE_METHODS = ("SetDescriptor", "Clear")
 
 
@@ -240,6 +240,8 @@ def call(client: DescriptorClient, method: str, digest: str) -> None:
         assert isinstance(result, Descriptor)
     elif method == "GetMetrics":
         client.metrics()
+    elif method == "Revalidate":
+        assert client.revalidate(digest, "library/app").digest == digest
     elif method == "SetDescriptor":
         client.set_descriptor(digest, Descriptor(OCTET_STREAM, digest, 3), "team/scratch")
     else:
@@ -632,7 +634,7 @@ def test_bad_limit_and_tls_keys_are_named(grpc_keys: dict[str, Any], key: str) -
 
 def test_limit_keys_reach_grpc_options() -> None:
     from descriptor_server.config import from_dict
-    from descriptor_server.limits import limit_options
+    from descriptor_server.rpc.limits import limit_options
 
     config = from_dict(
         {"grpc": {"maxmetadatasize": 4096, "keepalive": {"minpinginterval": "30s", "maxconnectionage": "1h"}}}

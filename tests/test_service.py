@@ -15,8 +15,8 @@ from descriptor_client import AsyncDescriptorClient, BlobUnknownError, Descripto
 from descriptor_client.descriptor import Descriptor
 from descriptor_server.backends.filesystem import FilesystemBackend
 from descriptor_server.caches.inmemory import InMemoryCache
-from descriptor_server.service import DescriptorServicer
-from descriptor_server.statter import CachedBlobStatter
+from descriptor_server.core.statter import CachedBlobStatter
+from descriptor_server.rpc.servicer import DescriptorServicer
 from helpers.support import A256
 
 

@@ -36,12 +36,12 @@ from descriptor_client import (
     UnauthenticatedError,
 )
 from descriptor_client.rpcs import RPCS
-from descriptor_server.auth.authorizer import Authorizer
-from descriptor_server.auth.jose import jwk_thumbprints, libtrust_key_id
-from descriptor_server.auth.keys import TrustStore
-from descriptor_server.auth.tokens import LEEWAY, RegistryTokenVerifier, TokenInvalid
 from descriptor_server.config import ConfigError, from_dict
 from descriptor_server.security import token_hash
+from descriptor_server.security.authorizer import Authorizer
+from descriptor_server.security.jose import jwk_thumbprints, libtrust_key_id
+from descriptor_server.security.keys import TrustStore
+from descriptor_server.security.registrytokens import LEEWAY, RegistryTokenVerifier, TokenInvalid
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from helpers.pki import CA
 from helpers.support import Layout, ServerProcess, base_config, run_server_command, wait_for
@@ -307,7 +307,9 @@ def test_each_rpc_needs_its_action() -> None:
     assert auth.scope_of("Clear", pb.ClearRequest(repository=REPO)) == ("repository", REPO, "delete")
     assert auth.scope_of("Clear", pb.ClearRequest()) == ("registry", "descriptors", "delete")
     assert auth.scope_of("GetMetrics", pb.GetMetricsRequest()) == ("registry", "descriptors", "pull")
-    assert set(RPCS) == {"Stat", "BatchStat", "SetDescriptor", "Clear", "GetMetrics"}
+    assert auth.scope_of("Revalidate", pb.RevalidateRequest(repository=REPO)) == ("repository", REPO, "pull")
+    assert auth.scope_of("Revalidate", pb.RevalidateRequest()) == ("registry", "descriptors", "pull")
+    assert set(RPCS) == {"Stat", "BatchStat", "SetDescriptor", "Clear", "GetMetrics", "Revalidate"}
 
 
 # -- configuration -----------------------------------------------------------------------------------------

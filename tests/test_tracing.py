@@ -219,14 +219,26 @@ def test_a_registry_head_and_the_service_stat_it_makes_are_one_trace(
         def service_stat() -> list[Any]:
             return [s for s in spans.named(f"{SERVICE}/Stat") if s.trace_id == want]
 
-        wait_for(lambda: bool(service_stat()), timeout=20)
-        in_trace = [(res, s) for res, s in list(spans.spans) if s.trace_id == want]
+        def registry_spans() -> dict[bytes, Any]:
+            in_trace = [(res, s) for res, s in list(spans.spans) if s.trace_id == want]
+            return {s.span_id: s for res, s in in_trace if res.get("service.name") == "registry"}
+
+        def exported() -> bool:
+            # Both processes export in batches on their own schedules (distribution's batch
+            # processor every few seconds): wait until the service's Stat span AND the
+            # registry span it names as parent have both arrived, not just the first of them.
+            # The registry's HEAD span ends (and is exported) after the spans inside it.
+            stats, theirs = service_stat(), registry_spans()
+            head = any(s.parent_span_id == bytes.fromhex(caller_span) for s in theirs.values())
+            return bool(stats) and head and all(s.parent_span_id in theirs for s in stats)
+
+        wait_for(exported, timeout=60)
     finally:
         registry.stop()
         service.stop()
-    registry_spans = {s.span_id: s for res, s in in_trace if res.get("service.name") == "registry"}
-    assert registry_spans, "the registry exported no span of the caller's trace"
+    theirs = registry_spans()
+    assert theirs, "the registry exported no span of the caller's trace"
     (stat,) = service_stat()
-    assert stat.parent_span_id in registry_spans  # the Go client sent the registry's span as parent
-    head = [s for s in registry_spans.values() if s.parent_span_id == bytes.fromhex(caller_span)]
+    assert stat.parent_span_id in theirs  # the Go client sent the registry's span as parent
+    head = [s for s in theirs.values() if s.parent_span_id == bytes.fromhex(caller_span)]
     assert head, "the registry's HEAD span is not the caller's child"

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import grpc
 import pytest
-from descriptor_server import version as version_module
+from descriptor_server.app import version as version_module
 from helpers.support import Layout, ServerProcess, base_config, running_server
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.parser import text_string_to_metric_families

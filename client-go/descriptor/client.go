@@ -127,6 +127,14 @@ func (c *Client) Clear(ctx context.Context, dgst digest.Digest) error {
 	return c.clear(ctx, dgst, "")
 }
 
+// Revalidate checks dgst against the server's backend now, bypassing its cache, in
+// the global scope: the descriptor when the backend holds it (the cache is updated);
+// distribution.ErrBlobUnknown when it does not (the cache's entries are removed as a
+// Clear removes them; the backend is never changed). It needs pull access only.
+func (c *Client) Revalidate(ctx context.Context, dgst digest.Digest) (distribution.Descriptor, error) {
+	return c.revalidate(ctx, dgst, "")
+}
+
 // BatchStat stats many digests in the global scope: one result per digest, in
 // order. A bad or unknown digest fails its own result only; the error return is
 // for the call as a whole (BATCH_TOO_LARGE, UNAVAILABLE, ...).
@@ -192,6 +200,13 @@ func (r *Repository) Clear(ctx context.Context, dgst digest.Digest) error {
 	return r.c.clear(ctx, dgst, r.name)
 }
 
+// Revalidate is Client.Revalidate in the repository: the repository's entry is
+// checked against the backend, and removed from the cache (with the global entry,
+// as a repository Clear removes them) when the backend no longer lists it there.
+func (r *Repository) Revalidate(ctx context.Context, dgst digest.Digest) (distribution.Descriptor, error) {
+	return r.c.revalidate(ctx, dgst, r.name)
+}
+
 // BatchStat is Client.BatchStat in the repository.
 func (r *Repository) BatchStat(ctx context.Context, dgsts []digest.Digest) ([]BatchResult, error) {
 	return r.c.batchStat(ctx, dgsts, r.name)
@@ -245,6 +260,22 @@ func (c *Client) clear(ctx context.Context, dgst digest.Digest, repo string) err
 	defer cancel()
 	_, err := c.rpc.Clear(ctx, &descriptorv1.ClearRequest{Digest: string(dgst), Repository: repo})
 	return FromError(err)
+}
+
+func (c *Client) revalidate(ctx context.Context, dgst digest.Digest, repo string) (distribution.Descriptor, error) {
+	if err := checkText(dgst, repo); err != nil {
+		return distribution.Descriptor{}, err
+	}
+	ctx, cancel := c.deadline(ctx)
+	defer cancel()
+	resp, err := c.rpc.Revalidate(ctx, &descriptorv1.RevalidateRequest{Digest: string(dgst), Repository: repo})
+	if err != nil {
+		return distribution.Descriptor{}, FromError(err)
+	}
+	if resp.GetDescriptor_() == nil {
+		return distribution.Descriptor{}, &Error{Code: codes.Internal, Reason: ReasonUnknown, Message: "Revalidate answered without a descriptor"}
+	}
+	return fromProto(resp.GetDescriptor_()), nil
 }
 
 func (c *Client) batchStat(ctx context.Context, dgsts []digest.Digest, repo string) ([]BatchResult, error) {

@@ -6,6 +6,7 @@ import (
 	"encoding/hex"
 	"errors"
 	"net"
+	"os"
 	"reflect"
 	"strings"
 	"sync"
@@ -302,6 +303,38 @@ func TestBatchStat(t *testing.T) {
 	// Each digest of the batch counts as a lookup; the two hits of this test are none.
 	if m.Requests < 2 || m.Misses < 2 {
 		t.Fatalf("metrics %+v", m)
+	}
+}
+
+// TestRevalidate: the backend decides now; an entry it lost leaves the cache
+// (distribution.ErrBlobUnknown), one it holds is answered and cached.
+func TestRevalidate(t *testing.T) {
+	ctx := context.Background()
+	srv, layout := server(t, func(cfg descriptortest.Config) {
+		descriptortest.Section(cfg, "storage")["delete"] = map[string]any{"enabled": false} // not needed
+	})
+	c := dial(t, srv.Target)
+	r := c.Repository(repo)
+	blob := []byte("revalidated from Go")
+	d := digest.Digest(layout.Push(t, repo, blob))
+	want := desc(oct, d, int64(len(blob)))
+	if got, err := r.Revalidate(ctx, d); err != nil || !reflect.DeepEqual(got, want) {
+		t.Fatalf("Revalidate: %v %v, want %v", got, err, want)
+	}
+	if err := os.Remove(layout.LinkPath(repo, string(d))); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := r.Stat(ctx, d); err != nil {
+		t.Fatalf("the cache should still answer (stale): %v", err)
+	}
+	if _, err := r.Revalidate(ctx, d); !errors.Is(err, distribution.ErrBlobUnknown) {
+		t.Fatalf("Revalidate of a lost blob: %v, want ErrBlobUnknown", err)
+	}
+	if _, err := r.Stat(ctx, d); !errors.Is(err, distribution.ErrBlobUnknown) {
+		t.Fatalf("Stat after Revalidate: %v, want ErrBlobUnknown", err)
+	}
+	if _, err := c.Revalidate(ctx, "sha384:abc"); !errors.Is(err, digest.ErrDigestInvalidLength) {
+		t.Fatalf("bad digest: %v", err)
 	}
 }
 

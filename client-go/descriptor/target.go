@@ -28,7 +28,7 @@ const (
 
 // idempotent methods are retried by gRPC on any UNAVAILABLE; the others only on
 // SERVER_DRAINING (see drainingRetry), which promises the server did nothing.
-var idempotent = []string{"Stat", "BatchStat", "GetMetrics"}
+var idempotent = []string{"Stat", "BatchStat", "GetMetrics", "Revalidate"}
 
 func serviceConfig(retry bool) string {
 	lb := `"loadBalancingConfig": [{"round_robin": {}}]`

@@ -16,7 +16,8 @@ func TestServiceConfig(t *testing.T) {
 	doc := `{"loadBalancingConfig": [{"round_robin": {}}],
 	 "methodConfig": [{"name": [{"service": "descriptor.v1.BlobDescriptorService", "method": "Stat"},
 	                            {"service": "descriptor.v1.BlobDescriptorService", "method": "BatchStat"},
-	                            {"service": "descriptor.v1.BlobDescriptorService", "method": "GetMetrics"}],
+	                            {"service": "descriptor.v1.BlobDescriptorService", "method": "GetMetrics"},
+	                            {"service": "descriptor.v1.BlobDescriptorService", "method": "Revalidate"}],
 	   "retryPolicy": {"maxAttempts": 3, "initialBackoff": "0.05s", "maxBackoff": "1s",
 	                   "backoffMultiplier": 2, "retryableStatusCodes": ["UNAVAILABLE"]}}]}`
 	if err := json.Unmarshal([]byte(doc), &want); err != nil {

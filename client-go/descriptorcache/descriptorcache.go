@@ -94,6 +94,16 @@ func (p *Provider) Clear(ctx context.Context, dgst digest.Digest) error {
 // errors), then against the service's grammar (an OCI distribution <name>
 // without a domain, at most 255 characters): a name the service would refuse is
 // refused here with distribution.ErrRepositoryNameInvalid.
+// Revalidate asks the service to check dgst against its backend now, in the global
+// scope (descriptor.Client.Revalidate): the descriptor when the backend holds it,
+// distribution.ErrBlobUnknown when it does not (the service's entries are then gone).
+// Not part of distribution's cache interface: the registry plug-in calls it where
+// storage finds a blob missing that the service claimed, and after garbage collection.
+func (p *Provider) Revalidate(ctx context.Context, dgst digest.Digest) (distribution.Descriptor, error) {
+	desc, err := p.client.Revalidate(ctx, dgst)
+	return desc, standard(err, "")
+}
+
 func (p *Provider) RepositoryScoped(repo string) (distribution.BlobDescriptorService, error) {
 	if _, err := reference.ParseNormalizedNamed(repo); err != nil {
 		if errors.Is(err, reference.ErrNameTooLong) {
@@ -136,6 +146,12 @@ func (r *repository) Clear(ctx context.Context, dgst digest.Digest) error {
 
 // standard turns a client error into distribution's value where distribution's
 // caches would return one.
+// Revalidate is Provider.Revalidate in the repository's scope.
+func (r *repository) Revalidate(ctx context.Context, dgst digest.Digest) (distribution.Descriptor, error) {
+	desc, err := r.repo.Revalidate(ctx, dgst)
+	return desc, standard(err, r.repo.Name())
+}
+
 func standard(err error, repo string) error {
 	if err == nil {
 		return nil

@@ -241,3 +241,32 @@ func TestNewProviderRefusesBadOptions(t *testing.T) {
 		t.Error("missing CA file accepted")
 	}
 }
+
+// TestRevalidate: the provider and its repository-scoped services revalidate, with
+// distribution's ErrBlobUnknown itself for an entry the backend does not hold.
+func TestRevalidate(t *testing.T) {
+	type revalidator interface {
+		Revalidate(context.Context, digest.Digest) (distribution.Descriptor, error)
+	}
+	ctx := context.Background()
+	p := newProvider(t, setups[0].config(t))
+	r, err := p.RepositoryScoped(repo)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := r.SetDescriptor(ctx, a256, desc(oct, a256, 10)); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := r.(revalidator).Revalidate(ctx, a256); err != distribution.ErrBlobUnknown {
+		t.Fatalf("repository Revalidate: %v, want distribution.ErrBlobUnknown", err)
+	}
+	if _, err := r.Stat(ctx, a256); err != distribution.ErrBlobUnknown {
+		t.Fatalf("Stat after Revalidate: %v", err)
+	}
+	if _, err := p.(revalidator).Revalidate(ctx, a384); err != distribution.ErrBlobUnknown {
+		t.Fatalf("global Revalidate: %v", err)
+	}
+	if _, err := p.(revalidator).Revalidate(ctx, "sha384:abc"); err != digest.ErrDigestInvalidLength {
+		t.Fatalf("bad digest: %v", err)
+	}
+}

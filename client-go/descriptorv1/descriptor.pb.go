@@ -711,6 +711,107 @@ func (x *GetMetricsResponse) GetWorkers() uint32 {
 	return 0
 }
 
+// RevalidateRequest asks the service to check one descriptor against its backend.
+type RevalidateRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The digest to check.
+	Digest string `protobuf:"bytes,1,opt,name=digest,proto3" json:"digest,omitempty"`
+	// The repository scope; empty for the global scope.
+	Repository    string `protobuf:"bytes,2,opt,name=repository,proto3" json:"repository,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *RevalidateRequest) Reset() {
+	*x = RevalidateRequest{}
+	mi := &file_descriptor_v1_descriptor_proto_msgTypes[12]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RevalidateRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RevalidateRequest) ProtoMessage() {}
+
+func (x *RevalidateRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_descriptor_v1_descriptor_proto_msgTypes[12]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RevalidateRequest.ProtoReflect.Descriptor instead.
+func (*RevalidateRequest) Descriptor() ([]byte, []int) {
+	return file_descriptor_v1_descriptor_proto_rawDescGZIP(), []int{12}
+}
+
+func (x *RevalidateRequest) GetDigest() string {
+	if x != nil {
+		return x.Digest
+	}
+	return ""
+}
+
+func (x *RevalidateRequest) GetRepository() string {
+	if x != nil {
+		return x.Repository
+	}
+	return ""
+}
+
+// RevalidateResponse carries the descriptor the backend holds.
+type RevalidateResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The descriptor.
+	Descriptor_   *Descriptor `protobuf:"bytes,1,opt,name=descriptor,proto3" json:"descriptor,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *RevalidateResponse) Reset() {
+	*x = RevalidateResponse{}
+	mi := &file_descriptor_v1_descriptor_proto_msgTypes[13]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RevalidateResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RevalidateResponse) ProtoMessage() {}
+
+func (x *RevalidateResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_descriptor_v1_descriptor_proto_msgTypes[13]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RevalidateResponse.ProtoReflect.Descriptor instead.
+func (*RevalidateResponse) Descriptor() ([]byte, []int) {
+	return file_descriptor_v1_descriptor_proto_rawDescGZIP(), []int{13}
+}
+
+func (x *RevalidateResponse) GetDescriptor_() *Descriptor {
+	if x != nil {
+		return x.Descriptor_
+	}
+	return nil
+}
+
 var File_descriptor_v1_descriptor_proto protoreflect.FileDescriptor
 
 const file_descriptor_v1_descriptor_proto_rawDesc = "" +
@@ -767,14 +868,25 @@ const file_descriptor_v1_descriptor_proto_rawDesc = "" +
 	"\x06misses\x18\x03 \x01(\x04R\x06misses\x12\x16\n" +
 	"\x06errors\x18\x04 \x01(\x04R\x06errors\x12\x16\n" +
 	"\x06worker\x18\x05 \x01(\rR\x06worker\x12\x18\n" +
-	"\aworkers\x18\x06 \x01(\rR\aworkers2\x9b\x03\n" +
+	"\aworkers\x18\x06 \x01(\rR\aworkers\"K\n" +
+	"\x11RevalidateRequest\x12\x16\n" +
+	"\x06digest\x18\x01 \x01(\tR\x06digest\x12\x1e\n" +
+	"\n" +
+	"repository\x18\x02 \x01(\tR\n" +
+	"repository\"O\n" +
+	"\x12RevalidateResponse\x129\n" +
+	"\n" +
+	"descriptor\x18\x01 \x01(\v2\x19.descriptor.v1.DescriptorR\n" +
+	"descriptor2\xee\x03\n" +
 	"\x15BlobDescriptorService\x12?\n" +
 	"\x04Stat\x12\x1a.descriptor.v1.StatRequest\x1a\x1b.descriptor.v1.StatResponse\x12Z\n" +
 	"\rSetDescriptor\x12#.descriptor.v1.SetDescriptorRequest\x1a$.descriptor.v1.SetDescriptorResponse\x12B\n" +
 	"\x05Clear\x12\x1b.descriptor.v1.ClearRequest\x1a\x1c.descriptor.v1.ClearResponse\x12N\n" +
 	"\tBatchStat\x12\x1f.descriptor.v1.BatchStatRequest\x1a .descriptor.v1.BatchStatResponse\x12Q\n" +
 	"\n" +
-	"GetMetrics\x12 .descriptor.v1.GetMetricsRequest\x1a!.descriptor.v1.GetMetricsResponseB|\n" +
+	"GetMetrics\x12 .descriptor.v1.GetMetricsRequest\x1a!.descriptor.v1.GetMetricsResponse\x12Q\n" +
+	"\n" +
+	"Revalidate\x12 .descriptor.v1.RevalidateRequest\x1a!.descriptor.v1.RevalidateResponseB|\n" +
 	"\"io.descriptorservice.descriptor.v1P\x01ZTgithub.com/descriptor-service/descriptor-service/client-go/descriptorv1;descriptorv1b\x06proto3"
 
 var (
@@ -789,7 +901,7 @@ func file_descriptor_v1_descriptor_proto_rawDescGZIP() []byte {
 	return file_descriptor_v1_descriptor_proto_rawDescData
 }
 
-var file_descriptor_v1_descriptor_proto_msgTypes = make([]protoimpl.MessageInfo, 12)
+var file_descriptor_v1_descriptor_proto_msgTypes = make([]protoimpl.MessageInfo, 14)
 var file_descriptor_v1_descriptor_proto_goTypes = []any{
 	(*Descriptor)(nil),            // 0: descriptor.v1.Descriptor
 	(*StatRequest)(nil),           // 1: descriptor.v1.StatRequest
@@ -803,29 +915,34 @@ var file_descriptor_v1_descriptor_proto_goTypes = []any{
 	(*BatchStatResponse)(nil),     // 9: descriptor.v1.BatchStatResponse
 	(*GetMetricsRequest)(nil),     // 10: descriptor.v1.GetMetricsRequest
 	(*GetMetricsResponse)(nil),    // 11: descriptor.v1.GetMetricsResponse
-	(*status.Status)(nil),         // 12: google.rpc.Status
+	(*RevalidateRequest)(nil),     // 12: descriptor.v1.RevalidateRequest
+	(*RevalidateResponse)(nil),    // 13: descriptor.v1.RevalidateResponse
+	(*status.Status)(nil),         // 14: google.rpc.Status
 }
 var file_descriptor_v1_descriptor_proto_depIdxs = []int32{
 	0,  // 0: descriptor.v1.StatResponse.descriptor:type_name -> descriptor.v1.Descriptor
 	0,  // 1: descriptor.v1.SetDescriptorRequest.descriptor:type_name -> descriptor.v1.Descriptor
 	0,  // 2: descriptor.v1.BatchStatResult.descriptor:type_name -> descriptor.v1.Descriptor
-	12, // 3: descriptor.v1.BatchStatResult.status:type_name -> google.rpc.Status
+	14, // 3: descriptor.v1.BatchStatResult.status:type_name -> google.rpc.Status
 	8,  // 4: descriptor.v1.BatchStatResponse.results:type_name -> descriptor.v1.BatchStatResult
-	1,  // 5: descriptor.v1.BlobDescriptorService.Stat:input_type -> descriptor.v1.StatRequest
-	3,  // 6: descriptor.v1.BlobDescriptorService.SetDescriptor:input_type -> descriptor.v1.SetDescriptorRequest
-	5,  // 7: descriptor.v1.BlobDescriptorService.Clear:input_type -> descriptor.v1.ClearRequest
-	7,  // 8: descriptor.v1.BlobDescriptorService.BatchStat:input_type -> descriptor.v1.BatchStatRequest
-	10, // 9: descriptor.v1.BlobDescriptorService.GetMetrics:input_type -> descriptor.v1.GetMetricsRequest
-	2,  // 10: descriptor.v1.BlobDescriptorService.Stat:output_type -> descriptor.v1.StatResponse
-	4,  // 11: descriptor.v1.BlobDescriptorService.SetDescriptor:output_type -> descriptor.v1.SetDescriptorResponse
-	6,  // 12: descriptor.v1.BlobDescriptorService.Clear:output_type -> descriptor.v1.ClearResponse
-	9,  // 13: descriptor.v1.BlobDescriptorService.BatchStat:output_type -> descriptor.v1.BatchStatResponse
-	11, // 14: descriptor.v1.BlobDescriptorService.GetMetrics:output_type -> descriptor.v1.GetMetricsResponse
-	10, // [10:15] is the sub-list for method output_type
-	5,  // [5:10] is the sub-list for method input_type
-	5,  // [5:5] is the sub-list for extension type_name
-	5,  // [5:5] is the sub-list for extension extendee
-	0,  // [0:5] is the sub-list for field type_name
+	0,  // 5: descriptor.v1.RevalidateResponse.descriptor:type_name -> descriptor.v1.Descriptor
+	1,  // 6: descriptor.v1.BlobDescriptorService.Stat:input_type -> descriptor.v1.StatRequest
+	3,  // 7: descriptor.v1.BlobDescriptorService.SetDescriptor:input_type -> descriptor.v1.SetDescriptorRequest
+	5,  // 8: descriptor.v1.BlobDescriptorService.Clear:input_type -> descriptor.v1.ClearRequest
+	7,  // 9: descriptor.v1.BlobDescriptorService.BatchStat:input_type -> descriptor.v1.BatchStatRequest
+	10, // 10: descriptor.v1.BlobDescriptorService.GetMetrics:input_type -> descriptor.v1.GetMetricsRequest
+	12, // 11: descriptor.v1.BlobDescriptorService.Revalidate:input_type -> descriptor.v1.RevalidateRequest
+	2,  // 12: descriptor.v1.BlobDescriptorService.Stat:output_type -> descriptor.v1.StatResponse
+	4,  // 13: descriptor.v1.BlobDescriptorService.SetDescriptor:output_type -> descriptor.v1.SetDescriptorResponse
+	6,  // 14: descriptor.v1.BlobDescriptorService.Clear:output_type -> descriptor.v1.ClearResponse
+	9,  // 15: descriptor.v1.BlobDescriptorService.BatchStat:output_type -> descriptor.v1.BatchStatResponse
+	11, // 16: descriptor.v1.BlobDescriptorService.GetMetrics:output_type -> descriptor.v1.GetMetricsResponse
+	13, // 17: descriptor.v1.BlobDescriptorService.Revalidate:output_type -> descriptor.v1.RevalidateResponse
+	12, // [12:18] is the sub-list for method output_type
+	6,  // [6:12] is the sub-list for method input_type
+	6,  // [6:6] is the sub-list for extension type_name
+	6,  // [6:6] is the sub-list for extension extendee
+	0,  // [0:6] is the sub-list for field type_name
 }
 
 func init() { file_descriptor_v1_descriptor_proto_init() }
@@ -843,7 +960,7 @@ func file_descriptor_v1_descriptor_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_descriptor_v1_descriptor_proto_rawDesc), len(file_descriptor_v1_descriptor_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   12,
+			NumMessages:   14,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

@@ -27,6 +27,7 @@ const (
 	BlobDescriptorService_Clear_FullMethodName         = "/descriptor.v1.BlobDescriptorService/Clear"
 	BlobDescriptorService_BatchStat_FullMethodName     = "/descriptor.v1.BlobDescriptorService/BatchStat"
 	BlobDescriptorService_GetMetrics_FullMethodName    = "/descriptor.v1.BlobDescriptorService/GetMetrics"
+	BlobDescriptorService_Revalidate_FullMethodName    = "/descriptor.v1.BlobDescriptorService/Revalidate"
 )
 
 // BlobDescriptorServiceClient is the client API for BlobDescriptorService service.
@@ -47,6 +48,11 @@ type BlobDescriptorServiceClient interface {
 	BatchStat(ctx context.Context, in *BatchStatRequest, opts ...grpc.CallOption) (*BatchStatResponse, error)
 	// GetMetrics returns the cached statter's counters.
 	GetMetrics(ctx context.Context, in *GetMetricsRequest, opts ...grpc.CallOption) (*GetMetricsResponse, error)
+	// Revalidate reads the backend now, bypassing the cache: a blob the backend holds
+	// is written to the cache and returned; one it does not is removed from the cache
+	// in the scope (as Clear removes it, never from the backend) and answered
+	// NOT_FOUND with reason BLOB_UNKNOWN.
+	Revalidate(ctx context.Context, in *RevalidateRequest, opts ...grpc.CallOption) (*RevalidateResponse, error)
 }
 
 type blobDescriptorServiceClient struct {
@@ -107,6 +113,16 @@ func (c *blobDescriptorServiceClient) GetMetrics(ctx context.Context, in *GetMet
 	return out, nil
 }
 
+func (c *blobDescriptorServiceClient) Revalidate(ctx context.Context, in *RevalidateRequest, opts ...grpc.CallOption) (*RevalidateResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(RevalidateResponse)
+	err := c.cc.Invoke(ctx, BlobDescriptorService_Revalidate_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 // BlobDescriptorServiceServer is the server API for BlobDescriptorService service.
 // All implementations must embed UnimplementedBlobDescriptorServiceServer
 // for forward compatibility.
@@ -125,6 +141,11 @@ type BlobDescriptorServiceServer interface {
 	BatchStat(context.Context, *BatchStatRequest) (*BatchStatResponse, error)
 	// GetMetrics returns the cached statter's counters.
 	GetMetrics(context.Context, *GetMetricsRequest) (*GetMetricsResponse, error)
+	// Revalidate reads the backend now, bypassing the cache: a blob the backend holds
+	// is written to the cache and returned; one it does not is removed from the cache
+	// in the scope (as Clear removes it, never from the backend) and answered
+	// NOT_FOUND with reason BLOB_UNKNOWN.
+	Revalidate(context.Context, *RevalidateRequest) (*RevalidateResponse, error)
 	mustEmbedUnimplementedBlobDescriptorServiceServer()
 }
 
@@ -149,6 +170,9 @@ func (UnimplementedBlobDescriptorServiceServer) BatchStat(context.Context, *Batc
 }
 func (UnimplementedBlobDescriptorServiceServer) GetMetrics(context.Context, *GetMetricsRequest) (*GetMetricsResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method GetMetrics not implemented")
+}
+func (UnimplementedBlobDescriptorServiceServer) Revalidate(context.Context, *RevalidateRequest) (*RevalidateResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method Revalidate not implemented")
 }
 func (UnimplementedBlobDescriptorServiceServer) mustEmbedUnimplementedBlobDescriptorServiceServer() {}
 func (UnimplementedBlobDescriptorServiceServer) testEmbeddedByValue()                               {}
@@ -261,6 +285,24 @@ func _BlobDescriptorService_GetMetrics_Handler(srv interface{}, ctx context.Cont
 	return interceptor(ctx, in, info, handler)
 }
 
+func _BlobDescriptorService_Revalidate_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(RevalidateRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(BlobDescriptorServiceServer).Revalidate(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: BlobDescriptorService_Revalidate_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(BlobDescriptorServiceServer).Revalidate(ctx, req.(*RevalidateRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 // BlobDescriptorService_ServiceDesc is the grpc.ServiceDesc for BlobDescriptorService service.
 // It's only intended for direct use with grpc.RegisterService,
 // and not to be introspected or modified (even as a copy)
@@ -287,6 +329,10 @@ var BlobDescriptorService_ServiceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "GetMetrics",
 			Handler:    _BlobDescriptorService_GetMetrics_Handler,
+		},
+		{
+			MethodName: "Revalidate",
+			Handler:    _BlobDescriptorService_Revalidate_Handler,
 		},
 	},
 	Streams:  []grpc.StreamDesc{},

@@ -120,6 +120,11 @@ def clear_request(digest: str, repository: str) -> pb.ClearRequest:
     return pb.ClearRequest(digest=digest, repository=repository)
 
 
+def revalidate_request(digest: str, repository: str) -> pb.RevalidateRequest:
+    _check_text(digest, repository)
+    return pb.RevalidateRequest(digest=digest, repository=repository)
+
+
 def batch_request(digests: Iterable[str], repository: str) -> pb.BatchStatRequest:
     """An unsendable digest goes as ``""``, which the server fails as that item alone
     (DIGEST_INVALID_FORMAT), just as it would fail the digest itself."""

@@ -20,6 +20,7 @@ from ._wire import (
     health_request,
     health_status,
     metrics_of,
+    revalidate_request,
     set_request,
     stat_request,
 )
@@ -99,6 +100,14 @@ class AsyncDescriptorClient(ClientBase):
         req = batch_request(digests, repository)
         return batch_results(await self._call("BatchStat", req, timeout))
 
+    async def revalidate(self, digest: str, repository: str = "", *, timeout: float | None = None) -> Descriptor:
+        """Check ``digest`` against the server's backend now, bypassing its cache: the
+        descriptor when the backend holds it (the cache is updated); BlobUnknownError
+        when it does not (the cache's entries for the scope are removed, never the
+        backend's)."""
+        resp = await self._call("Revalidate", revalidate_request(digest, repository), timeout)
+        return descriptor_of(resp.descriptor)
+
     async def metrics(self, *, timeout: float | None = None) -> Metrics:
         """The server's cached-statter counters."""
         return metrics_of(await self._call("GetMetrics", pb.GetMetricsRequest(), timeout))
@@ -155,6 +164,9 @@ class AsyncRepositoryClient:
 
     async def clear(self, digest: str, repository: str = "", *, timeout: float | None = None) -> None:
         await self.client.clear(digest, repository or self.name, timeout=timeout)
+
+    async def revalidate(self, digest: str, repository: str = "", *, timeout: float | None = None) -> Descriptor:
+        return await self.client.revalidate(digest, repository or self.name, timeout=timeout)
 
     async def batch_stat(
         self, digests: Iterable[str], *, timeout: float | None = None

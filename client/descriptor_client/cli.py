@@ -2,7 +2,7 @@
 
     descriptorctl [--target HOST:PORT] [--token T] [--tls-ca F] [--tls-cert F] [--tls-key F] VERB
 
-Verbs: ``stat``, ``set``, ``clear``, ``batch``, ``metrics``, ``health``. Defaults come
+Verbs: ``stat``, ``set``, ``clear``, ``revalidate``, ``batch``, ``metrics``, ``health``. Defaults come
 from ``DESCRIPTOR_TARGET`` (else ``127.0.0.1:5051``), ``DESCRIPTOR_TOKEN``,
 ``DESCRIPTOR_TLS_CA``, ``DESCRIPTOR_TLS_CERT`` and ``DESCRIPTOR_TLS_KEY``.
 
@@ -128,6 +128,12 @@ def cmd_clear(client: DescriptorClient, args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_revalidate(client: DescriptorClient, args: argparse.Namespace) -> int:
+    desc = client.revalidate(args.digest, args.repository)
+    print(json.dumps(descriptor_json(desc)) if args.json else descriptor_line(desc))
+    return EXIT_OK
+
+
 #: How long ``batch`` waits for more stdin lines before sending what it has.
 IDLE_SECONDS = 0.05
 _EOF = object()
@@ -246,6 +252,7 @@ VERBS = {
     "stat": cmd_stat,
     "set": cmd_set,
     "clear": cmd_clear,
+    "revalidate": cmd_revalidate,
     "batch": cmd_batch,
     "metrics": cmd_metrics,
     "health": cmd_health,
@@ -316,6 +323,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--size", type=int, required=True)
     p.add_argument("--descriptor-digest", default="", help="the descriptor's canonical digest, when DIGEST is an alias")
     p = verbs.add_parser("clear", parents=[common, scoped], help="remove a digest from the cache and the backend")
+    p.add_argument("digest")
+    p = verbs.add_parser(
+        "revalidate",
+        parents=[common, scoped],
+        help="check a digest against the backend now: the cache follows (never deletes from the backend)",
+    )
     p.add_argument("digest")
     p = verbs.add_parser(
         "batch",

@@ -20,6 +20,7 @@ from ._wire import (
     health_request,
     health_status,
     metrics_of,
+    revalidate_request,
     set_request,
     stat_request,
 )
@@ -83,6 +84,14 @@ class DescriptorClient(ClientBase):
         req = batch_request(digests, repository)
         return batch_results(self._call("BatchStat", req, timeout))
 
+    def revalidate(self, digest: str, repository: str = "", *, timeout: float | None = None) -> Descriptor:
+        """Check ``digest`` against the server's backend now, bypassing its cache: the
+        descriptor when the backend holds it (the cache is updated); BlobUnknownError
+        when it does not (the cache's entries for the scope are removed, never the
+        backend's)."""
+        resp = self._call("Revalidate", revalidate_request(digest, repository), timeout)
+        return descriptor_of(resp.descriptor)
+
     def metrics(self, *, timeout: float | None = None) -> Metrics:
         """The server's cached-statter counters."""
         return metrics_of(self._call("GetMetrics", pb.GetMetricsRequest(), timeout))
@@ -134,6 +143,9 @@ class RepositoryClient:
 
     def clear(self, digest: str, repository: str = "", *, timeout: float | None = None) -> None:
         self.client.clear(digest, repository or self.name, timeout=timeout)
+
+    def revalidate(self, digest: str, repository: str = "", *, timeout: float | None = None) -> Descriptor:
+        return self.client.revalidate(digest, repository or self.name, timeout=timeout)
 
     def batch_stat(self, digests: Iterable[str], *, timeout: float | None = None) -> list[Descriptor | DescriptorError]:
         return self.client.batch_stat(digests, self.name, timeout=timeout)

@@ -56,6 +56,7 @@ _RULES: dict[str, tuple[Access, Action, bool, str]] = {
     "Clear": ("write", "delete", False, "clear"),
     "BatchStat": ("read", "pull", True, "batch_stat"),
     "GetMetrics": ("read", None, True, "metrics"),
+    "Revalidate": ("read", "pull", True, "revalidate"),
 }
 
 

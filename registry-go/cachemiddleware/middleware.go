@@ -27,6 +27,12 @@
 //   - A blob deleted through the registry is cleared in the service first, then
 //     deleted from storage; a service that refuses (UNAVAILABLE, UNSUPPORTED)
 //     fails the DELETE with nothing changed.
+//   - Where storage finds a blob missing that the service claimed (a GET's body, a
+//     manifest PUT's verification, the source of a cross-repository mount), the
+//     registry answers as it would alone (404 BLOB_UNKNOWN, MANIFEST_BLOB_UNKNOWN,
+//     an upload instead of a mount) and the service's entry is revalidated (the
+//     Revalidate RPC: the service reads its backend and drops the entry), so the
+//     next HEAD is right (heal.go).
 //
 // Bodies (GET) are still served from storage, after the service answered the Stat.
 package cachemiddleware
@@ -121,7 +127,7 @@ func initRepository(ctx context.Context, repository distribution.Repository, opt
 	if err != nil {
 		return nil, fmt.Errorf("%s middleware: %w", Name, err)
 	}
-	return &repositoryWithCache{Repository: repository, service: scoped, batchers: e.batchers}, nil
+	return &repositoryWithCache{Repository: repository, service: scoped, batchers: e.batchers, provider: e.provider}, nil
 }
 
 // repositoryWithCache is the registry's repository with its blob store wrapped.
@@ -129,6 +135,7 @@ type repositoryWithCache struct {
 	distribution.Repository
 	service  distribution.BlobDescriptorService
 	batchers *batchers
+	provider cache.BlobDescriptorCacheProvider
 }
 
 func (r *repositoryWithCache) Blobs(ctx context.Context) distribution.BlobStore {
@@ -137,6 +144,7 @@ func (r *repositoryWithCache) Blobs(ctx context.Context) distribution.BlobStore 
 		service:   r.service,
 		batchers:  r.batchers,
 		repo:      r.Repository.Named().Name(),
+		provider:  r.provider,
 	}
 }
 
@@ -148,9 +156,11 @@ type blobStore struct {
 	service  distribution.BlobDescriptorService
 	batchers *batchers // nil: one Stat RPC per Stat
 	repo     string
+	provider cache.BlobDescriptorCacheProvider // for the scope of a mount's source
 
-	mu   sync.Mutex
-	last *distribution.Descriptor // the last Stat answered, for ServeBlob
+	mu      sync.Mutex
+	last    *distribution.Descriptor // the last Stat answered, for ServeBlob
+	lastKey digest.Digest            // the digest that Stat was asked (an alias of last's, or the same)
 }
 
 func (bs *blobStore) log(ctx context.Context) *logrus.Entry {
@@ -169,7 +179,7 @@ func (bs *blobStore) Stat(ctx context.Context, dgst digest.Digest) (distribution
 	desc, err := bs.serviceStat(ctx, dgst)
 	switch {
 	case err == nil:
-		bs.remember(desc)
+		bs.remember(dgst, desc)
 		return desc, nil
 	case errors.Is(err, distribution.ErrBlobUnknown):
 		desc, err = bs.BlobStore.Stat(ctx, dgst)
@@ -192,7 +202,7 @@ func (bs *blobStore) Stat(ctx context.Context, dgst digest.Digest) (distribution
 			return desc, err
 		}
 	}
-	bs.remember(desc)
+	bs.remember(dgst, desc)
 	return desc, nil
 }
 
@@ -202,10 +212,21 @@ func isDigestError(err error) bool {
 		errors.Is(err, digest.ErrDigestUnsupported)
 }
 
-func (bs *blobStore) remember(desc distribution.Descriptor) {
+func (bs *blobStore) remember(key digest.Digest, desc distribution.Descriptor) {
 	bs.mu.Lock()
-	bs.last = &desc
+	bs.last, bs.lastKey = &desc, key
 	bs.mu.Unlock()
+}
+
+// aliasOf is the digest the handler's Stat asked for when it was another algorithm's
+// digest of dgst (the handler serves the canonical digest the Stat answered).
+func (bs *blobStore) aliasOf(dgst digest.Digest) digest.Digest {
+	bs.mu.Lock()
+	defer bs.mu.Unlock()
+	if bs.last != nil && bs.last.Digest == dgst && bs.lastKey != dgst {
+		return bs.lastKey
+	}
+	return ""
 }
 
 func (bs *blobStore) recall(dgst digest.Digest) (distribution.Descriptor, bool) {
@@ -222,7 +243,20 @@ func (bs *blobStore) recall(dgst digest.Digest) (distribution.Descriptor, bool) 
 // blob server sets; a GET is served from storage.
 func (bs *blobStore) ServeBlob(ctx context.Context, w http.ResponseWriter, r *http.Request, dgst digest.Digest) error {
 	if r.Method != http.MethodHead {
-		return bs.BlobStore.ServeBlob(ctx, w, r, dgst)
+		err := bs.BlobStore.ServeBlob(ctx, w, r, dgst)
+		if errors.Is(err, distribution.ErrBlobUnknown) {
+			// The service answered the handler's Stat, storage lacks the blob:
+			// distribution's handler would turn this error into a 500. Answer the 404
+			// the registry alone answers, and drop the service's stale entry.
+			bs.heal(ctx, bs.service, bs.repo, dgst, "GET")
+			asked := dgst
+			if alias := bs.aliasOf(dgst); alias != "" {
+				bs.heal(ctx, bs.service, bs.repo, alias, "GET")
+				asked = alias // the digest of the request, as distribution's 404 names it
+			}
+			return serveBlobUnknown(w, asked)
+		}
+		return err
 	}
 	desc, ok := bs.recall(dgst)
 	if !ok {
@@ -303,6 +337,10 @@ func (bs *blobStore) Create(ctx context.Context, options ...distribution.BlobCre
 	var mounted distribution.ErrBlobMounted
 	if errors.As(err, &mounted) {
 		bs.prime(ctx, "", mounted.Descriptor)
+	} else if from, ok := mountSource(options); ok {
+		// Storage did not mount: the source repository lacks the blob (or its data),
+		// whatever the service says of it there.
+		bs.healMountSource(ctx, from)
 	}
 	if err != nil {
 		return w, err // the handler type-asserts ErrBlobMounted: returned as it is

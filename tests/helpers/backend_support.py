@@ -302,6 +302,20 @@ class RegistryProcess:
         self.log.flush()
         return Path(self.log.name).read_text(errors="replace")
 
+    def restart(self) -> None:
+        """Start the stopped registry again: same config, port, storage and log."""
+        if self.proc.poll() is None:
+            raise RuntimeError("the registry is still running: stop() it first")
+        self.log = Path(self.log.name).open("ab")  # noqa: SIM115 (closed by stop(), as in __init__)
+        self.proc = subprocess.Popen(
+            [self.release.binary, "serve", str(self.config_path)],
+            stdin=subprocess.DEVNULL,
+            stdout=self.log,
+            stderr=subprocess.STDOUT,
+            env={k: v for k, v in os.environ.items() if not k.startswith("REGISTRY_")},
+        )
+        wait_http(self.url + "/v2/", self.proc, verify=self.verify)
+
     def garbage_collect(self) -> str:
         """``registry garbage-collect`` on this registry's storage, as an operator runs it."""
         out = subprocess.run(

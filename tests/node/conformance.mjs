@@ -34,7 +34,7 @@ const A256 = "sha256:abc" + "1".repeat(61);
 const OCT = "application/octet-stream";
 const REPO = "foo/bar";
 const DOMAIN = "descriptor.v1";
-const RPCS = ["Stat", "SetDescriptor", "Clear", "BatchStat", "GetMetrics"];
+const RPCS = ["Stat", "SetDescriptor", "Clear", "BatchStat", "GetMetrics", "Revalidate"];
 
 // ---- loading the API from protos/ at run time ---------------------------------
 
@@ -255,6 +255,26 @@ async function run(opts) {
       await expectError(client, "Stat", { digest: opts.blob, repository: "other/repo" }, NOT_FOUND, "BLOB_UNKNOWN");
     });
   }
+
+  // Revalidate: the backend decides; an entry it does not hold leaves the cache.
+  if (opts.blob) {
+    const want = desc(OCT, opts.blob, opts.blobSize);
+    await check("Revalidate", "a blob the backend holds is answered from the backend", async () => {
+      const got = (await call(client, "Revalidate", { digest: opts.blob, repository: opts.blobRepo })).descriptor;
+      assertEqual(got, want, "Revalidate in its repository");
+    });
+  }
+  await check("Revalidate", "an entry the backend does not hold is BLOB_UNKNOWN and leaves the cache", async () => {
+    const ghost = "sha256:" + "c".repeat(64);
+    await call(client, "SetDescriptor", { digest: ghost, descriptor: desc(OCT, ghost, 3), repository: REPO });
+    assertEqual(await stat(client, ghost, REPO), desc(OCT, ghost, 3), "Stat before");
+    await expectError(client, "Revalidate", { digest: ghost, repository: REPO }, NOT_FOUND, "BLOB_UNKNOWN");
+    await expectError(client, "Stat", { digest: ghost, repository: REPO }, NOT_FOUND, "BLOB_UNKNOWN");
+    await expectError(client, "Stat", { digest: ghost }, NOT_FOUND, "BLOB_UNKNOWN");
+  });
+  await check("Revalidate", "a bad digest is INVALID_ARGUMENT DIGEST_INVALID_LENGTH", () =>
+    expectError(client, "Revalidate", { digest: "sha384:abc" }, INVALID_ARGUMENT, "DIGEST_INVALID_LENGTH"),
+  );
 
   // Every digest and repository error of the table (docs/api.md, Errors).
   const digestCases = [

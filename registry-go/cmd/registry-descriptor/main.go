@@ -7,11 +7,19 @@
 //
 // The storage drivers, auth backends and proxy are the ones distribution's own
 // cmd/registry links in.
+//
+// One command differs: garbage-collect runs distribution's own mark and sweep and
+// then revalidates in the descriptor service exactly what it removed:
+//
+//	registry-descriptor garbage-collect [--dry-run] [--delete-untagged] config.yml
 package main
 
 import (
+	"context"
+	"fmt"
 	"os"
 
+	"github.com/distribution/distribution/v3/configuration"
 	"github.com/distribution/distribution/v3/registry"
 	_ "github.com/distribution/distribution/v3/registry/auth/htpasswd"
 	_ "github.com/distribution/distribution/v3/registry/auth/silly"
@@ -25,11 +33,48 @@ import (
 	_ "github.com/distribution/distribution/v3/registry/storage/driver/middleware/redirect"
 	_ "github.com/distribution/distribution/v3/registry/storage/driver/middleware/rewrite"
 	_ "github.com/distribution/distribution/v3/registry/storage/driver/s3-aws"
+	"github.com/spf13/cobra"
 
-	_ "github.com/descriptor-service/descriptor-service/registry-go/cachemiddleware"
+	"github.com/descriptor-service/descriptor-service/registry-go/cachemiddleware"
 )
 
+func gcCommand() *cobra.Command {
+	var opts cachemiddleware.GCOptions
+	cmd := &cobra.Command{
+		Use:   "garbage-collect <config>",
+		Short: "`garbage-collect` deletes layers not referenced by any manifests, and revalidates them in the descriptor service",
+		Long: "`garbage-collect` runs distribution's mark and sweep (as `registry garbage-collect` does) on the\n" +
+			"configuration's storage, then asks the descriptor service configured in the descriptorcache\n" +
+			"middleware to revalidate every blob and link it removed, so the service stops answering them.\n" +
+			"Stop the registry (or make it read-only) first. Exit status 1 when the collection failed or the\n" +
+			"service could not be told (the output lists the descriptorctl commands that finish the job).",
+		Args: cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			fp, err := os.Open(args[0])
+			if err != nil {
+				return fmt.Errorf("configuration error: %w", err)
+			}
+			config, err := configuration.Parse(fp)
+			fp.Close()
+			if err != nil {
+				return fmt.Errorf("configuration error: %s: %w", args[0], err)
+			}
+			_, err = cachemiddleware.GarbageCollect(context.Background(), config, opts, cmd.OutOrStdout())
+			return err
+		},
+		SilenceUsage: true,
+	}
+	cmd.Flags().BoolVarP(&opts.DryRun, "dry-run", "d", false, "do everything except remove the blobs (nothing is revalidated)")
+	cmd.Flags().BoolVarP(&opts.RemoveUntagged, "delete-untagged", "m", false, "delete manifests that are not currently referenced via tag")
+	cmd.Flags().BoolVarP(&opts.Quiet, "quiet", "q", false, "silence the mark and sweep's output (the service's summary is still printed)")
+	cmd.Flags().IntVar(&opts.Concurrency, "concurrency", 16, "revalidations in flight at once")
+	return cmd
+}
+
 func main() {
+	// distribution's own garbage-collect, replaced by one that tells the service.
+	registry.RootCmd.RemoveCommand(registry.GCCmd)
+	registry.RootCmd.AddCommand(gcCommand())
 	if err := registry.RootCmd.Execute(); err != nil {
 		os.Exit(1)
 	}

@@ -1,34 +1,17 @@
 """Backends: the source of truth behind the cache, one module each.
 
-Every backend implements :class:`Backend`: the service protocol, plus
-``supports_clear(repository)`` (whether Clear can work in that scope, asked before the
-cache changes), ``probe()`` (a cheap health check: the server calls it every
-``grpc.healthprobeinterval`` and reports the service NOT_SERVING while it raises) and
-``close()``.
+- ``filesystem``: distribution's on-disk layout (``layout``), read directly;
+- ``registry``: a registry's HTTP API (HEAD of the blob);
+- ``descriptorservice``: another descriptor service (a tier in front of it);
+- ``s3``: distribution's layout in an S3 bucket.
+
+The protocol itself lives in :mod:`descriptor_server.core.backend`; the server finds a
+backend by its ``storage`` section's name in :mod:`descriptor_server.app.components`.
+Their bounds (timeout, in-flight limit) wrap them in :mod:`descriptor_server.wrappers`.
 """
 
 from __future__ import annotations
 
-from typing import Protocol, runtime_checkable
-
-from descriptor_client.protocol import BlobDescriptorService
-
-
-@runtime_checkable
-class Backend(BlobDescriptorService, Protocol):
-    """A backend: the service protocol, plus what the statter and the health probe ask."""
-
-    def supports_clear(self, repository: str) -> bool:
-        """True if Clear can work in this scope (checked before the cache changes)."""
-        ...
-
-    async def probe(self) -> None:
-        """Return when the backend can serve; raise (BackendUnavailableError) when not."""
-        ...
-
-    async def close(self) -> None:
-        """Release connections and threads."""
-        ...
-
+from ..core.backend import Backend
 
 __all__ = ["Backend"]

@@ -28,9 +28,10 @@ from descriptor_client.errors import (
 from descriptor_client.tls import ClientTLS
 
 from ..config import ConfigError, DescriptorServiceBackendConfig
-from ..logutil import RateLimitedLog
+from ..core import loggers
+from ..core.logutil import RateLimitedLog
 
-log = logging.getLogger(__name__)
+log = logging.getLogger(loggers.DESCRIPTOR_SERVICE)
 
 #: Errors of the other service that mean the same to our caller.
 _PASS_THROUGH = (BlobUnknownError, UnsupportedError, InvalidArgumentError)

@@ -24,9 +24,10 @@ from typing import TypeVar
 from descriptor_client.descriptor import OCTET_STREAM, Descriptor
 from descriptor_client.errors import BackendUnavailableError, BlobUnknownError
 
+from ..core import loggers
 from . import layout
 
-log = logging.getLogger(__name__)
+log = logging.getLogger(loggers.FILESYSTEM)
 
 T = TypeVar("T")
 

@@ -23,7 +23,9 @@ from descriptor_client.descriptor import Descriptor
 from descriptor_client.digest import algorithm_of, hex_of, is_valid_digest, validate_digest, validate_repository
 from descriptor_client.errors import BackendUnavailableError, BlobUnknownError, DescriptorError, UnsupportedError
 
-log = logging.getLogger(__name__)
+from ..core import loggers
+
+log = logging.getLogger(loggers.LAYOUT)
 
 T = TypeVar("T")
 

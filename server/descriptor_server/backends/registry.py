@@ -41,9 +41,10 @@ from descriptor_client.errors import (
 )
 
 from ..config import ConfigError, RegistryBackendConfig
-from ..logutil import RateLimitedLog
+from ..core import loggers
+from ..core.logutil import RateLimitedLog
 
-log = logging.getLogger(__name__)
+log = logging.getLogger(loggers.REGISTRY)
 
 #: A token without ``expires_in`` is valid for 60 s, and none for less (the distribution token spec).
 DEFAULT_TOKEN_LIFETIME = 60.0

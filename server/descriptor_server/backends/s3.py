@@ -30,10 +30,11 @@ from descriptor_client.errors import (
 )
 
 from ..config import ConfigError, S3Config
-from ..logutil import RateLimitedLog
+from ..core import loggers
+from ..core.logutil import RateLimitedLog
 from . import layout
 
-log = logging.getLogger(__name__)
+log = logging.getLogger(loggers.S3)
 
 T = TypeVar("T")
 

@@ -52,10 +52,11 @@ from prometheus_client.registry import Collector
 from redis.exceptions import RedisError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from ..logutil import describe
+from ..core import loggers
+from ..core.logutil import describe
 from .inmemory import InMemoryCache
 
-log = logging.getLogger(__name__)
+log = logging.getLogger(loggers.NEAR_CACHE)
 
 CHANNEL = "__redis__:invalidate"
 #: The invalidation connection's name (``CLIENT LIST``, ``CLIENT KILL``).

@@ -61,13 +61,14 @@ from redis.exceptions import RedisError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from ..config import ConfigError, RedisConfig, validate_redis
-from ..logutil import describe
-from . import Taken
+from ..core import loggers
+from ..core.cache import Taken
+from ..core.logutil import describe
 from .nearcache import NearCache, NearStats
 from .redispool import IdleLimitedPool, IdleLimitedSentinelPool
 from .validation import check_key, check_set
 
-log = logging.getLogger(__name__)
+log = logging.getLogger(loggers.REDIS)
 
 T = TypeVar("T")
 
@@ -772,9 +773,7 @@ def from_config(
 
     if cfg.mastername:
         sentinel_kwargs = {k: v for k, v in common.items() if k not in ("username", "password", "decode_responses")}
-        sentinel = Sentinel(  # type: ignore[no-untyped-call]
-            nodes, sentinel_kwargs=sentinel_kwargs, db=cfg.db, **common
-        )
+        sentinel = Sentinel(nodes, sentinel_kwargs=sentinel_kwargs, db=cfg.db, **common)
         master = sentinel.master_for(
             cfg.mastername, connection_pool_class=IdleLimitedSentinelPool, max_connections=cfg.poolsize, **idle
         )

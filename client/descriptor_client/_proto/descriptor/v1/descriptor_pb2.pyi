@@ -100,3 +100,17 @@ class GetMetricsResponse(_message.Message):
     worker: int
     workers: int
     def __init__(self, requests: _Optional[int] = ..., hits: _Optional[int] = ..., misses: _Optional[int] = ..., errors: _Optional[int] = ..., worker: _Optional[int] = ..., workers: _Optional[int] = ...) -> None: ...
+
+class RevalidateRequest(_message.Message):
+    __slots__ = ("digest", "repository")
+    DIGEST_FIELD_NUMBER: _ClassVar[int]
+    REPOSITORY_FIELD_NUMBER: _ClassVar[int]
+    digest: str
+    repository: str
+    def __init__(self, digest: _Optional[str] = ..., repository: _Optional[str] = ...) -> None: ...
+
+class RevalidateResponse(_message.Message):
+    __slots__ = ("descriptor",)
+    DESCRIPTOR_FIELD_NUMBER: _ClassVar[int]
+    descriptor: Descriptor
+    def __init__(self, descriptor: _Optional[_Union[Descriptor, _Mapping]] = ...) -> None: ...

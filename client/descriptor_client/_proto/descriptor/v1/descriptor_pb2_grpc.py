@@ -61,6 +61,11 @@ class BlobDescriptorServiceStub:
                 request_serializer=descriptor_dot_v1_dot_descriptor__pb2.GetMetricsRequest.SerializeToString,
                 response_deserializer=descriptor_dot_v1_dot_descriptor__pb2.GetMetricsResponse.FromString,
                 _registered_method=True)
+        self.Revalidate = channel.unary_unary(
+                '/descriptor.v1.BlobDescriptorService/Revalidate',
+                request_serializer=descriptor_dot_v1_dot_descriptor__pb2.RevalidateRequest.SerializeToString,
+                response_deserializer=descriptor_dot_v1_dot_descriptor__pb2.RevalidateResponse.FromString,
+                _registered_method=True)
 
 
 class BlobDescriptorServiceServicer:
@@ -104,6 +109,16 @@ class BlobDescriptorServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Revalidate(self, request, context):
+        """Revalidate reads the backend now, bypassing the cache: a blob the backend holds
+        is written to the cache and returned; one it does not is removed from the cache
+        in the scope (as Clear removes it, never from the backend) and answered
+        NOT_FOUND with reason BLOB_UNKNOWN.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_BlobDescriptorServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -131,6 +146,11 @@ def add_BlobDescriptorServiceServicer_to_server(servicer, server):
                     servicer.GetMetrics,
                     request_deserializer=descriptor_dot_v1_dot_descriptor__pb2.GetMetricsRequest.FromString,
                     response_serializer=descriptor_dot_v1_dot_descriptor__pb2.GetMetricsResponse.SerializeToString,
+            ),
+            'Revalidate': grpc.unary_unary_rpc_method_handler(
+                    servicer.Revalidate,
+                    request_deserializer=descriptor_dot_v1_dot_descriptor__pb2.RevalidateRequest.FromString,
+                    response_serializer=descriptor_dot_v1_dot_descriptor__pb2.RevalidateResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -270,6 +290,33 @@ class BlobDescriptorService:
             '/descriptor.v1.BlobDescriptorService/GetMetrics',
             descriptor_dot_v1_dot_descriptor__pb2.GetMetricsRequest.SerializeToString,
             descriptor_dot_v1_dot_descriptor__pb2.GetMetricsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Revalidate(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/descriptor.v1.BlobDescriptorService/Revalidate',
+            descriptor_dot_v1_dot_descriptor__pb2.RevalidateRequest.SerializeToString,
+            descriptor_dot_v1_dot_descriptor__pb2.RevalidateResponse.FromString,
             options,
             channel_credentials,
             insecure,

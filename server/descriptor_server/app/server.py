@@ -1,0 +1,261 @@
+"""The server's lifecycle: a grpc.aio server with health and reflection, start and drain.
+
+:class:`DescriptorServer` puts the statter (:mod:`.composition`) behind the servicer,
+the interceptor, the authorizer, health and the metrics endpoint. On SIGTERM or SIGINT
+it drains: health turns NOT_SERVING, new calls get UNAVAILABLE / ``SERVER_DRAINING``,
+calls in flight finish, exit 0.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import errno
+import logging
+import os
+import signal
+import socket
+import time
+from typing import Any
+
+import grpc
+from descriptor_client.rpcs import SERVICE
+from grpc_health.v1 import health_pb2
+from grpc_reflection.v1alpha import reflection
+
+from .. import security
+from ..config import Config, ConfigError
+from ..core import loggers
+from ..core.statter import CachedBlobStatter
+from ..observability.debug_http import MetricsEndpoint
+from ..observability.logs import CallLogger
+from ..observability.metrics import BackendBoundsCollector, ServerMetrics
+from ..observability.tracing import Tracing, setup_tracing
+from ..observability.worker_metrics import SiblingListener, totals_registry
+from ..rpc.context import current_principal
+from ..rpc.health import Health
+from ..rpc.interceptor import ObservingInterceptor
+from ..rpc.limits import server_options
+from ..rpc.servicer import Context, DescriptorServicer
+from ..wrappers.bounds import BoundedBackend
+from ..wrappers.traces import innermost
+from ..wrappers.watch import WatchedCache, check_cache_at_start, combined_probe
+from . import workers
+from .composition import build_statter
+from .version import build_info_collector, version
+
+log = logging.getLogger(loggers.SERVER)
+
+#: Seconds without a new call after which a draining server stops (bounded by ``grpc.drain``).
+DRAIN_QUIET = 0.5
+
+
+def check_bindable(addr: str, key: str, *, reuseport: bool = False) -> None:
+    """Refuse an address already in use with one clear line (gRPC core would also log its own).
+
+    Only a definite EADDRINUSE is reported here; anything else is left to the server's bind.
+    """
+    host, _, port = addr.rpartition(":")
+    if port == "0":
+        return
+    try:
+        infos = socket.getaddrinfo(
+            host.strip("[]") or None, int(port), type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
+        )
+    except (OSError, ValueError):
+        return
+    for family, kind, proto, _, sockaddr in infos:
+        with socket.socket(family, kind, proto) as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            if reuseport and hasattr(socket, "SO_REUSEPORT"):
+                probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+            try:
+                probe.bind(sockaddr)
+            except OSError as err:
+                if err.errno == errno.EADDRINUSE:
+                    raise ConfigError(key, f"cannot listen on {addr}: address already in use") from None
+
+
+class DescriptorServer:
+    """The running service: a grpc.aio server with health and reflection, and its drain."""
+
+    def __init__(
+        self, config: Config, statter: CachedBlobStatter | None = None, *, tracing: Tracing | None = None
+    ) -> None:
+        self.config = config
+        self.tracing = tracing if tracing is not None else setup_tracing(os.environ)
+        kind = config.storage.cache.blobdescriptor
+        self.metrics = ServerMetrics(
+            lambda: self.statter.metrics,
+            redis=kind == "redis",
+            cache=lambda: innermost(self.statter.cache),
+            cache_kind=kind,
+            backend=config.storage.backend,
+            build_info=build_info_collector(),
+        )
+        self.statter = (
+            statter
+            if statter is not None
+            else build_statter(
+                config,
+                observe=self.metrics.observe_redis,
+                observe_backend=self.metrics.observe_backend,
+                tracing=self.tracing,
+            )
+        )
+        self.call_logger = CallLogger(principal=current_principal)
+        authorizer = security.build_authorizer(config.auth)
+        #: Whether the authorizer checks tokens, so reads each call's metadata.
+        self.reads_tokens = authorizer.enabled
+        self.servicer = DescriptorServicer(
+            self.statter, authorizer=authorizer, observer=security.audited(self.observe, authorizer)
+        )
+        self.metrics.track_inflight(lambda: self.servicer.inflight)
+        if isinstance(self.statter.backend, BoundedBackend):
+            self.metrics.register(BackendBoundsCollector(self.statter.backend))
+        near = getattr(innermost(self.statter.cache), "near", None) if kind == "redis" else None
+        if near is not None:  # the Redis cache's near cache: its counters, read at scrape time
+            from ..caches.nearcache import NearCacheCollector
+
+            self.metrics.register(NearCacheCollector(near.stats))
+        cache = self.statter.cache
+        cache_probe = cache.probe if config.grpc.healthprobecache and isinstance(cache, WatchedCache) else None
+        self.health = Health(combined_probe(self.statter.backend.probe, cache_probe), config.grpc.healthprobeinterval)
+        debug = config.http.debug
+        worker = workers.current
+        self.servicer.worker = (worker.index, worker.count)
+        # With --workers, worker 0's endpoint serves the totals; the others answer it.
+        self.sibling: SiblingListener | None = None
+        registry = self.metrics.registry
+        if worker.metrics_dir and worker.index == 0:
+            registry = totals_registry(registry, worker.metrics_dir, worker.count)
+        elif worker.metrics_dir:
+            self.sibling = SiblingListener(self.metrics.registry, worker.metrics_dir, worker.index)
+        self.endpoint = (
+            MetricsEndpoint(registry, debug.addr, debug.prometheus.path)
+            if debug.addr and debug.prometheus.enabled
+            else None
+        )
+        self.server: grpc.aio.Server | None = None
+        self.port = 0
+        self.health_server: grpc.aio.Server | None = None
+        self.health_port = 0
+        self._stopping = asyncio.Event()
+
+    def observe(
+        self, method: str, code: grpc.StatusCode, seconds: float, request: Any, *, context: Context, reason: str
+    ) -> None:
+        """The servicer's ``observer`` hook: per-RPC metrics and the call log."""
+        self.metrics.observe_call(method, code, seconds)
+        self.call_logger(method, code, seconds, request, context=context, reason=reason)
+
+    async def start(self) -> int:
+        g = self.config.grpc
+        server = grpc.aio.server(
+            options=server_options(g),
+            maximum_concurrent_rpcs=g.maxconcurrentcalls or None,
+            interceptors=(
+                ObservingInterceptor(
+                    self.metrics.rpcs,
+                    self.tracing.tracer,
+                    hand_metadata=self.reads_tokens,
+                ),
+            ),
+        )
+        server.add_generic_rpc_handlers((self.servicer.generic_handler(),))
+        self.health.add_to(server)
+        reflection.enable_server_reflection(
+            (SERVICE, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME),
+            server,
+        )
+        credentials = security.server_credentials(g.tls)
+        check_bindable(g.addr, "grpc.addr", reuseport=g.workers > 1)
+        try:
+            if credentials is not None:
+                self.port = server.add_secure_port(g.addr, credentials)
+            else:
+                self.port = server.add_insecure_port(g.addr)
+        except RuntimeError as err:
+            raise ConfigError("grpc.addr", f"cannot listen on {g.addr}: {err}") from None
+        # The metrics endpoint first: a bad http.debug.addr fails before serving.
+        if self.sibling is not None:
+            self.sibling.start()
+        if self.endpoint is not None:
+            self.endpoint.start()
+        elif self.config.http.debug.addr:
+            log.info("http.debug.addr is set but http.debug.prometheus.enabled is false: no metrics endpoint")
+        if g.healthaddr:
+            self.health_server, self.health_port = self.health.listener(g.healthaddr)
+            await self.health_server.start()
+        await server.start()
+        self.server = server
+        await self.health.start()
+        await check_cache_at_start(self.config, self.statter.cache)
+        host = g.addr.rsplit(":", 1)[0]
+        log.info(
+            "descriptor-server %s listening on %s:%d (cache %s, backend %s)",
+            version(),
+            host,
+            self.port,
+            self.config.storage.cache.blobdescriptor,
+            self.config.storage.backend,
+        )
+        if self.health_server is not None:
+            log.info("health-only listener at %s:%d (plaintext)", g.healthaddr.rsplit(":", 1)[0], self.health_port)
+        log.info(
+            "security: tls %s, %s",
+            ("mutual" if g.tls.clientcas else "on") if credentials is not None else "off",
+            security.describe_auth(self.servicer.authorizer),
+        )
+        return self.port
+
+    def request_stop(self) -> None:
+        self._stopping.set()
+
+    async def wait(self) -> None:
+        await self._stopping.wait()
+
+    async def drain(self, grace: float | None = None) -> None:
+        """Refuse new calls, let the calls in flight finish, then stop.
+
+        No call the server received is lost: grpcio cancels the calls it has received
+        but not yet handed to a handler when the server stops, so the server keeps
+        answering ``SERVER_DRAINING`` (which clients retry on another replica) until
+        no call has arrived for :data:`DRAIN_QUIET` seconds and none is in flight,
+        within ``grpc.drain``; only then does it stop.
+        """
+        grace = self.config.grpc.drain if grace is None else grace
+        log.info("draining: refusing new calls, waiting for %d in flight", self.servicer.inflight)
+        self.servicer.draining = True
+        await self.health.drain()
+        deadline = time.monotonic() + grace
+        quiet = min(DRAIN_QUIET, grace)
+        while time.monotonic() < deadline:
+            now = time.monotonic()
+            if not self.servicer.inflight and now - max(self.servicer.last_arrival, deadline - grace) >= quiet:
+                break
+            await asyncio.sleep(0.01)
+        if self.server is not None:
+            await self.server.stop(max(0.0, deadline - time.monotonic()))
+        if self.health_server is not None:
+            await self.health_server.stop(0)
+        await self.statter.close()
+        if self.endpoint is not None:
+            await asyncio.to_thread(self.endpoint.stop)
+        if self.sibling is not None:
+            await asyncio.to_thread(self.sibling.stop)
+        await asyncio.to_thread(self.tracing.shutdown)
+        log.info("stopped")
+
+
+async def serve(config: Config) -> None:
+    server = DescriptorServer(config)
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, server.request_stop)
+    security.install_reload(loop, server.servicer.authorizer)
+    await server.start()
+    await server.wait()
+    await server.drain()
+
+
+__all__ = ["DRAIN_QUIET", "DescriptorServer", "check_bindable", "serve"]

@@ -1,0 +1,572 @@
+"""The cached blob statter: a cache in front of a backend.
+
+This is distribution's ``cachedBlobStatter`` as a service: Stat asks the cache, falls
+back to the backend on a miss and fills the cache, counting requests, hits, misses
+and errors. It validates every input before any cache or backend sees it, in the
+service's order: key digest, repository, descriptor, deletion switch.
+
+Clear is final, by one rule the cache keeps where it is shared (see
+:mod:`descriptor_server.caches` and docs/reliability.md):
+
+- every backend read on a miss takes a *token* (the cache's epoch) before it asks the
+  backend, and writes its answer back only by compare-and-set against it
+  (:meth:`~.caches.Cache.fill`): not if the digest, or the digest of its answer (an
+  alias), was invalidated after the token was read;
+- the misses that share a read (a *flight*) share its token: a Stat that reads a newer
+  token (one that starts after a Clear returned) never joins a read that began before;
+- Clear invalidates (bumps the epoch, fences the digest, removes the scope's entries),
+  deletes from the backend, invalidates again (what a writer that ignores the fence put
+  back meanwhile), waits until no near cache can answer the digest (``settle``), and
+  only then returns OK;
+- SetDescriptor writes by the same compare-and-set; while the digest is fenced (a Clear
+  in the last ``fence_ttl`` seconds) it first checks the backend, and drops the write if
+  the blob is gone, so a registry's upload commit that raced its own DELETE cannot put
+  the deleted blob back;
+- a Clear the backend refuses for certain puts back what it took only by
+  compare-and-set (never over a concurrent Clear or SetDescriptor); one whose outcome is
+  unknown (a timeout, a broken call) leaves the entries removed and the fence standing,
+  says so, and invalidates again when the abandoned backend delete ends.
+
+:meth:`CachedBlobStatter.revalidate` checks one entry against the backend, bypassing
+the cache; background revalidation (``storage.cache.revalidate``) uses it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Coroutine, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from descriptor_client.descriptor import Descriptor, validate_descriptor
+from descriptor_client.digest import all_valid, validate_digest, validate_repository
+from descriptor_client.errors import (
+    BackendUnavailableError,
+    BatchTooLargeError,
+    BlobUnknownError,
+    DescriptorError,
+    UnavailableError,
+    UnsupportedError,
+)
+
+from . import loggers
+from .backend import Backend
+from .cache import Cache, Taken
+from .logutil import RateLimitedLog, describe
+from .revalidate import Revalidator
+
+log = logging.getLogger(loggers.STATTER)
+
+DEFAULT_MAX_BATCH = 1000
+#: Digests remembered as valid by BatchStat (cleared when full).
+VALID_MEMO_MAX = 16384
+
+Key = tuple[str, str]  # (digest, repository)
+FlightKey = tuple[str, str, int]  # (digest, repository, token)
+
+
+@dataclass
+class StatterMetrics:
+    """Counters since start; read by GetMetrics and by the Prometheus collector."""
+
+    requests: int = 0
+    hits: int = 0
+    misses: int = 0
+    errors: int = 0
+    #: Revalidations (``storage.cache.revalidate``): started, entries found gone and
+    #: removed, backend failures, and those skipped by the rate limit.
+    revalidations: int = 0
+    revalidation_removed: int = 0
+    revalidation_failed: int = 0
+    revalidation_skipped: int = 0
+    #: SetDescriptors checked against the backend (the digest was fenced, or a Clear
+    #: bumped meanwhile), and those dropped (blob gone, or the check failed).
+    set_checked: int = 0
+    set_dropped: int = 0
+
+
+@dataclass(eq=False)
+class _Flight:
+    """A backend Stat in flight, shared by every concurrent miss on the same key and token."""
+
+    token: int | None
+    task: asyncio.Future[Descriptor] | None = None
+
+
+class CachedBlobStatter:
+    """Answers Stat from ``cache``, falling back to ``backend``; primes and clears both."""
+
+    def __init__(
+        self,
+        cache: Cache,
+        backend: Backend,
+        *,
+        delete_enabled: bool = False,
+        max_batch: int = DEFAULT_MAX_BATCH,
+        revalidator: Revalidator | None = None,
+    ) -> None:
+        self.cache = cache
+        self.backend = backend
+        self.delete_enabled = delete_enabled
+        self.max_batch = max_batch
+        self.revalidator = revalidator
+        self.metrics = StatterMetrics()
+        self._inflight: dict[FlightKey, _Flight] = {}
+        #: Clears begun and ended in this process: the flight key of a read with no
+        #: token (the cache failed), so a Stat after a Clear never joins one from before.
+        self._clears = 0
+        #: Write-backs under way per digest written (a Clear returns after them).
+        self._filling: dict[str, list[asyncio.Future[None]]] = {}
+        self._revalidating: set[Key] = set()
+        self._valid: set[str] = set()  # digests recently validated by BatchStat (bounded)
+        self._cache_log = RateLimitedLog(log)
+        self._background: set[asyncio.Future[None]] = set()
+
+    # -- Stat ------------------------------------------------------------------
+
+    async def stat(self, digest: str, repository: str = "") -> Descriptor:
+        validate_digest(digest)
+        validate_repository(repository)
+        metrics = self.metrics
+        metrics.requests += 1
+        try:
+            desc = await self.cache.stat(digest, repository)
+        except BlobUnknownError:
+            cache_ok = True
+        except Exception as err:  # any other cache failure: answer from the backend
+            metrics.errors += 1
+            self._cache_log.warning("cache stat failed, answering from the backend: %s", describe(err))
+            cache_ok = False
+        else:
+            metrics.hits += 1
+            if self.revalidator is not None and self.revalidator.due((digest, repository)):
+                self._revalidate(digest, repository)
+            return desc
+        metrics.misses += 1
+        token = await self._token() if cache_ok else None
+        return await self._miss(digest, repository, token)
+
+    async def _token(self) -> int | None:
+        """The cache's epoch before a backend read; None (write nothing back) if the cache fails."""
+        try:
+            token, _ = await self.cache.token()
+        except Exception as err:
+            self.metrics.errors += 1
+            self._cache_log.warning("cache token read failed, answering from the backend: %s", describe(err))
+            return None
+        return token
+
+    def _miss(self, digest: str, repository: str, token: int | None) -> asyncio.Future[Descriptor]:
+        """The backend answer for a miss, shared by every concurrent miss on the key with
+        the same token (a newer token never joins an older read)."""
+        key = (digest, repository, token if token is not None else -1 - self._clears)
+        flight = self._inflight.get(key)
+        if flight is None:
+            flight = self._inflight[key] = _Flight(token)
+            # The fetch runs as its own task so that a caller that gives up (deadline,
+            # cancellation) does not fail the other callers waiting on it.
+            flight.task = task = asyncio.ensure_future(self._fetch(token, digest, repository))
+            task.add_done_callback(lambda done: self._landed(key, flight, done))
+        assert flight.task is not None
+        return asyncio.shield(flight.task)
+
+    def _landed(self, key: FlightKey, flight: _Flight, task: asyncio.Future[Descriptor]) -> None:
+        if self._inflight.get(key) is flight:
+            del self._inflight[key]
+        if not task.cancelled():
+            task.exception()  # retrieved here, so an unawaited failure never warns
+
+    async def _backend_stat(self, digest: str, repository: str) -> Descriptor:
+        try:
+            return await self.backend.stat(digest, repository)
+        except DescriptorError:
+            raise
+        except Exception as err:
+            log.warning("backend stat of %s failed: %s", digest, describe(err))
+            raise BackendUnavailableError(f"backend failed: {describe(err)}") from err
+
+    async def _fetch(self, token: int | None, digest: str, repository: str) -> Descriptor:
+        desc = await self._backend_stat(digest, repository)
+        if token is not None:
+            try:
+                written = await self._fill(digest, desc, repository, token)
+                if written and self.revalidator is not None:
+                    self.revalidator.confirmed((digest, repository))
+            except Exception as err:  # best effort: logged, never returned
+                self.metrics.errors += 1
+                self._cache_log.warning("cache write after a miss failed: %s", describe(err))
+        return desc
+
+    async def _fill(self, digest: str, desc: Descriptor, repository: str, token: int) -> bool:
+        """``cache.fill``, registered under the digests it writes while it runs (a Clear of
+        one of them returns only after it: on Cluster a fill may write, then take back)."""
+        done = asyncio.get_running_loop().create_future()
+        digests = (digest, desc.digest) if desc.digest != digest else (digest,)
+        filling = self._filling
+        for d in digests:
+            filling.setdefault(d, []).append(done)
+        try:
+            return await self.cache.fill(digest, desc, repository, token)
+        finally:
+            done.set_result(None)
+            for d in digests:
+                waiting = filling.get(d)
+                if waiting is not None:
+                    waiting.remove(done)
+                    if not waiting:
+                        del filling[d]
+
+    async def _fills_landed(self, digest: str) -> None:
+        waiting = self._filling.get(digest)
+        if waiting:
+            await asyncio.gather(*(asyncio.shield(w) for w in list(waiting)))
+
+    # -- Revalidate -----------------------------------------------------------------
+
+    async def revalidate(self, digest: str, repository: str = "") -> Descriptor:
+        """Check the entry for ``digest`` in this scope against the backend, bypassing the cache.
+
+        Present: written back (compare-and-set, as a miss) and returned. Gone: invalidated
+        with Clear's cache-side semantics (bump, fence, remove, settle), then
+        BlobUnknownError. A backend failure: BackendUnavailableError, nothing changed.
+        Never deletes from the backend, so needs neither deletion enabled nor more than
+        pull access.
+        """
+        validate_digest(digest)
+        validate_repository(repository)
+        token = await self._token()
+        try:
+            desc = await self._backend_stat(digest, repository)
+        except BlobUnknownError:
+            if self.revalidator is not None:
+                self.revalidator.forget((digest, repository))
+            try:
+                await self.cache.invalidate(digest, repository)
+                await self.cache.settle(digest)
+            except Exception as err:
+                self.metrics.errors += 1
+                self._cache_log.warning("cache invalidation after a revalidation failed: %s", describe(err))
+                raise BackendUnavailableError(
+                    f"{digest} is gone from the backend, but the cache could not drop it: {describe(err)}"
+                ) from err
+            raise
+        if token is not None:
+            try:
+                written = await self._fill(digest, desc, repository, token)
+            except Exception as err:  # best effort: logged, never returned
+                self.metrics.errors += 1
+                self._cache_log.warning("cache write after a revalidation failed: %s", describe(err))
+            else:
+                if written and self.revalidator is not None:
+                    self.revalidator.confirmed((digest, repository))
+        return desc
+
+    def _revalidate(self, digest: str, repository: str) -> None:
+        """Check a cached entry against the backend in the background (the hit is answered)."""
+        key = (digest, repository)
+        if key in self._revalidating:  # coalesced: a check of this key is already under way
+            return
+        assert self.revalidator is not None
+        if not self.revalidator.allow():
+            self.metrics.revalidation_skipped += 1
+            return
+        self.metrics.revalidations += 1
+        self._revalidating.add(key)
+        self._background_task(self._revalidated(digest, repository))
+
+    def _background_task(self, coro: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.ensure_future(coro)
+        self._background.add(task)  # held until done: the loop keeps only weak references
+        task.add_done_callback(self._background.discard)
+
+    async def _revalidated(self, digest: str, repository: str) -> None:
+        try:
+            await self.revalidate(digest, repository)
+        except BlobUnknownError:
+            self.metrics.revalidation_removed += 1
+            log.info(
+                "revalidation: %s is gone%s; removed from the cache", digest, f" from {repository}" * bool(repository)
+            )
+        except Exception:
+            self.metrics.revalidation_failed += 1
+        finally:
+            self._revalidating.discard((digest, repository))
+
+    async def batch_stat(self, digests: Sequence[str], repository: str = "") -> list[Descriptor | DescriptorError]:
+        """Stat each digest: a bad or unknown digest fails its item, not the call.
+
+        One cache call (``stat_many``) looks up the whole batch; the misses go to the
+        backend concurrently, through the same coalesced flights as Stat.
+        """
+        validate_repository(repository)
+        n = len(digests)
+        if n > self.max_batch:
+            raise BatchTooLargeError(f"{n} digests in one batch, at most {self.max_batch} allowed")
+        out: list[Descriptor | DescriptorError | None] = [None] * n
+        positions: Sequence[int]
+        keys: Sequence[str]
+        if self._all_valid(digests):
+            positions, keys = range(n), digests
+        else:
+            positions, keys = [], []
+            for i, digest in enumerate(digests):
+                try:
+                    validate_digest(digest)
+                except DescriptorError as err:
+                    out[i] = err
+                else:
+                    positions.append(i)
+                    keys.append(digest)
+        metrics = self.metrics
+        metrics.requests += len(keys)
+        found: list[Descriptor | None]
+        cache_ok = True
+        try:
+            found = await self.cache.stat_many(keys, repository) if keys else []
+        except Exception as err:  # the cache failed: every lookup is an error and a miss
+            metrics.errors += len(keys)
+            self._cache_log.warning("cache stat_many failed, answering from the backend: %s", describe(err))
+            found, cache_ok = [None] * len(keys), False
+        # all(): a Descriptor is always true, and all() never calls its Python __eq__.
+        if self.revalidator is not None:
+            due = self.revalidator.due
+            for digest, desc in zip(keys, found, strict=True):
+                if desc is not None and due((digest, repository)):
+                    self._revalidate(digest, repository)
+        if len(keys) == n and all(found):  # the common case: all valid, all cached
+            metrics.hits += n
+            return found  # type: ignore[return-value]  # no None in it
+        # A digest repeated in the batch is fetched once; as if the batch ran in
+        # order, a repeat counts as a hit when the first fetch answered and was cached.
+        fetches: dict[str, asyncio.Future[Descriptor]] = {}
+        token: int | None = None
+        misses: list[tuple[int, str]] = []
+        hits = 0
+        for i, digest, desc in zip(positions, keys, found, strict=True):
+            if desc is None:
+                if digest not in fetches:
+                    if not fetches and cache_ok:
+                        token = await self._token()  # one read for the batch, before the backend
+                    fetches[digest] = self._miss(digest, repository, token)
+                misses.append((i, digest))
+            else:
+                out[i] = desc
+                hits += 1
+        if fetches:
+            answers = dict(zip(fetches, await asyncio.gather(*fetches.values(), return_exceptions=True), strict=True))
+            first: set[str] = set()
+            for i, digest in misses:
+                answer = answers[digest]
+                if isinstance(answer, DescriptorError | Descriptor):
+                    out[i] = answer
+                elif isinstance(answer, BaseException):
+                    raise answer
+                if digest not in first:
+                    first.add(digest)
+                elif cache_ok and isinstance(answer, Descriptor):
+                    hits += 1  # a repeat of a digest fetched (and cached) earlier in the batch
+        metrics.hits += hits
+        metrics.misses += len(keys) - hits
+        return out  # type: ignore[return-value]  # every slot is filled above
+
+    def _all_valid(self, digests: Sequence[str]) -> bool:
+        """True if every digest is valid; digests seen valid before are found by one set call."""
+        valid = self._valid
+        if valid.issuperset(digests):
+            return True
+        if not all_valid(digests):
+            return False
+        if len(valid) + len(digests) > VALID_MEMO_MAX:
+            valid.clear()
+        valid.update(digests)
+        return True
+
+    # -- SetDescriptor -------------------------------------------------------------
+
+    async def set_descriptor(self, digest: str, descriptor: Descriptor, repository: str = "") -> None:
+        """Write to the cache by compare-and-set; checked against the backend while fenced.
+
+        The token and whether the digest (or its alias) is fenced are read in one round
+        trip. Not fenced: written if no Clear bumped since. Fenced, or a Clear bumped
+        meanwhile: the backend is asked (with a token read before); the blob gone, or the
+        check failing, drops the write (the call still succeeds: the cache is best
+        effort; logged and counted in ``set_dropped``).
+        """
+        validate_digest(digest)
+        validate_repository(repository)
+        validate_descriptor(digest, descriptor)
+        digests = (digest, descriptor.digest) if descriptor.digest != digest else (digest,)
+        try:
+            token, fenced = await self.cache.token(digests)
+            if not fenced and await self._fill(digest, descriptor, repository, token):
+                self._confirmed(digest, repository)
+                return
+            token, _ = await self.cache.token()  # read before the backend is asked
+        except Exception as err:  # the cache is best effort
+            self.metrics.errors += 1
+            self._cache_log.warning("cache set_descriptor failed: %s", describe(err))
+            return
+        self.metrics.set_checked += 1
+        try:
+            await self._backend_stat(digest, repository)
+        except Exception as err:
+            self.metrics.set_dropped += 1
+            log.info(
+                "SetDescriptor of %s%s dropped: %s was cleared lately and the backend %s",
+                digest,
+                f" in {repository}" * bool(repository),
+                digest,
+                "no longer holds it" if isinstance(err, BlobUnknownError) else f"check failed ({describe(err)})",
+            )
+            return
+        try:
+            written = await self._fill(digest, descriptor, repository, token)
+        except Exception as err:
+            self.metrics.errors += 1
+            self._cache_log.warning("cache set_descriptor failed: %s", describe(err))
+            return
+        if written:
+            self._confirmed(digest, repository)
+        else:  # cleared again while the backend was asked
+            self.metrics.set_dropped += 1
+            log.info("SetDescriptor of %s dropped: cleared while the backend was checked", digest)
+
+    def _confirmed(self, digest: str, repository: str) -> None:
+        if self.revalidator is not None:
+            self.revalidator.confirmed((digest, repository))
+
+    # -- Revalidate ----------------------------------------------------------------
+
+    # -- Clear ---------------------------------------------------------------------
+
+    async def clear(self, digest: str, repository: str = "") -> None:
+        validate_digest(digest)
+        validate_repository(repository)
+        if not self.delete_enabled:
+            raise UnsupportedError("deletion is disabled (storage.delete.enabled is false)")
+        if not self.backend.supports_clear(repository):
+            scope = "repository scope" if repository else "global scope"
+            raise UnsupportedError(f"the backend cannot clear in the {scope}")
+        self._clears += 1
+        try:
+            await self._clear(digest, repository)
+        finally:
+            self._clears += 1
+
+    async def _cached(self, digest: str, repository: str) -> bool:
+        """Whether the cache lists ``digest`` in ``repository`` (a failure: maybe)."""
+        try:
+            await self.cache.stat(digest, repository)
+        except BlobUnknownError:
+            return False
+        except Exception:
+            return True  # cannot tell: invalidate first, as if it did
+        return True
+
+    async def _clear(self, digest: str, repository: str) -> None:
+        cache = self.cache
+        # A repository the cache does not list the digest in: nothing of that scope to
+        # take before the delete, so the backend is asked first, and a BLOB_UNKNOWN answer
+        # changes nothing anywhere (no global drop, no fence). Otherwise the entries go
+        # first, so that a delete of unknown outcome leaves none behind.
+        first = not repository or await self._cached(digest, repository)
+        held, epoch = False, 0
+        taken: list[tuple[Descriptor, str]] = []
+        if first:
+            taken = await self._snapshot(digest, repository)
+            try:
+                held, epoch = await cache.invalidate(digest, repository)
+            except Exception as err:
+                # Refuse rather than clear the backend alone: a cache that comes back still
+                # holding the entry would answer Stat for a deleted blob. The backend was not
+                # asked, so the caller (a garbage collector) can simply retry.
+                self.metrics.errors += 1
+                self._cache_log.warning("cache invalidation failed, backend not asked: %s", describe(err))
+                raise BackendUnavailableError(
+                    f"cache failed, nothing was cleared (the backend was not asked; retry the Clear): {describe(err)}"
+                ) from err
+        try:
+            await self.backend.clear(digest, repository)
+            held = True
+        except BlobUnknownError:
+            pass
+        except DescriptorError as err:
+            if isinstance(err, UnavailableError):
+                raise await self._unknown_outcome(digest, repository, err, first) from err
+            if first:
+                await self._restore(digest, taken, epoch)  # refused for certain: nothing changed
+            raise
+        except Exception as err:
+            raise await self._unknown_outcome(digest, repository, err, first) from err
+        if not held:
+            raise BlobUnknownError.of(digest, repository)
+        await self._invalidate_again(digest, repository)
+        try:
+            await cache.settle(digest)
+        except Exception as err:
+            self.metrics.errors += 1
+            raise BackendUnavailableError(
+                f"{digest} was deleted, but the cache could not confirm that no process answers it any more "
+                f"(retry the Clear): {describe(err)}"
+            ) from err
+        await self._fills_landed(digest)
+
+    async def _unknown_outcome(
+        self, digest: str, repository: str, err: Exception, invalidated: bool
+    ) -> BackendUnavailableError:
+        """The backend delete failed with an unknown outcome: the entries stay removed and
+        the fence stands; when the abandoned delete ends, invalidate again."""
+        log.warning("backend clear of %s failed, outcome unknown: %s", digest, describe(err))
+        if not invalidated:  # the delete may have happened: what the cache holds goes now
+            await self._invalidate_again(digest, repository, settle=True)
+        abandoned = getattr(err, "abandoned", None)
+        if isinstance(abandoned, asyncio.Future):
+            abandoned.add_done_callback(
+                lambda _: self._background_task(self._invalidate_again(digest, repository, settle=True))
+            )
+        return BackendUnavailableError(
+            f"backend failed, the outcome is unknown (the blob may be deleted yet; its cache entries "
+            f"stay removed): {describe(err)}"
+        )
+
+    async def _invalidate_again(self, digest: str, repository: str, *, settle: bool = False) -> None:
+        """Invalidate once more now that the backend has deleted: a shared cache's fence
+        then stands for its whole TTL from the deletion (however long the delete took), and
+        anything written back meanwhile by a process that does not honour the fence (a
+        distribution registry sharing the Redis) is removed."""
+        self._clears += 1
+        try:
+            await self.cache.invalidate(digest, repository)
+            if settle:
+                await self.cache.settle(digest)
+        except Exception as err:  # the deletion is done; the first invalidation emptied the cache
+            self.metrics.errors += 1
+            self._cache_log.warning("cache invalidation after the backend deleted failed: %s", describe(err))
+
+    async def _snapshot(self, digest: str, repository: str) -> list[tuple[Descriptor, str]]:
+        """What the cache holds that a Clear of this scope removes: (descriptor, scope),
+        global entry first, so that :meth:`_restore` can put it back as it was."""
+        taken: list[tuple[Descriptor, str]] = []
+        for scope in ("", repository) if repository else ("",):
+            try:
+                taken.append((await self.cache.stat(digest, scope), scope))
+            except Exception:  # unknown, or the cache fails (then its invalidation refuses too)
+                continue
+        return taken
+
+    async def _restore(self, digest: str, taken: Taken, epoch: int) -> None:
+        if not taken:
+            return
+        try:
+            await self.cache.restore(digest, taken, epoch)
+        except Exception as err:
+            self.metrics.errors += 1
+            self._cache_log.warning("cache restore after a refused clear failed: %s", describe(err))
+
+    async def close(self) -> None:
+        for component in (self.cache, self.backend):
+            try:
+                await component.close()
+            except Exception as err:  # closing must not mask shutdown
+                log.warning("close failed: %s", describe(err))

@@ -1,0 +1,164 @@
+"""Logs: the log set-up (``log.level``, ``log.formatter``, ``log.fields``) and one line per call.
+
+- :func:`setup_logging` logs to stderr at ``log.level``, as text or JSON lines. Every
+  line carries an RFC 3339 UTC timestamp with milliseconds (``2026-12-02T07:40:01.123Z``),
+  the worker index (``worker``, 0 without ``--workers``; :func:`set_worker` in each worker)
+  and the fixed ``log.fields``, as distribution's ``log.fields`` does.
+- :class:`CallLogger` (the servicer's ``observer`` hook, beside the metrics) writes one
+  line per failed call at info, one per call at debug, with the status code, the
+  ``ErrorInfo`` reason, the peer address and the principal (:mod:`..rpc.context`); never
+  metadata, so never a token.
+"""
+
+from __future__ import annotations
+
+import datetime
+import json
+import logging
+import sys
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import grpc
+
+from ..config import LogConfig
+from ..core import loggers
+
+call_log = logging.getLogger(loggers.CALLS)
+
+
+#: Longest digest or repository echoed into a log line (bad input can be anything).
+MAX_LOGGED = 300
+
+
+def _clip(value: str) -> str:
+    return value if len(value) <= MAX_LOGGED else value[:MAX_LOGGED] + "..."
+
+
+def call_fields(
+    method: str,
+    code: grpc.StatusCode,
+    seconds: float,
+    request: Any,
+    *,
+    context: Any = None,
+    reason: str = "",
+    principal: str = "",
+) -> dict[str, Any]:
+    """What a call log line says: never metadata, so never a token."""
+    fields: dict[str, Any] = {"method": method}
+    if request is not None:
+        if method == "BatchStat":
+            fields["digests"] = len(request.digests)
+        elif hasattr(request, "digest"):
+            fields["digest"] = _clip(request.digest)
+        if hasattr(request, "repository"):
+            fields["repository"] = _clip(request.repository)
+    fields["status"] = code.name
+    if reason:
+        fields["reason"] = reason
+    fields["duration_ms"] = round(seconds * 1000, 3)
+    if context is not None:
+        fields["peer"] = context.peer()
+    if principal:
+        fields["principal"] = principal
+    return fields
+
+
+#: Answers, not failures: BLOB_UNKNOWN is how "not cached, not stored" is said, and a
+#: registry asks it before every upload, so it is logged at debug like OK.
+ANSWERS = frozenset((grpc.StatusCode.OK, grpc.StatusCode.NOT_FOUND))
+
+
+class CallLogger:
+    """One line per failed call at info, one per call at debug."""
+
+    def __init__(self, logger: logging.Logger = call_log, *, principal: Callable[[], str] = lambda: "") -> None:
+        self.logger = logger
+        #: Who the current call is from (the server passes :func:`.rpc.context.current_principal`).
+        self.principal = principal
+
+    def __call__(
+        self, method: str, code: grpc.StatusCode, seconds: float, request: Any, *, context: Any = None, reason: str = ""
+    ) -> None:
+        level = logging.DEBUG if code in ANSWERS else logging.INFO
+        if not self.logger.isEnabledFor(level):
+            return
+        fields = call_fields(method, code, seconds, request, context=context, reason=reason, principal=self.principal())
+        # Values are JSON-quoted in the text form, so no input can forge a log line.
+        text = " ".join(f"{k}={json.dumps(v)}" if isinstance(v, str) else f"{k}={v}" for k, v in fields.items())
+        self.logger.log(level, "call %s", text, extra=fields)
+
+
+#: The worker index every line carries (set in each worker by :func:`set_worker`).
+_worker = 0
+_workers = False
+
+
+def set_worker(index: int) -> None:
+    """Tag every later line of this process with worker ``index`` (text lines too)."""
+    global _worker, _workers
+    _worker, _workers = index, True
+
+
+def rfc3339(created: float) -> str:
+    """``created`` (seconds since the epoch) as RFC 3339 UTC with milliseconds."""
+    moment = datetime.datetime.fromtimestamp(created, datetime.UTC)
+    return moment.isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+class JsonFormatter(logging.Formatter):
+    """One JSON object per line: time, level, logger, msg, worker, the fixed fields, extras."""
+
+    _skip = set(vars(logging.makeLogRecord({}))) | {"message", "asctime", "taskName"}
+
+    def __init__(self, fields: Mapping[str, str] | None = None) -> None:
+        super().__init__()
+        self.fields = dict(fields or {})
+
+    def format(self, record: logging.LogRecord) -> str:
+        out: dict[str, Any] = {
+            "time": rfc3339(record.created),
+            "level": record.levelname.lower(),
+            "logger": record.name,
+            "msg": record.getMessage(),
+            "worker": _worker,
+        }
+        for key, value in self.fields.items():
+            out.setdefault(key, value)
+        out.update({k: v for k, v in vars(record).items() if k not in self._skip and k not in ("time", "level")})
+        if record.exc_info:
+            out["error"] = self.formatException(record.exc_info)
+        return json.dumps(out, default=str)
+
+
+class TextFormatter(logging.Formatter):
+    """``<time> <LEVEL> <logger>: <message>``, then ``worker=N`` (with workers) and the fixed fields."""
+
+    def __init__(self, fields: Mapping[str, str] | None = None) -> None:
+        super().__init__()
+        self.suffix = "".join(f" {k}={json.dumps(v)}" for k, v in (fields or {}).items())
+
+    def format(self, record: logging.LogRecord) -> str:
+        worker = f" worker={_worker}" if _workers else ""
+        line = f"{rfc3339(record.created)} {record.levelname} {record.name}: {record.getMessage()}{worker}{self.suffix}"
+        if record.exc_info:
+            line += "\n" + self.formatException(record.exc_info)
+        return line
+
+
+def setup_logging(config: LogConfig) -> None:
+    """Log to stderr at ``log.level``, as text or JSON (``log.formatter``), with ``log.fields``."""
+    handler = logging.StreamHandler(sys.stderr)
+    fields = getattr(config, "fields", None) or {}
+    if config.formatter == "json":
+        handler.setFormatter(JsonFormatter(fields))
+    else:
+        handler.setFormatter(TextFormatter(fields))
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    level = config.level.upper()
+    root.setLevel("WARNING" if level == "WARN" else level)
+    # Libraries' own debug chatter (event loop, gRPC core) is not the service's.
+    for name in ("asyncio", "grpc"):
+        logging.getLogger(name).setLevel(logging.INFO if root.level < logging.INFO else logging.NOTSET)
