@@ -190,9 +190,8 @@ class CachedBlobStatter:
         desc = await self._backend_stat(digest, repository)
         if token is not None:
             try:
-                written = await self._fill(digest, desc, repository, token)
-                if written and self.revalidator is not None:
-                    self.revalidator.confirmed((digest, repository))
+                if await self._fill(digest, desc, repository, token):
+                    self._confirmed(digest, repository)
             except Exception as err:  # best effort: logged, never returned
                 self.metrics.errors += 1
                 self._cache_log.warning("cache write after a miss failed: %s", describe(err))
@@ -258,8 +257,8 @@ class CachedBlobStatter:
                 self.metrics.errors += 1
                 self._cache_log.warning("cache write after a revalidation failed: %s", describe(err))
             else:
-                if written and self.revalidator is not None:
-                    self.revalidator.confirmed((digest, repository))
+                if written:
+                    self._confirmed(digest, repository)
         return desc
 
     def _revalidate(self, digest: str, repository: str) -> None:
@@ -433,8 +432,13 @@ class CachedBlobStatter:
             log.info("SetDescriptor of %s dropped: cleared while the backend was checked", digest)
 
     def _confirmed(self, digest: str, repository: str) -> None:
-        if self.revalidator is not None:
-            self.revalidator.confirmed((digest, repository))
+        """The backend (or a SetDescriptor) vouched for ``digest`` in this scope: in a
+        repository, for the global entry too (the write set it, and the blob exists)."""
+        revalidator = self.revalidator
+        if revalidator is not None:
+            revalidator.confirmed((digest, repository))
+            if repository:
+                revalidator.confirmed((digest, ""))
 
     # -- Revalidate ----------------------------------------------------------------
 
@@ -501,14 +505,20 @@ class CachedBlobStatter:
             raise await self._unknown_outcome(digest, repository, err, first) from err
         if not held:
             raise BlobUnknownError.of(digest, repository)
-        await self._invalidate_again(digest, repository)
+        # The backend has deleted: invalidate again (what a read made between the first
+        # invalidation and the delete wrote back, what a writer that ignores the fence
+        # wrote), then wait until no near cache answers it. Either failing leaves the
+        # deletion done but the cache unconfirmed: the Clear does not answer OK.
+        self._clears += 1
         try:
+            await cache.invalidate(digest, repository)
             await cache.settle(digest)
         except Exception as err:
             self.metrics.errors += 1
+            self._cache_log.warning("cache invalidation after the backend deleted failed: %s", describe(err))
             raise BackendUnavailableError(
-                f"{digest} was deleted, but the cache could not confirm that no process answers it any more "
-                f"(retry the Clear): {describe(err)}"
+                f"{digest} was deleted from the backend, but the cache could not confirm that no process "
+                f"answers it any more (retry the Clear): {describe(err)}"
             ) from err
         await self._fills_landed(digest)
 
