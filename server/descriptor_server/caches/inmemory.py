@@ -108,6 +108,9 @@ class InMemoryCache:
         self._media_index: dict[str, int] = {}
         self._own_media_type: dict[bytes, str] = {}
         self._aliases: dict[bytes, str] = {}
+        # The reverse: canonical digest -> the global keys of its aliases (a global Clear of
+        # the canonical digest removes them: their answer is the cleared blob).
+        self._aliased: dict[str, set[bytes]] = {}
         # Repository name -> 4-byte id; the id's name and its count of live entries.
         self._repo_ids: dict[str, bytes] = {}
         self._repo_names: dict[bytes, str] = {}
@@ -282,11 +285,11 @@ class InMemoryCache:
             old = self._entries.get(gkey)
             # The global media type is first-write-wins.
             media = self._media_bits(gkey, descriptor.media_type) if old is None else old & (_MT_MASK << _MT_SHIFT)
+            self._unalias(gkey)
             if descriptor.digest != key_digest:
                 self._aliases[gkey] = descriptor.digest
+                self._aliased.setdefault(descriptor.digest, set()).add(gkey)
                 media |= _ALIAS
-            else:
-                self._aliases.pop(gkey, None)
             self._put(gkey, media | (descriptor.size << _SIZE_SHIFT))
         self._evict()
 
@@ -305,7 +308,7 @@ class InMemoryCache:
 
     def _dropped(self, key: bytes) -> None:
         """Forget what an entry just removed from ``_entries`` kept beside it."""
-        self._aliases.pop(key, None)
+        self._unalias(key)
         self._own_media_type.pop(key, None)
         if len(key) in _REPOSITORY_KEY_LENGTHS:
             rid = key[-4:]
@@ -322,6 +325,15 @@ class InMemoryCache:
                 self._free_ids.append(rid)
             else:  # nothing in use: start the ids again from 0
                 self._free_ids.clear()
+
+    def _unalias(self, gkey: bytes) -> None:
+        canonical = self._aliases.pop(gkey, None)
+        if canonical is not None:
+            keys = self._aliased.get(canonical)
+            if keys is not None:
+                keys.discard(gkey)
+                if not keys:
+                    del self._aliased[canonical]
 
     def _remove(self, key: bytes) -> bool:
         value = self._entries.pop(key, None)
@@ -400,6 +412,10 @@ class InMemoryCache:
             self._remove(gkey)
         else:
             held = self._remove(gkey)
+            # Every alias whose answer is this blob goes too (Clear is final through an alias).
+            for alias in list(self._aliased.pop(digest, ())):
+                self._forget(_digest_of(alias))
+                self._remove(alias)
         return held, epoch
 
     async def clear(self, digest: str, repository: str = "") -> None:

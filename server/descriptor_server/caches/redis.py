@@ -92,6 +92,13 @@ def blob_key(digest: str) -> str:
 FENCE_PREFIX = "descriptor::cleared::"
 #: The epoch (this service's key).
 EPOCH_KEY = "descriptor::epoch"
+#: The digests stored as aliases of a canonical digest (this service's key).
+ALIASES_PREFIX = "descriptor::aliases::"
+
+
+def aliases_key(canonical: str) -> str:
+    return f"{ALIASES_PREFIX}{canonical}"
+
 
 #: Seconds a fence stands when the caller does not say (longer than a backend read may take).
 DEFAULT_FENCE_TTL = 600.0
@@ -177,6 +184,11 @@ if ARGV[2] == '1' then
   redis.call('DEL', KEYS[5])
 else
   held = redis.call('DEL', KEYS[3])
+  -- the aliases whose answer is this blob go too (their keys are derived, so undeclared)
+  for _, alias in ipairs(redis.call('SMEMBERS', KEYS[4])) do
+    redis.call('DEL', 'blobs::' .. alias)
+  end
+  redis.call('DEL', KEYS[4])
 end
 return {held, e}
 """
@@ -184,8 +196,9 @@ return {held, e}
 
 # The compare-and-set write-back. KEYS: the fences of the n digests written, then per
 # digest its blob hash (and its repository hash when scoped), then the repository's set
-# when scoped. ARGV: n, scoped (1/0), descriptor digest, size, media type, token, then
-# the n digests. Written only if no fence is newer than the token.
+# when scoped, then (n = 2, an alias) the canonical digest's set of aliases. ARGV: n,
+# scoped (1/0), descriptor digest, size, media type, token, then the n digests (the key
+# digest first). Written only if no fence is newer than the token.
 _FILL = """
 local n = tonumber(ARGV[1])
 local token = tonumber(ARGV[6])
@@ -194,11 +207,12 @@ for i = 1, n do
   if cleared and tonumber(cleared) > token then return 0 end
 end
 local scoped = ARGV[2] == '1'
+local set = n + n * (scoped and 2 or 1) + 1
 local k = n + 1
 for i = 1, n do
   local blob = KEYS[k]
   k = k + 1
-  if scoped then redis.call('SADD', KEYS[#KEYS], ARGV[6 + i]) end
+  if scoped then redis.call('SADD', KEYS[set], ARGV[6 + i]) end
   redis.call('HSET', blob, 'digest', ARGV[3], 'size', ARGV[4])
   redis.call('HSETNX', blob, 'mediatype', ARGV[5])
   if scoped then
@@ -206,6 +220,7 @@ for i = 1, n do
     k = k + 1
   end
 end
+if n == 2 then redis.call('SADD', KEYS[#KEYS], ARGV[7]) end
 return 1
 """
 
@@ -456,6 +471,8 @@ class RedisCache:
                 pipe.hsetnx(blob_key(key), "mediatype", descriptor.media_type)  # first write wins
                 if repository:
                     pipe.hset(repository_blob_key(repository, key), "mediatype", descriptor.media_type)
+            if alias:  # a global Clear of the canonical digest removes its aliases too
+                pipe.sadd(aliases_key(alias), digest)
             await pipe.execute()
 
         try:
@@ -501,6 +518,8 @@ class RedisCache:
                 script_keys.append(repository_blob_key(repository, key))
         if repository:
             script_keys.append(repository_set_key(repository))
+        if alias:
+            script_keys.append(aliases_key(alias))
         args = [
             len(keys),
             1 if repository else 0,
@@ -569,6 +588,8 @@ class RedisCache:
         check_key(digest, repository)
         removal = [repository_set_key(repository), repository_blob_key(repository, digest)] if repository else []
         removal.append(blob_key(digest))
+        if not repository:
+            removal.append(aliases_key(digest))
         try:
             if self.cluster:
                 epoch = await self._run(
@@ -588,6 +609,8 @@ class RedisCache:
                     return replies
 
                 held = (await self._run("clear", self.write_timeout, remove, gate=False))[0]
+                if not repository:
+                    await self._run("clear", self.write_timeout, lambda: self._remove_aliases(digest), gate=False)
             else:
                 keys = [EPOCH_KEY, fence_key(digest), *removal]
                 args = [self.fence_ms, 1 if repository else 0, digest]
@@ -602,6 +625,15 @@ class RedisCache:
             if self.near is not None:
                 await self.near.forget((digest,), repository)
         return bool(held), int(epoch)
+
+    async def _remove_aliases(self, digest: str) -> None:
+        """Cluster: remove the global entries of the aliases whose answer is ``digest``."""
+        aliases = await self.client.smembers(aliases_key(digest))
+        pipe = self._pipeline(atomic=False)
+        for alias in aliases:
+            pipe.delete(blob_key(alias if isinstance(alias, str) else alias.decode()))
+        pipe.delete(aliases_key(digest))
+        await pipe.execute()
 
     async def clear(self, digest: str, repository: str = "") -> None:
         """:meth:`invalidate`; BlobUnknownError if the scope did not hold ``digest``."""
