@@ -28,42 +28,28 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-import yaml
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-HERE = Path(__file__).resolve().parent
-ROOT = HERE.parent
-for extra in (ROOT / "client", ROOT / "server", ROOT / "tests"):
-    if str(extra) not in sys.path:
-        sys.path.append(str(extra))
-
-import run  # noqa: E402  (this directory: the shared processes and load generator)
-from descriptor_client._proto.descriptor.v1 import descriptor_pb2 as pb  # noqa: E402
-from descriptor_client.descriptor import Descriptor  # noqa: E402
+import common
+from descriptor_client._proto.descriptor.v1 import descriptor_pb2 as pb
+from descriptor_client.descriptor import Descriptor
 
 REPO = "bench/app"
 STATIC = "bench-static-token"
 
 
-def _server(name: str, work: Path, auth: dict[str, Any] | None) -> run.Server:
+def _server(name: str, work: Path, auth: dict[str, Any] | None) -> common.Server:
     root = work / "registry"
     root.mkdir(exist_ok=True)
-    config: dict[str, Any] = {
-        "storage": {"filesystem": {"rootdirectory": str(root)}, "cache": {"blobdescriptor": "inmemory"}},
-        "grpc": {"addr": "127.0.0.1:0", "maxmetadatasize": 16384},
-        "log": {"level": "info"},
-    }
-    if auth:
-        config["auth"] = auth
-    path = work / f"auth-{name}.yml"
-    path.write_text(yaml.safe_dump(config))
-    return run.Server(name, [sys.executable, "-m", "descriptor_server", "--config", str(path)], work)
+    config = common.service_config(root, grpc_settings={"maxmetadatasize": 16384}, auth=auth)
+    return common.service_server(f"auth-{name}", work, config)
 
 
 async def _prime(target: str, digest: str, token: str) -> None:
     from descriptor_client import AsyncDescriptorClient
 
     async with AsyncDescriptorClient(target, token=token) as client:
-        await client.set_descriptor(digest, Descriptor(run.OCT, digest, 1000), REPO)
+        await client.set_descriptor(digest, Descriptor(common.OCT, digest, 1000), REPO)
         assert (await client.stat(digest, REPO)).size == 1000
 
 
@@ -84,10 +70,10 @@ def measure(h2: str, work: Path, rounds: int, n: int) -> dict[str, Any]:
         "token": (token_auth, pull_push),
         "token_nocache": ({"token": {**token_auth["token"], "cachesize": 0}}, pull_push),
     }
-    digest = run.digest_of(0, "auth")
+    digest = common.digest_of(0, "auth")
     body = work / "auth-stat.grpc"
-    body.write_bytes(run.framed(pb.StatRequest(digest=digest, repository=REPO).SerializeToString()))
-    servers: dict[str, run.Server] = {}
+    body.write_bytes(common.framed(pb.StatRequest(digest=digest, repository=REPO).SerializeToString()))
+    servers: dict[str, common.Server] = {}
     try:
         for name, (auth, token) in setups.items():
             if name == "noauth_header":
@@ -103,11 +89,11 @@ def measure(h2: str, work: Path, rounds: int, n: int) -> dict[str, Any]:
             for name in order[shift:] + order[:shift]:
                 token = setups[name][1]
                 headers = [f"authorization: Bearer {token}"] if token else []
-                res = run.h2load(h2, servers[name].port, body, n, headers=headers)
+                res = common.h2load(h2, servers[name].port, body, n, headers=headers)
                 if res["failed"]:
                     raise RuntimeError(f"auth {name}: {res['failed']} failed requests")
                 rates[name].append(res["rps"])
-                run.say(f"round {r + 1}: Stat hit, auth {name}: {res['rps']:.0f}/s")
+                common.say(f"round {r + 1}: Stat hit, auth {name}: {res['rps']:.0f}/s")
         ghz_rates = _ghz_rounds(servers, digest, pull_push, rounds, n)
     finally:
         for srv in {id(s): s for s in servers.values()}.values():
@@ -135,14 +121,16 @@ def _goal(ratio: float) -> str:
     return f"≥ 0.9x {'met' if ratio >= 0.9 else 'NOT met'}"
 
 
-def _ghz_rounds(servers: dict[str, run.Server], digest: str, token: str, rounds: int, n: int) -> dict[str, list[float]]:
+def _ghz_rounds(
+    servers: dict[str, common.Server], digest: str, token: str, rounds: int, n: int
+) -> dict[str, list[float]]:
     """The same Stat hits from a real gRPC client (ghz: grpc-go), without auth and with the
     cached registry token; {} when ghz is not in .tools/bin."""
     import go_bench
 
     ghz = go_bench.tool("ghz")
     if ghz is None:
-        run.say("ghz not in .tools/bin (./dev bench installs it): the auth ghz row is skipped")
+        common.say("ghz not in .tools/bin (./dev bench installs it): the auth ghz row is skipped")
         return {}
     rates: dict[str, list[float]] = {"noauth": [], "token": []}
     for r in range(rounds):
@@ -150,7 +138,7 @@ def _ghz_rounds(servers: dict[str, run.Server], digest: str, token: str, rounds:
             metadata = {"authorization": f"Bearer {token}"} if name == "token" else None
             rps = go_bench.ghz_stat(ghz, servers[name].target, digest, n, repository=REPO, metadata=metadata)
             rates[name].append(rps)
-            run.say(f"round {r + 1}: Stat hit over ghz, auth {name}: {rps:.0f}/s")
+            common.say(f"round {r + 1}: Stat hit over ghz, auth {name}: {rps:.0f}/s")
     return rates
 
 
@@ -186,9 +174,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true", help="fewer calls, one round")
     parser.add_argument("--rounds", type=int, default=0)
     args = parser.parse_args(argv)
-    h2 = run.ensure_h2load()
+    h2 = common.ensure_h2load()
     if h2 is None:
-        run.say("h2load missing: nothing measured")
+        common.say("h2load missing: nothing measured")
         return 1
     rounds = args.rounds or (1 if args.quick else 3)
     with tempfile.TemporaryDirectory(prefix="descriptor-auth-bench-") as tmp:

@@ -39,12 +39,9 @@ from typing import Any, Protocol
 
 import httpx
 import yaml
+from common import PIN, ROOT, SERVICE, say
 
-ROOT = Path(__file__).resolve().parent.parent
 TOOLS = ROOT / ".tools" / "bin"
-SERVICE = "descriptor.v1.BlobDescriptorService"
-NCPU = os.cpu_count() or 1
-PIN = NCPU >= 2
 CLIENTS = (1, 16)
 
 
@@ -53,10 +50,6 @@ class ServerLike(Protocol):
     def target(self) -> str: ...
 
     def stop(self) -> None: ...
-
-
-def say(msg: str) -> None:
-    print(f"[bench] {msg}", flush=True)
 
 
 def tool(name: str) -> str | None:

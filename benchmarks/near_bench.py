@@ -31,18 +31,13 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-import yaml
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-HERE = Path(__file__).resolve().parent
-ROOT = HERE.parent
-OCT = "application/octet-stream"
+from common import OCT, Server, say, service_config, service_server
+
 NAME = "descriptor-service-nearcache"
 #: A change not reflected within this long counts as a stale answer.
 GIVE_UP = 5.0
-
-
-def say(msg: str) -> None:
-    print(f"[bench] {msg}", file=sys.stderr, flush=True)
 
 
 @contextmanager
@@ -217,11 +212,10 @@ async def _failover(target: str, setup: Any) -> dict[str, Any]:
     }
 
 
-def failover(server_cls: Any, binary: str | None) -> dict[str, Any] | None:
-    """``server_cls(name, command, workdir)`` is run.py's ``Server``."""
+def failover(binary: str | None) -> dict[str, Any] | None:
+    """A Sentinel failover under the service, every answer counted (None without a Redis binary)."""
     if binary is None:
         return None
-    sys.path.insert(0, str(ROOT / "tests"))
     from helpers.redis_servers import start_sentinel
 
     say("near cache: Sentinel failover")
@@ -232,10 +226,7 @@ def failover(server_cls: Any, binary: str | None) -> dict[str, Any] | None:
             root = work / "registry"
             root.mkdir()
             config = redis_service_config(root, {"addrs": [setup.sentinel.addr], "mastername": setup.mastername})
-            path = work / "sentinel.yml"
-            write_config(path, config)
-            svc = server_cls("sentinel", [sys.executable, "-m", "descriptor_server", "--config", str(path)], work)
-            svc.start()
+            svc: Server = service_server("sentinel", work, config).start()
             try:
                 res = asyncio.run(_failover(svc.target, setup))
             finally:
@@ -247,16 +238,7 @@ def failover(server_cls: Any, binary: str | None) -> dict[str, Any] | None:
 
 
 def redis_service_config(root: Path, redis: dict[str, Any]) -> dict[str, Any]:
-    return {
-        "storage": {"filesystem": {"rootdirectory": str(root)}, "cache": {"blobdescriptor": "redis"}},
-        "grpc": {"addr": "127.0.0.1:0"},
-        "log": {"level": "info"},
-        "redis": {"readtimeout": "300ms", **redis},
-    }
-
-
-def write_config(path: Path, config: dict[str, Any]) -> None:
-    path.write_text(yaml.safe_dump(config))
+    return service_config(root, "redis", redis={"readtimeout": "300ms", **redis})
 
 
 def rows(res: dict[str, Any]) -> list[tuple[str, str, str, str]]:

@@ -25,7 +25,7 @@ import grpc
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-import run
+import common
 
 
 def receiver() -> tuple[grpc.Server, int]:
@@ -48,15 +48,15 @@ def main() -> int:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("-n", type=int, default=20000, help="Stat calls per h2load round")
     args = parser.parse_args()
-    h2 = run.ensure_h2load()
+    h2 = common.ensure_h2load()
     if h2 is None:
         print("h2load missing", file=sys.stderr)
         return 1
     sink, sink_port = receiver()
     work = Path(tempfile.mkdtemp(prefix="tracing-cost-"))
-    digests = [run.digest_of(i) for i in range(1000)]
+    digests = [common.digest_of(i) for i in range(1000)]
     body = work / "stat.bin"
-    body.write_bytes(run.framed(run.stat_request(digests[0])))
+    body.write_bytes(common.framed(common.stat_request(digests[0])))
     base_path = f"{args.baseline / 'client'}:{args.baseline / 'server'}"
     otel = {
         "OTEL_TRACES_EXPORTER": "otlp",
@@ -64,9 +64,9 @@ def main() -> int:
         "OTEL_EXPORTER_OTLP_INSECURE": "true",
     }
     servers = {
-        "baseline": run.service("baseline", work, "inmemory"),
-        "off": run.service("off", work, "inmemory"),
-        "on": run.service("on", work, "inmemory"),
+        "baseline": common.service("baseline", work, "inmemory"),
+        "off": common.service("off", work, "inmemory"),
+        "on": common.service("on", work, "inmemory"),
     }
     servers["baseline"].cmd = ["env", f"PYTHONPATH={base_path}", *servers["baseline"].cmd]
     servers["on"].cmd = ["env", *(f"{k}={v}" for k, v in otel.items()), *servers["on"].cmd]
@@ -74,14 +74,14 @@ def main() -> int:
     try:
         for srv in servers.values():
             srv.start()
-            asyncio.run(run.prime(srv.target, digests[:1]))
+            asyncio.run(common.prime(srv.target, digests[:1]))
         for r in range(args.rounds):
             for name, srv in servers.items():
-                res = run.h2load(h2, srv.port, body, args.n)
+                res = common.h2load(h2, srv.port, body, args.n)
                 if res["failed"]:
                     raise RuntimeError(f"{name}: {res['failed']} failed requests")
                 rates[name].append(res["rps"])
-                run.say(f"round {r + 1}: Stat hit {name}: {res['rps']:.0f}/s")
+                common.say(f"round {r + 1}: Stat hit {name}: {res['rps']:.0f}/s")
     finally:
         for srv in servers.values():
             srv.stop()

@@ -1,4 +1,4 @@
-"""The asyncio client: ``AsyncDescriptorClient`` (README, Python client)."""
+"""The asyncio client: ``AsyncDescriptorClient`` (docs/client.md)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""``descriptorctl``: the blob descriptor service from the command line (README, descriptorctl).
+"""``descriptorctl``: the blob descriptor service from the command line (docs/client.md, descriptorctl).
 
     descriptorctl [--target HOST:PORT] [--token T] [--tls-ca F] [--tls-cert F] [--tls-key F] VERB
 

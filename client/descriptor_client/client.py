@@ -1,4 +1,4 @@
-"""The blocking client: ``DescriptorClient`` (README, Python client)."""
+"""The blocking client: ``DescriptorClient`` (docs/client.md)."""
 
 from __future__ import annotations
 

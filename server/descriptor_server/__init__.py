@@ -2,7 +2,7 @@
 
 The server is arranged by concern, one package each, in layers. A module may import
 from its own package and from the packages its layer lists, never from a layer above
-(``tests/test_layering.py`` walks the imports and also refuses any import cycle):
+(``tests/unit/test_layering.py`` walks the imports and also refuses any import cycle):
 
 ==================  ==========================================================  ================================
 package             what it holds                                               may import

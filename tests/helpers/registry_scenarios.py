@@ -1,4 +1,4 @@
-"""Registries and clients for the operator scenarios (tests/test_registry_scenarios.py).
+"""Registries and clients for the operator scenarios (tests/interop/test_registry_scenarios.py).
 
 Two registries over the same kind of storage, started the same way:
 

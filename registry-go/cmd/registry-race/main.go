@@ -1,5 +1,5 @@
 // Command registry-race drives the "push racing a delete" registry scenario
-// (tests/test_registry_scenarios.py) against a distribution registry over its HTTP API
+// (tests/interop/test_registry_scenarios.py) against a distribution registry over its HTTP API
 // and prints one JSON object.
 //
 //	registry-race -url http://HOST:PORT -root STORAGE -rounds 2000 -workers 8

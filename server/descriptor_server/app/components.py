@@ -8,7 +8,7 @@ imports its module when it is called, so a server that does not use Redis, S3 or
 registry backend never imports them (nor their dependencies).
 
 The names are the config's (:data:`descriptor_server.config.CACHES`,
-:data:`descriptor_server.config.BACKENDS`); ``tests/test_layering.py`` checks that the
+:data:`descriptor_server.config.BACKENDS`); ``tests/unit/test_layering.py`` checks that the
 two lists agree.
 """
 

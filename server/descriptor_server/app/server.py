@@ -136,6 +136,9 @@ class DescriptorServer:
             else None
         )
         self.server: grpc.aio.Server | None = None
+        # TLS material re-read when its files change and on SIGHUP (security.ReloadingTLS).
+        tls = config.grpc.tls
+        self.tls = security.ReloadingTLS(tls) if tls.certificate else None
         self.port = 0
         self.health_server: grpc.aio.Server | None = None
         self.health_port = 0
@@ -167,11 +170,10 @@ class DescriptorServer:
             (SERVICE, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME),
             server,
         )
-        credentials = security.server_credentials(g.tls)
         check_bindable(g.addr, "grpc.addr", reuseport=g.workers > 1)
         try:
-            if credentials is not None:
-                self.port = server.add_secure_port(g.addr, credentials)
+            if self.tls is not None:
+                self.port = server.add_secure_port(g.addr, self.tls.credentials)
             else:
                 self.port = server.add_insecure_port(g.addr)
         except RuntimeError as err:
@@ -203,7 +205,7 @@ class DescriptorServer:
             log.info("health-only listener at %s:%d (plaintext)", g.healthaddr.rsplit(":", 1)[0], self.health_port)
         log.info(
             "security: tls %s, %s",
-            ("mutual" if g.tls.clientcas else "on") if credentials is not None else "off",
+            ("mutual" if g.tls.clientcas else "on") if self.tls is not None else "off",
             security.describe_auth(self.servicer.authorizer),
         )
         return self.port
@@ -252,7 +254,7 @@ async def serve(config: Config) -> None:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, server.request_stop)
-    security.install_reload(loop, server.servicer.authorizer)
+    security.install_reload(loop, server.servicer.authorizer, server.tls)
     await server.start()
     await server.wait()
     await server.drain()

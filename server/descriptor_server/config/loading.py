@@ -249,7 +249,7 @@ def unknown_key(key: Any, names: list[str], path: str) -> str:
     """The reason for an unknown key: with the closest known name, if one is close."""
     text = str(key)
     if path == "redis" and text in DISTRIBUTION_REDIS_ONLY:
-        return f"unknown key (distribution's redis.{text} is not supported here; see the README, Configuration)"
+        return f"unknown key (distribution's redis.{text} is not supported here; see docs/configuration.md)"
     lowered = {name.lower(): name for name in names}
     match = lowered.get(text.lower().replace("_", "").replace("-", ""))
     if match is None:

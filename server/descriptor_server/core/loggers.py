@@ -4,7 +4,7 @@ A logger's name is in every log line (``<time> <LEVEL> <logger>: ...`` and the J
 ``logger`` field), and operators filter and route on it, so the names are pinned here
 rather than derived from where a module happens to live (``logging.getLogger(__name__)``
 would rename a logger whenever its module moves). Every module of the server takes its
-logger from this table; ``tests/test_layering.py`` checks that none calls
+logger from this table; ``tests/unit/test_layering.py`` checks that none calls
 ``logging.getLogger`` with anything else.
 """
 

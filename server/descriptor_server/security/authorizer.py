@@ -135,7 +135,9 @@ class Authorizer:
         return ", ".join(parts) if parts else "bearer tokens off"
 
     def reload(self) -> None:
-        """Re-read the root bundle and the JWKS (SIGHUP)."""
+        """Re-read the static tokens file, the root bundle and the JWKS (SIGHUP)."""
+        if self.static is not None:
+            self.static.reload("SIGHUP")
         if self.registry is None:
             log = logging.getLogger(loggers.AUTH)
             log.info("SIGHUP: no registry token keys to reload")

@@ -18,7 +18,7 @@ from .authorizer import Authorizer, build
 from .authorizer import audited as audit
 from .keys import build_keyset
 from .static import build_static, load_tokens
-from .tls import server_credentials
+from .tls import ReloadingTLS, server_credentials
 
 if TYPE_CHECKING:
     import asyncio
@@ -50,10 +50,16 @@ def describe_auth(authorizer: Any) -> str:
     return f"bearer tokens on ({len(authorizer)} configured)" if authorizer is not None else "bearer tokens off"
 
 
-def install_reload(loop: asyncio.AbstractEventLoop, authorizer: Any) -> None:
-    """SIGHUP re-reads the registry-token keys (root bundle, JWKS) without a restart."""
-    reload = getattr(authorizer, "reload", None)
-    if reload is not None:
+def install_reload(loop: asyncio.AbstractEventLoop, authorizer: Any, tls: ReloadingTLS | None = None) -> None:
+    """SIGHUP re-reads, without a restart, the registry-token keys (root bundle, JWKS), the
+    static tokens file and the TLS certificate, key and client CAs."""
+    reloads = [r for r in (getattr(authorizer, "reload", None), tls.reload if tls is not None else None) if r]
+
+    def reload() -> None:
+        for each in reloads:
+            each()
+
+    if reloads:
         loop.add_signal_handler(signal.SIGHUP, reload)
 
 

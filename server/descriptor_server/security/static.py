@@ -13,6 +13,9 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import logging
+import threading
+import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -23,7 +26,9 @@ from descriptor_client.errors import PermissionDeniedError, UnauthenticatedError
 from descriptor_client.rpcs import RPCS
 
 from ..config import AuthConfig, AuthToken, ConfigError, _build
+from ..core import loggers
 from ..rpc.context import invocation_metadata, set_principal
+from .files import RELOAD_INTERVAL, file_signature
 
 READ = "read"
 WRITE = "write"
@@ -39,6 +44,8 @@ SCOPE_GRANTS: dict[str, frozenset[str]] = {
 }
 
 _BEARER = "bearer"
+
+log = logging.getLogger(loggers.SERVER)
 
 
 # -- tokens ---------------------------------------------------------------------------
@@ -131,8 +138,46 @@ class TokenAuthorizer:
     does not grant the method's: PERMISSION_DENIED.
     """
 
-    def __init__(self, tokens: Sequence[AuthToken]) -> None:
-        self._tokens = [_Token(t.name, t.scope, bytes.fromhex(t.sha256)) for t in tokens]
+    def __init__(
+        self, tokens: Sequence[AuthToken], *, auth: AuthConfig | None = None, interval: float = RELOAD_INTERVAL
+    ) -> None:
+        self._tokens = self._entries(tokens)
+        # With auth.tokensfile: its tokens are re-read when it changes (checked at most
+        # every interval, on the call path: one stat) and on reload() (SIGHUP). A file
+        # that no longer loads is logged and the tokens in force stay.
+        self.auth = auth if auth is not None and auth.tokensfile else None
+        self.interval = interval
+        self._stamp = file_signature(self.auth.tokensfile) if self.auth is not None else None
+        self._next_check = time.monotonic() + interval
+        self._lock = threading.Lock()
+
+    @staticmethod
+    def _entries(tokens: Sequence[AuthToken]) -> list[_Token]:
+        return [_Token(t.name, t.scope, bytes.fromhex(t.sha256)) for t in tokens]
+
+    def reload(self, why: str = "SIGHUP") -> bool:
+        """Re-read ``auth.tokensfile`` now; True when its tokens are in force."""
+        if self.auth is None:
+            return False
+        with self._lock:
+            self._stamp = file_signature(self.auth.tokensfile)  # a broken file: tried again when it changes
+            try:
+                tokens = load_tokens(self.auth)
+                if not tokens:
+                    raise ConfigError("auth.tokensfile", f"{self.auth.tokensfile} holds no token")
+            except ConfigError as err:
+                log.error("static tokens not reloaded (%s), keeping the previous ones: %s", why, err)
+                return False
+            self._tokens = self._entries(tokens)
+        log.info("static tokens reloaded (%s): %d configured", why, len(tokens))
+        return True
+
+    def _check_file(self) -> None:
+        now = time.monotonic()
+        if now >= self._next_check and self.auth is not None and self.interval > 0:
+            self._next_check = now + self.interval
+            if file_signature(self.auth.tokensfile) != self._stamp:
+                self.reload("file changed")
 
     def __len__(self) -> int:
         return len(self._tokens)
@@ -143,6 +188,8 @@ class TokenAuthorizer:
         Every entry is compared (no early exit), so the time taken does not tell
         which entry, if any, matched.
         """
+        if self.auth is not None:
+            self._check_file()
         presented = hashlib.sha256(token.encode("utf-8", "surrogateescape")).digest()
         found: _Token | None = None
         for entry in self._tokens:
@@ -172,7 +219,7 @@ def build_static(auth: AuthConfig) -> TokenAuthorizer | None:
         if auth.tokensfile:
             raise ConfigError("auth.tokensfile", f"{auth.tokensfile} holds no token")
         return None
-    return TokenAuthorizer(tokens)
+    return TokenAuthorizer(tokens, auth=auth)
 
 
 __all__ = [

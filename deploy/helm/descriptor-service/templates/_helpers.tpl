@@ -89,3 +89,22 @@ Secret key.
 {{- $delete := default dict $storage.delete -}}
 {{- if $delete.enabled -}}true{{- end -}}
 {{- end -}}
+
+{{/*
+Refuse values that render a broken deployment, each message naming the values.
+*/}}
+{{- define "descriptor-service.validate" -}}
+{{- $storage := default dict .Values.config.storage -}}
+{{- $cache := default dict $storage.cache -}}
+{{- $kind := default "inmemory" $cache.blobdescriptor -}}
+{{- $replicas := int .Values.replicaCount -}}
+{{- if and (gt $replicas 1) (eq $kind "inmemory") (include "descriptor-service.deleteEnabled" .) -}}
+{{- fail (printf "replicaCount=%d with config.storage.cache.blobdescriptor=inmemory and config.storage.delete.enabled=true: a Clear reaches one pod's in-memory cache only, and the other pods would keep answering the deleted blob; set config.storage.cache.blobdescriptor=redis (with config.redis.addrs), replicaCount=1, or config.storage.delete.enabled=false" $replicas) -}}
+{{- end -}}
+{{- $pdb := .Values.podDisruptionBudget -}}
+{{- if and $pdb.enabled (not (kindIs "invalid" $pdb.minAvailable)) (not (kindIs "string" $pdb.minAvailable)) -}}
+{{- if ge (int $pdb.minAvailable) $replicas -}}
+{{- fail (printf "podDisruptionBudget.minAvailable=%d with replicaCount=%d: no pod could ever be evicted and kubectl drain would block; lower podDisruptionBudget.minAvailable, raise replicaCount, or use podDisruptionBudget.maxUnavailable" (int $pdb.minAvailable) $replicas) -}}
+{{- end -}}
+{{- end -}}
+{{- end -}}

@@ -18,7 +18,7 @@ from helpers.support import Layout, ServerProcess, base_config, running_server
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def pyproject(path: Path) -> dict[str, object]:

@@ -1,4 +1,4 @@
-"""``descriptorctl`` (README, descriptorctl) against the real server, as a user runs it.
+"""``descriptorctl`` (docs/client.md, descriptorctl) against the real server, as a user runs it.
 
 Each verb runs as ``python -m descriptor_client.cli`` (what the ``descriptorctl`` entry
 point calls) in a subprocess; the exit status is checked against the documented table:

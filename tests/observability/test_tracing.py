@@ -29,7 +29,7 @@ from helpers.support import A256, Layout, ServerProcess, base_config, run_server
 from opentelemetry.proto.collector.trace.v1 import trace_service_pb2, trace_service_pb2_grpc
 from opentelemetry.sdk.trace import TracerProvider
 
-NODE_DIR = Path(__file__).parent / "node"
+NODE_DIR = Path(__file__).resolve().parents[1] / "node"
 SERVICE = "descriptor.v1.BlobDescriptorService"
 
 

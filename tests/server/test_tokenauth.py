@@ -49,7 +49,7 @@ from helpers.tokens import TokenIssuer, b64url, new_key
 
 REPO, OTHER = "team/app", "team/other"
 STATIC = "static-writer-token"
-NODE_DIR = Path(__file__).parent / "node"
+NODE_DIR = Path(__file__).resolve().parents[1] / "node"
 
 
 def verifier(issuer: TokenIssuer, **kw: Any) -> RegistryTokenVerifier:

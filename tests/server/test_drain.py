@@ -23,7 +23,7 @@ from helpers.support import OCT, Layout, ServerProcess, base_config, free_port, 
 
 CYCLES = 20
 OUTSTANDING = 200
-NODE_DIR = Path(__file__).parent / "node"
+NODE_DIR = Path(__file__).resolve().parents[1] / "node"
 
 
 def outcome(result: object) -> str:

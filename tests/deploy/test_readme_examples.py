@@ -1,7 +1,7 @@
-"""The README's examples run as written, each against a fresh server this test starts.
+"""The examples of the README and of docs/*.md run as written, each against a fresh server.
 
-The README is read at test time (``$README_EXAMPLES_FILE`` names another file, to try a
-corrected text before pasting it). Which fenced blocks are *examples*:
+The files are read at test time (``$README_EXAMPLES_FILE`` names one other file to read
+instead, to try a corrected text before pasting it). Which fenced blocks are *examples*:
 
 - a ``python`` block is an example when its first statement is an import: it is a
   program, not a fragment (fragments such as ``DescriptorClient("dns:///…")`` start
@@ -37,8 +37,10 @@ from pathlib import Path
 import pytest
 from helpers.support import ServerProcess
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 README = Path(os.environ.get("README_EXAMPLES_FILE") or ROOT / "README.md")
+#: Every file whose examples run: the README and the docs (or the one file named).
+FILES = [README] if os.environ.get("README_EXAMPLES_FILE") else [README, *sorted((ROOT / "docs").glob("*.md"))]
 DEFAULT_TARGET = "127.0.0.1:5051"
 
 #: The commands a ``sh`` example may use (the first word of each command).
@@ -54,6 +56,7 @@ MARKER = re.compile(r"<!--\s*(?P<what>example|not an example)\b[^>]*-->\s*\Z")
 
 @dataclass(frozen=True)
 class Block:
+    file: str  # the file's name, relative to the repository
     line: int  # of the opening fence, 1-based
     lang: str
     body: str
@@ -61,15 +64,16 @@ class Block:
 
     @property
     def id(self) -> str:
-        return f"README.md:{self.line}:{self.lang}"
+        return f"{self.file}:{self.line}:{self.lang}"
 
 
-def blocks(text: str) -> Iterator[Block]:
+def blocks(text: str, file: str = "README.md") -> Iterator[Block]:
     for m in FENCE.finditer(text):
         before = text[: m.start()].rstrip("\n")
         last = before.rsplit("\n", 1)[-1]
         marker = MARKER.search(last)
-        yield Block(text.count("\n", 0, m.start()) + 1, m["lang"], m["body"], marker["what"] if marker else None)
+        what = marker["what"] if marker else None
+        yield Block(file, text.count("\n", 0, m.start()) + 1, m["lang"], m["body"], what)
 
 
 def logical_lines(body: str) -> list[str]:
@@ -135,15 +139,19 @@ def is_example(block: Block) -> bool:
     return False
 
 
+def name_of(path: Path) -> str:
+    return str(path.relative_to(ROOT)) if path.is_relative_to(ROOT) else path.name
+
+
 def examples() -> list[Block]:
-    return [b for b in blocks(README.read_text()) if is_example(b)]
+    return [b for path in FILES for b in blocks(path.read_text(), name_of(path)) if is_example(b)]
 
 
 EXAMPLES = examples()
 
 
 def test_the_readme_has_examples_of_both_kinds() -> None:
-    langs = {b.lang for b in EXAMPLES}
+    langs = {b.lang for b in EXAMPLES if b.file == name_of(README)}
     assert {"python", "sh"} <= langs, [b.id for b in EXAMPLES]
 
 
@@ -156,7 +164,7 @@ def test_the_rule_tells_examples_from_recipes_and_fragments() -> None:
     assert not is_sh_example("descriptor-server --config /etc/descriptor/config.yml\n")  # serves
     assert not is_sh_example("X=none descriptor-server --config c.yml\n")
     assert not is_sh_example("./dev serve\n")
-    assert not is_sh_example(".venv/bin/pytest -q tests/test_cli.py\n")
+    assert not is_sh_example(".venv/bin/pytest -q tests/server/test_cli.py\n")
     assert not is_sh_example("mkdir -p gen/go\nprotoc -I protos \\\n  --go_out=gen/go x.proto\n")
     assert not is_sh_example("descriptorctl stat x && grpcurl -plaintext h:1 list\n")
     text = (

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parent.parent / "server" / "descriptor_server"
+ROOT = Path(__file__).resolve().parents[2] / "server" / "descriptor_server"
 TOP = "descriptor_server"
 
 #: Third-party modules the core must not import (it is the statter, not a transport).

@@ -1,16 +1,17 @@
-"""deploy/Containerfile, checked without a container engine (docs/deploy.md says why it is not built here)."""
+"""deploy/Containerfile read as text: stages, user, files, baked config (deploy/test_image.py runs it)."""
 
 from __future__ import annotations
 
 import json
 import re
 import shlex
+import tomllib
 from pathlib import Path
 
 from descriptor_server import config as cfg
 from helpers.support import run_server_command
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 CONTAINERFILE = ROOT / "deploy" / "Containerfile"
 CONFIG = ROOT / "deploy" / "container-config.yml"
 
@@ -44,8 +45,31 @@ def test_two_stages_the_last_copies_only_the_built_environment() -> None:
     assert "--from=build /opt/descriptor-service /opt/descriptor-service" in copies
     assert not [args for args in copies if args.split()[0] in {"client/", "server/", "."}]  # no source tree
     build_run = " ".join(args for word, args in build if word == "RUN")
-    assert "pip wheel --no-deps" in build_run
-    assert "pip uninstall -y pip" in build_run
+    assert "pip wheel -q --no-deps --no-build-isolation" in build_run
+    assert "python3 -m venv --without-pip /opt/descriptor-service" in build_run  # no pip ships
+    # The dependencies are uv.lock's, with their hashes.
+    assert "uv export --frozen" in build_run
+    assert "--require-hashes -r /tmp/runtime.txt" in build_run
+    copied = " ".join(args for word, args in build if word == "COPY")
+    assert "uv.lock" in copied
+    assert "tools/uv-requirements.txt" in copied
+
+
+def test_every_backend_is_installed_by_default() -> None:
+    """The s3 backend's boto3 is an extra (pyproject.toml); the image installs it unless told."""
+    build = dict(stages()[0])
+    assert build["ARG"] == 'EXTRAS="s3"'
+    with (ROOT / "pyproject.toml").open("rb") as f:
+        extras = tomllib.load(f)["project"]["optional-dependencies"]
+    assert any(dep.startswith("boto3") for dep in extras["s3"])
+
+
+def test_it_exposes_the_listeners_of_its_config() -> None:
+    config = cfg.load(str(CONFIG), environ={})
+    exposed = {int(p) for word, args in stages()[-1] if word == "EXPOSE" for p in args.split()}
+    listeners = {config.grpc.addr, config.grpc.healthaddr, config.http.debug.addr}
+    assert exposed == {int(a.rsplit(":", 1)[1]) for a in listeners}
+    assert config.http.debug.prometheus.enabled
 
 
 def test_non_root_and_stops_with_sigterm() -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import shlex
 import shutil
 import subprocess
@@ -11,7 +12,7 @@ from pathlib import Path
 import pytest
 from descriptor_server.config import GrpcConfig, parse_duration
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 UNIT = ROOT / "deploy" / "systemd" / "descriptor-server.service"
 STORAGE_ROOT = "/var/lib/registry"
 
@@ -78,8 +79,32 @@ def test_sandboxing_options() -> None:
     assert any(f.startswith("~") and "@privileged" in f for f in filters[1:])
     assert value("SystemCallErrorNumber") == "EPERM"
     assert value("SystemCallArchitectures") == "native"
-    # The one writable place: the registry's storage root (Clear deletes there).
-    assert value("ReadWritePaths").split() == [STORAGE_ROOT]
+    # The one writable place: the registry's storage root (Clear deletes there), "-": the
+    # unit still starts on a machine whose registry root is elsewhere.
+    assert value("ReadWritePaths").split() == [f"-{STORAGE_ROOT}"]
+
+
+def test_documentation_points_at_this_repositorys_docs() -> None:
+    """``Documentation=`` names docs/deploy.md's systemd section (a file and heading that exist)."""
+    (url,) = UNIT_DATA["Unit"]["Documentation"][0].split()
+    m = re.fullmatch(r"https://github\.com/descriptor-service/descriptor-service/blob/main/(\S+)#(\S+)", url)
+    assert m, url
+    doc = ROOT / m.group(1)
+    assert doc.is_file(), doc
+    assert f"## {m.group(2)}" in doc.read_text().lower()
+    # The project's own name for itself: the Go modules' path.
+    assert "module github.com/descriptor-service/descriptor-service/" in (ROOT / "client-go" / "go.mod").read_text()
+
+
+def test_the_group_write_access_clear_needs_is_explained() -> None:
+    text = UNIT.read_text()
+    assert "SupplementaryGroups" in text
+    assert "g+rwX" in text
+
+
+def test_reload_sends_sighup() -> None:
+    """``systemctl reload`` re-reads certificates and tokens (SIGHUP) without a restart."""
+    assert shlex.split(value("ExecReload")) == ["/bin/kill", "-HUP", "$MAINPID"]
 
 
 def test_stop_waits_for_the_drain() -> None:

@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 from helpers.support import REPO, Layout, ServerProcess, base_config, refused_port
 
-NODE_DIR = Path(__file__).parent / "node"
+NODE_DIR = Path(__file__).resolve().parents[1] / "node"
 SCRIPT = NODE_DIR / "conformance.mjs"
 RPCS = ("Stat", "SetDescriptor", "Clear", "BatchStat", "GetMetrics", "Revalidate")
 MAX_BATCH = 5

@@ -5,6 +5,8 @@ from __future__ import annotations
 import dataclasses
 import json
 import re
+import shutil
+import subprocess
 import types
 import typing
 from pathlib import Path
@@ -19,9 +21,10 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from helpers.redis_servers import flush
 from helpers.support import OCT, Layout, ServerProcess, base_config
 
-DEPLOY = Path(__file__).resolve().parent.parent / "deploy"
+DEPLOY = Path(__file__).resolve().parents[2] / "deploy"
 REFERENCE = DEPLOY / "reference-config.yml"
 DASHBOARD = DEPLOY / "grafana-dashboard.json"
+CHART_ROOT = DEPLOY / "helm" / "descriptor-service"
 ALTERNATIVE = "#| "
 
 
@@ -117,10 +120,11 @@ def scraped_names(server: Any) -> set[str]:
     return {s.name for family in text_string_to_metric_families(text) for s in family.samples}
 
 
-@pytest.mark.redis
-def test_every_dashboard_query_against_a_real_scrape(tmp_path: Path, redis_standalone: Any) -> None:
-    """Each metric every panel queries is in the scrape of real servers that served calls."""
-
+@pytest.fixture(scope="module")
+def served_names(tmp_path_factory: pytest.TempPathFactory, redis_standalone: Any) -> set[str]:
+    """Every sample name in the scrape of real servers (in-memory, Redis with its near cache)
+    that served calls."""
+    tmp_path = tmp_path_factory.mktemp("scrape")
     flush(redis_standalone)
     layout = Layout(tmp_path / "registry")
     blob = layout.push("team/app", b"a layer for the dashboard")
@@ -142,6 +146,13 @@ def test_every_dashboard_query_against_a_real_scrape(tmp_path: Path, redis_stand
             names |= scraped_names(server)
         finally:
             server.stop()
+    return names
+
+
+@pytest.mark.redis
+def test_every_dashboard_query_against_a_real_scrape(served_names: set[str]) -> None:
+    """Each metric every panel queries is in the scrape of real servers that served calls."""
+    names = served_names
     dashboard = json.loads(DASHBOARD.read_text())
     exprs = [t["expr"] for p in dashboard["panels"] for t in p.get("targets", [])]
     assert len(exprs) >= 20
@@ -166,3 +177,23 @@ def test_every_dashboard_query_against_a_real_scrape(tmp_path: Path, redis_stand
         "process_resident_memory_bytes",
     ):
         assert family in queried, f"the dashboard has no panel for {family}"
+
+
+@pytest.mark.redis
+def test_every_alert_reads_metrics_the_server_exports(served_names: set[str]) -> None:
+    """The Helm chart's PrometheusRule reads only metrics a real scrape has (``up`` is Prometheus' own)."""
+    helm = CHART_ROOT.parent.parent.parent / ".tools" / "bin" / "helm"
+    binary = str(helm) if helm.is_file() else shutil.which("helm")
+    if binary is None:
+        pytest.skip("helm not installed (./dev test builds it into .tools/bin)")
+    done = subprocess.run(
+        [binary, "template", "rel", str(CHART_ROOT), "--set", "prometheusRule.enabled=true"],
+        capture_output=True, text=True, timeout=120, check=False,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    (rule,) = [d for d in yaml.safe_load_all(done.stdout) if d and d["kind"] == "PrometheusRule"]
+    exprs = [r["expr"] for group in rule["spec"]["groups"] for r in group["rules"]]
+    assert len(exprs) >= 6
+    used = {name for expr in exprs for name in SELECTOR.findall(expr)} - {"up"}
+    assert "descriptor_cache_near_live" in used
+    assert used <= served_names, sorted(used - served_names)

@@ -1,4 +1,4 @@
-"""Client-side load balancing over replicas, and retries of UNAVAILABLE (README, Python client).
+"""Client-side load balancing over replicas, and retries of UNAVAILABLE (docs/other-languages.md; docs/client.md).
 
 The Python client's gRPC service config asks for ``round_robin`` over every address
 of the target and retries UNAVAILABLE (a draining or restarting replica). These tests

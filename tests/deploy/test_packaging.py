@@ -32,7 +32,7 @@ from helpers.support import READY
 
 pytestmark = pytest.mark.slow
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 with (ROOT / "pyproject.toml").open("rb") as _f:
     VERSION = tomllib.load(_f)["project"]["version"]
 CLIENT_DEPENDENCIES = {"grpcio", "grpcio-status", "protobuf", "googleapis-common-protos"}

@@ -1,4 +1,4 @@
-"""The Python client (README, Python client), sync and asyncio, against the real server command."""
+"""The Python client (README, a first call; docs/client.md), sync and asyncio, against the real server command."""
 
 from __future__ import annotations
 

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 BUF = ROOT / "tests" / "node" / "node_modules" / ".bin" / "buf"
 PROTO = "protos/descriptor/v1/descriptor.proto"
 MODULE_PATHS = ("buf.yaml", "protos", "third_party/googleapis")
