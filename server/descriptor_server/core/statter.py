@@ -470,11 +470,11 @@ class CachedBlobStatter:
 
     async def _clear(self, digest: str, repository: str) -> None:
         cache = self.cache
-        # A repository the cache does not list the digest in: nothing of that scope to
-        # take before the delete, so the backend is asked first, and a BLOB_UNKNOWN answer
-        # changes nothing anywhere (no global drop, no fence). Otherwise the entries go
-        # first, so that a delete of unknown outcome leaves none behind.
-        first = not repository or await self._cached(digest, repository)
+        # A scope the cache does not hold the digest in: nothing to take before the
+        # delete, so the backend is asked first, and a BLOB_UNKNOWN answer changes nothing
+        # anywhere (no global drop, no fence). Otherwise the entries go first, so that a
+        # delete of unknown outcome leaves none behind.
+        first = await self._cached(digest, repository)
         held, epoch = False, 0
         taken: list[tuple[Descriptor, str]] = []
         if first:
