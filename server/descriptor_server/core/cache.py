@@ -57,8 +57,9 @@ class Cache(BlobDescriptorService, Protocol):
 
     async def invalidate(self, digest: str, repository: str = "") -> tuple[bool, int]:
         """Bump the epoch, fence ``digest`` at it, and remove the scope's entries (a
-        repository scope also removes the global entry), as one step where the cache
-        allows it. Returns whether the scope held ``digest`` (a repository scope: listed
+        repository scope also removes the global entry; the global scope also the global
+        entries of the other algorithms' digests stored as aliases of it), as one step
+        where the cache allows it. Returns whether the scope held ``digest`` (a repository scope: listed
         it) and the epoch it was fenced at."""
         ...
 
