@@ -16,6 +16,13 @@
   held descriptor, the master killed, the replica promoted, the descriptor rewritten
   on the new master; every answer until the new size shows is counted, and any with
   the old size is a stale answer.
+- **The lease's cost on the hit path, before/after in one run** (in this process, no
+  gRPC): a near-cache hit through ``RedisCache.stat`` as shipped (one
+  ``time.monotonic()`` lease check) against the same near cache with the check taken
+  out (the lookup as it was before leases), and an ``InMemoryCache.stat`` hit; and
+  the cost a Clear pays for its barrier (``RedisCache.settle`` with one live near
+  cache, its own: one script round trip, the barrier's invalidation, the ack, the
+  BLPOP wake-up).
 """
 
 from __future__ import annotations
@@ -237,6 +244,95 @@ def failover(binary: str | None) -> dict[str, Any] | None:
     return res
 
 
+async def _lease_cost(redis_addr: str, n: int, rounds: int) -> dict[str, float]:
+    from descriptor_client.descriptor import Descriptor
+    from descriptor_client.errors import BlobUnknownError
+    from descriptor_server.caches.inmemory import InMemoryCache
+    from descriptor_server.caches.nearcache import NearCache
+    from descriptor_server.caches.redis import from_config
+    from descriptor_server.config import RedisConfig
+
+    class Unleased(NearCache):
+        """The lookup as it was before leases (no lease check): the "before" figure."""
+
+        async def get(self, digest: str, repository: str) -> Descriptor | None:
+            try:
+                if repository:
+                    alias = self._aliases.get(repository)
+                    if alias is None:
+                        return None
+                    desc = await self._scoped.stat(digest, alias)
+                else:
+                    desc = await self._global.stat(digest)
+            except BlobUnknownError:
+                return None
+            self.hits += 1
+            return desc
+
+    digest = "sha256:" + "e" * 64
+    desc = Descriptor(OCT, digest, 1)
+    cache = from_config(RedisConfig(addrs=[redis_addr]))
+    near = cache.near
+    assert near is not None
+    memory = InMemoryCache(10000)
+    await memory.set_descriptor(digest, desc)
+    try:
+        await cache.set_descriptor(digest, desc)
+        deadline = time.monotonic() + 10
+        while True:  # until the near cache answers (tracking set up, lease held, entry held)
+            before = near.hits
+            await cache.stat(digest)
+            if near.hits > before:
+                break
+            if time.monotonic() > deadline:
+                raise RuntimeError("the near cache never answered")
+            await asyncio.sleep(0.01)
+
+        async def per_hit(stat: Any) -> float:
+            best = float("inf")
+            for _ in range(rounds):
+                start = time.perf_counter()
+                for _ in range(n):
+                    await stat(digest)
+                best = min(best, (time.perf_counter() - start) / n)
+            return best * 1e9
+
+        shipped_class = type(near)
+        after = await per_hit(cache.stat)
+        near.__class__ = Unleased
+        try:
+            before = await per_hit(cache.stat)
+        finally:
+            near.__class__ = shipped_class
+        after = min(after, await per_hit(cache.stat))  # interleaved: drift hits both
+        inmemory = await per_hit(memory.stat)
+        settles = []
+        for _ in range(200):
+            start = time.perf_counter()
+            await cache.settle(digest)
+            settles.append((time.perf_counter() - start) * 1000)
+        settles.sort()
+        return {
+            "hit_ns_before": before,
+            "hit_ns_after": after,
+            "inmemory_hit_ns": inmemory,
+            "settle_p50_ms": settles[len(settles) // 2],
+            "settle_p99_ms": settles[int(len(settles) * 0.99)],
+        }
+    finally:
+        await cache.close()
+
+
+def lease_cost(redis_addr: str, *, quick: bool) -> dict[str, float]:
+    """The lease check's cost per near-cache hit, before/after in one run, and the barrier's per Clear."""
+    res = asyncio.run(_lease_cost(redis_addr, 20_000 if quick else 100_000, 3 if quick else 5))
+    say(
+        f"lease: near hit {res['hit_ns_before']:.0f} ns before, {res['hit_ns_after']:.0f} ns after "
+        f"(in-memory {res['inmemory_hit_ns']:.0f} ns); settle p50 {res['settle_p50_ms']:.2f} ms"
+    )
+    return res
+
+
 def redis_service_config(root: Path, redis: dict[str, Any]) -> dict[str, Any]:
     return service_config(root, "redis", redis={"readtimeout": "300ms", **redis})
 
@@ -280,6 +376,26 @@ def rows(res: dict[str, Any]) -> list[tuple[str, str, str, str]]:
                 f"max {kill.get('max_ms', float('nan')):.1f} ms",
                 f"{kill['never_reflected']:.0f} stale",
                 f"0 stale {goal(ok)}",
+            )
+        )
+    lease = near.get("lease")
+    if lease:
+        extra = lease["hit_ns_after"] - lease["hit_ns_before"]
+        out.append(
+            (
+                "  lease check per near hit (in process, before → after)",
+                f"{lease['hit_ns_before']:.0f} → {lease['hit_ns_after']:.0f} ns "
+                f"(in-memory hit {lease['inmemory_hit_ns']:.0f} ns)",
+                f"{extra:+.0f} ns",
+                "",
+            )
+        )
+        out.append(
+            (
+                "  barrier per Clear (settle, one live near cache)",
+                f"p50 {lease['settle_p50_ms']:.2f} ms, p99 {lease['settle_p99_ms']:.2f} ms",
+                "",
+                "",
             )
         )
     fo = near.get("failover")

@@ -202,7 +202,8 @@ def measure_servers(args: argparse.Namespace, sizes: Sizes, h2: str | None, work
             half_redis = results["unary"]["redis"] / 2
             load = h2load_command(h2, servers["redis"].port, body, int(half_redis * 600), rps=half_redis)
             results["near"] = {
-                "coherence": near_bench.coherence(servers["redis"].target, redis_addr, load, quick=sizes.quick)
+                "coherence": near_bench.coherence(servers["redis"].target, redis_addr, load, quick=sizes.quick),
+                "lease": near_bench.lease_cost(redis_addr, quick=sizes.quick),
             }
 
         for srv in list(servers.values()):

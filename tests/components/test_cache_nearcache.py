@@ -531,13 +531,17 @@ async def test_size_zero_turns_it_off(redis_standalone: RedisProcess) -> None:
 
 def test_config_key_default_and_checks(tmp_path: Path) -> None:
     assert RedisConfig().nearcache.size == 10000
-    config = from_dict({"redis": {"nearcache": {"size": 5}}})
+    assert RedisConfig().nearcache.lease == 3.0
+    config = from_dict({"redis": {"nearcache": {"size": 5, "lease": "1500ms"}}})
     assert config.redis.nearcache.size == 5
-    assert to_dict(config)["redis"]["nearcache"] == {"size": 5}  # what --check-config prints
+    assert config.redis.nearcache.lease == 1.5
+    assert to_dict(config)["redis"]["nearcache"] == {"size": 5, "lease": "1.5s"}  # what --check-config prints
     for bad, key in (
         ({"size": -1}, "redis.nearcache.size"),
         ({"size": "big"}, "redis.nearcache.size"),
         ({"entries": 5}, "redis.nearcache.entries"),
+        ({"lease": "10ms"}, "redis.nearcache.lease"),
+        ({"lease": "2m"}, "redis.nearcache.lease"),
     ):
         with pytest.raises(ConfigError) as info:
             from_dict({"redis": {"nearcache": bad}})

@@ -33,6 +33,11 @@ When the connection drops (``CLIENT KILL``, a restart, a failover, no answer to 
 ``PING`` within :data:`PING_INTERVAL`, or Sentinel naming another master): the near
 cache is flushed and bypassed until tracking is set up again, with backoff; one log
 line on loss and one on recovery.
+
+Clear is final across processes (:mod:`.nearlease`): the near cache answers only while
+it holds its lease in Redis (one ``time.monotonic()`` per lookup), and acks the
+barriers other processes' Clears write (a third tracked prefix) once it has applied
+every invalidation before them.
 """
 
 from __future__ import annotations
@@ -41,6 +46,9 @@ import asyncio
 import contextlib
 import logging
 import math
+import os
+import time
+from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -49,11 +57,13 @@ from descriptor_client.descriptor import Descriptor
 from descriptor_client.errors import BlobUnknownError, DescriptorError
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
+from redis.asyncio import Redis
 from redis.exceptions import RedisError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from ..core import loggers
 from ..core.logutil import describe
+from . import nearlease
 from .inmemory import InMemoryCache
 
 log = logging.getLogger(loggers.NEAR_CACHE)
@@ -61,7 +71,7 @@ log = logging.getLogger(loggers.NEAR_CACHE)
 CHANNEL = "__redis__:invalidate"
 #: The invalidation connection's name (``CLIENT LIST``, ``CLIENT KILL``).
 CLIENT_NAME = "descriptor-service-nearcache"
-PREFIXES = ("blobs::", "repository::")
+PREFIXES = ("blobs::", "repository::", nearlease.BARRIER_PREFIX)
 #: Default ``redis.nearcache.size``.
 DEFAULT_SIZE = 10000
 #: Striped per-digest invalidation counters (a power of two).
@@ -77,6 +87,9 @@ _BLOB = "blobs::"
 _REPO = "repository::"
 _SET_SUFFIX = "::blobs"
 _HASH_SEP = "::blobs::"
+_BARRIER = nearlease.BARRIER_PREFIX
+#: Barriers acked lately (their expiry is reported too, and needs no ack).
+_ACKED_KEPT = 1024
 
 MasterAddress = Callable[[], Awaitable[Any]]
 
@@ -93,14 +106,20 @@ class NearStats:
     flushes: int
     losses: int
     setups: int
+    lapses: int = 0
+    evicted: int = 0
+    acks: int = 0
+    settle: nearlease.SettleStats | None = None
 
 
 class NearCache:
     """Answers held in this process in front of Redis; see the module documentation.
 
-    ``pool`` is a redis-py asyncio connection pool for the invalidation connection
-    (RESP2, one connection, to the master); ``master_address``, on Sentinel, names the
-    current master so that a failover the connection survived is still noticed.
+    ``pool`` is a redis-py asyncio connection pool (RESP2, to the master) of two
+    connections: the invalidation connection, and one for the lease and the acks;
+    ``master_address``, on Sentinel, names the current master so that a failover the
+    connection survived is still noticed. ``lease``: seconds of the lease in Redis
+    (``redis.nearcache.lease``).
     """
 
     def __init__(
@@ -111,9 +130,12 @@ class NearCache:
         master_address: MasterAddress | None = None,
         ping_interval: float = PING_INTERVAL,
         setup_timeout: float = 1.0,
+        lease: float = nearlease.DEFAULT_LEASE,
     ) -> None:
         if size <= 0:
             raise ValueError("size must be > 0")
+        if lease <= 0:
+            raise ValueError("lease must be > 0")
         self.size = size
         self.pool = pool
         self.master_address = master_address
@@ -134,6 +156,23 @@ class NearCache:
         self._new_tables()
         self._task: asyncio.Task[None] | None = None
         self._closed = False
+        #: The lease: held while ``time.monotonic()`` is below ``_lease_until``.
+        self.lease = lease
+        self.member = nearlease.new_id()
+        self._pid = os.getpid()
+        self._lease_until = 0.0
+        self.lapses = 0
+        self.evicted = 0
+        self.acks = 0
+        self._control: Any = None
+        self._lease_script: Any = None
+        self._ack_script: Any = None
+        self._control_lock = asyncio.Lock()
+        self._acks_due: list[tuple[str, str, str]] = []
+        self._acked: OrderedDict[str, None] = OrderedDict()
+        self._acker: asyncio.Task[None] | None = None
+        #: The settler of this process's Clears (set by the Redis cache), for the metrics.
+        self.settler: nearlease.Settler | None = None
 
     def _new_tables(self) -> None:
         self._global = InMemoryCache(self.size)
@@ -147,13 +186,41 @@ class NearCache:
 
     def stats(self) -> NearStats:
         return NearStats(
-            self.size, len(self), self.live, self.hits, self.invalidations, self.flushes, self.losses, self.setups
+            self.size,
+            len(self),
+            self.live,
+            self.hits,
+            self.invalidations,
+            self.flushes,
+            self.losses,
+            self.setups,
+            self.lapses,
+            self.evicted,
+            self.acks,
+            self.settler.stats() if self.settler is not None else None,
         )
+
+    # -- the lease ----------------------------------------------------------------------
+
+    @property
+    def leased(self) -> bool:
+        """True while this process's lease is held by its own clock."""
+        return time.monotonic() < self._lease_until
+
+    def _lapse(self) -> None:
+        """The lease ran out (or was taken away): nothing held may be answered any more."""
+        if self._lease_until:
+            self._lease_until = 0.0
+            self.lapses += 1
+            self._flush()
 
     # -- lookups ------------------------------------------------------------------------
 
     async def get(self, digest: str, repository: str) -> Descriptor | None:
         """The held answer, or None. An invalid digest raises as the Redis cache would."""
+        if time.monotonic() >= self._lease_until:
+            self._lapse()
+            return None
         try:
             if repository:
                 alias = self._aliases.get(repository)
@@ -168,6 +235,9 @@ class NearCache:
         return desc
 
     async def get_many(self, digests: Sequence[str], repository: str) -> list[Descriptor | None]:
+        if time.monotonic() >= self._lease_until:
+            self._lapse()
+            return [None] * len(digests)
         if repository:
             alias = self._aliases.get(repository)
             if alias is None:
@@ -200,7 +270,7 @@ class NearCache:
         ``media_types`` are the per-repository media types Redis returned (repository
         answers only): an answer with an empty one is not held.
         """
-        if seq < 0 or not self.live or self._all_seen > seq:
+        if seq < 0 or not self.live or self._all_seen > seq or time.monotonic() >= self._lease_until:
             return
         alias = ""
         for i, desc in enumerate(answers):
@@ -298,12 +368,96 @@ class NearCache:
                 repository, sep, digest = rest.partition(_HASH_SEP)
                 if sep:
                     await self._drop_scoped(digest, repository)
+            elif key.startswith(_BARRIER):
+                # Every invalidation before it is applied: ack (from another connection).
+                self._queue_ack(key)
+
+    def _queue_ack(self, key: str) -> None:
+        if key in self._acked:
+            return
+        parsed = nearlease.parse_barrier(key)
+        if parsed is None:
+            return
+        self._acked[key] = None
+        if len(self._acked) > _ACKED_KEPT:
+            self._acked.popitem(last=False)
+        acks, n = parsed
+        self._acks_due.append((key, acks, f"{n} {self.member}"))
+        if self._acker is None or self._acker.done():
+            self._acker = asyncio.get_running_loop().create_task(self._send_acks(), name="redis-nearcache-ack")
+
+    async def _send_acks(self) -> None:
+        """Send the acks due, pipelined, until none are left."""
+        while self._acks_due and not self._closed:
+            due, self._acks_due = self._acks_due, []
+            try:
+                self._control_client()
+                async with asyncio.timeout(self.setup_timeout), self._control_lock:
+                    pipe = self._control_client().pipeline(transaction=False)
+                    for barrier, acks, entry in due:
+                        await self._ack_script(keys=[barrier, acks], args=[entry, nearlease.ACKS_TTL_MS], client=pipe)
+                    await pipe.execute()
+                self.acks += len(due)
+            except Exception as err:  # the settler waits out our lease instead
+                log.debug("redis near cache: cannot ack barriers (%s)", describe(err))
+
+    def _control_client(self) -> Any:
+        if self._control is None:
+            self._control = Redis(connection_pool=self.pool)
+            self._lease_script = self._control.register_script(nearlease.LEASE_SCRIPT)
+            self._ack_script = self._control.register_script(nearlease.ACK_SCRIPT)
+        return self._control
+
+    async def _lease_call(self, mode: str) -> bool:
+        """Register or renew the lease in Redis (bounded); True if Redis granted it."""
+        self._control_client()
+        async with asyncio.timeout(self.setup_timeout), self._control_lock:
+            granted = await self._lease_script(
+                keys=[nearlease.MEMBERS_KEY], args=[self.member, int(self.lease * 1000), mode]
+            )
+        return bool(granted)
+
+    async def _register(self) -> None:
+        """Register, then flush: nothing read before Redis counted us in is held, so a
+        Clear whose barrier did not wait for us cannot have left anything here."""
+        start = time.monotonic()
+        await self._lease_call("register")
+        self._flush()
+        self._lease_until = start + self.lease * (1 - nearlease.MARGIN)
+
+    async def _renew(self) -> None:
+        """Renew every third of the lease, while tracking is set up."""
+        while True:
+            await asyncio.sleep(self.lease / 3)
+            start = time.monotonic()
+            try:
+                granted = await self._lease_call("renew")
+            except Exception as err:  # retried at the next third; the lease runs out meanwhile
+                log.debug("redis near cache: cannot renew the lease (%s)", describe(err))
+                continue
+            if granted and time.monotonic() < self._lease_until:
+                self._lease_until = start + self.lease * (1 - nearlease.MARGIN)
+                continue
+            # Ran out here first (this process was stopped or slow), or a Clear took it away.
+            if not granted:
+                self.evicted += 1
+            log.warning(
+                "redis near cache: lease %s; flushed, answering from Redis until registered again",
+                "taken away by a Clear that waited for this process" if not granted else "ran out",
+            )
+            self._lapse()
+            try:
+                await self._register()
+            except Exception as err:
+                log.debug("redis near cache: cannot register again (%s)", describe(err))
 
     # -- the invalidation connection ----------------------------------------------------
 
     def start(self) -> None:
         """Set tracking up in the background (once; called from a running loop)."""
         if self._task is None and not self._closed:
+            if self._pid != os.getpid():  # made before a fork: each process is its own member
+                self._pid, self.member = os.getpid(), nearlease.new_id()
             self._task = asyncio.get_running_loop().create_task(self._run(), name="redis-nearcache")
 
     async def _run(self) -> None:
@@ -312,6 +466,12 @@ class NearCache:
         while not self._closed:
             try:
                 conn = await self._setup()
+                try:
+                    # Tracked before registered, registered before anything is held.
+                    await self._register()
+                except BaseException:
+                    await self._release(conn)
+                    raise
             except Exception as err:  # retried with backoff, logged once
                 if not degraded:
                     log.warning(
@@ -323,7 +483,6 @@ class NearCache:
                 await asyncio.sleep(delay)
                 delay = min(2 * delay, BACKOFF_MAX)
                 continue
-            self._flush()
             self.live = True
             self.setups += 1
             delay = BACKOFF_MIN
@@ -331,6 +490,7 @@ class NearCache:
                 log.warning("redis near cache: invalidation tracking set up again; near cache in use")
                 degraded = False
             reason = "connection closed"
+            renew = asyncio.get_running_loop().create_task(self._renew(), name="redis-nearcache-lease")
             try:
                 await self._listen(conn)
             except Exception as err:  # any failure is a loss, never a dead task
@@ -338,10 +498,15 @@ class NearCache:
             finally:
                 # Before anything else can run: nothing held may be answered any more.
                 self.live = False
+                self._lease_until = 0.0
                 self._flush()
+                renew.cancel()
                 await self._release(conn)
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await renew
             if self._closed:
                 return
+            await self._deregister()
             self.losses += 1
             degraded = True
             log.warning(
@@ -413,6 +578,14 @@ class NearCache:
         if tuple(address) != (conn.host, conn.port):
             raise RedisError(f"sentinel names another master ({address[0]}:{address[1]})")
 
+    async def _deregister(self) -> None:
+        """Leave the members (best effort; else the lease runs out): no barrier waits for
+        a near cache that holds nothing until it is set up again."""
+        with contextlib.suppress(Exception):
+            self._control_client()
+            async with asyncio.timeout(self.setup_timeout), self._control_lock:
+                await self._control.zrem(nearlease.MEMBERS_KEY, self.member)
+
     async def _release(self, conn: Any) -> None:
         with contextlib.suppress(Exception):
             await conn.disconnect()
@@ -422,11 +595,15 @@ class NearCache:
     async def close(self) -> None:
         self._closed = True
         self.live = False
-        task, self._task = self._task, None
-        if task is not None:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await task
+        self._lease_until = 0.0
+        for task in (self._task, self._acker):
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await task
+        self._task = self._acker = None
+        if self._control is not None:
+            await self._deregister()
         with contextlib.suppress(Exception):
             await self.pool.disconnect()
 
@@ -447,6 +624,22 @@ class NearCacheCollector(Collector):
             ("invalidations", s.invalidations, "Keys Redis reported changed (each evicts what depends on it)."),
             ("flushes", s.flushes, "Times the near cache was emptied (connection lost or set up, server flush)."),
             ("losses", s.losses, "Times the invalidation connection was lost."),
+            ("lease_lapses", s.lapses, "Times the lease ran out here (stopped, cut off from Redis) and was flushed."),
+            ("lease_evictions", s.evicted, "Times a Clear took the lease away (barriers not acked in time)."),
+            ("barrier_acks_sent", s.acks, "Barriers of Clears (any process's) acked by this near cache."),
+        ):
+            yield CounterMetricFamily(f"descriptor_cache_near_{name}", doc, value=value)
+        settle = s.settle or nearlease.SettleStats()
+        for name, value, doc in (
+            ("barriers", settle.barriers, "Barriers this process's Clears set (some near cache was live)."),
+            ("barrier_acks", settle.acks, "Acks this process's barriers received."),
+            (
+                "barrier_waited_out",
+                settle.waited_out,
+                "Near caches a barrier stopped waiting for when their lease ran out (no ack).",
+            ),
+            ("barrier_evictions", settle.evictions, "Near caches a barrier evicted (renewed without acking)."),
+            ("barrier_failures", settle.failures, "Barriers Redis could not run (the lease was waited instead)."),
         ):
             yield CounterMetricFamily(f"descriptor_cache_near_{name}", doc, value=value)
         yield GaugeMetricFamily("descriptor_cache_near_entries", "Entries held in the near cache.", s.entries)

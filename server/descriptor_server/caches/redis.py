@@ -35,7 +35,9 @@ costs callers at most one timeout per probe. Failures raise :class:`RedisCacheEr
 the statter counts and logs them and answers from the backend.
 
 In front of Redis sits a near cache (``redis.nearcache.size``, :mod:`.nearcache`) kept
-coherent by Redis client-side caching; it is off on Cluster.
+coherent by Redis client-side caching; it is off on Cluster. :meth:`RedisCache.settle`
+(the end of every Clear) returns once no near cache of any process can answer what was
+invalidated (:mod:`.nearlease`; also with this process's near cache off).
 """
 
 from __future__ import annotations
@@ -65,6 +67,7 @@ from ..core import loggers
 from ..core.cache import Taken
 from ..core.logutil import describe
 from .nearcache import NearCache, NearStats
+from .nearlease import Settler
 from .redispool import IdleLimitedPool, IdleLimitedSentinelPool
 from .validation import check_key, check_set
 
@@ -296,6 +299,7 @@ class RedisCache:
         closers: Sequence[Closer] = (),
         near: NearCache | None = None,
         fence_ttl: float = DEFAULT_FENCE_TTL,
+        settler: Settler | None = None,
     ) -> None:
         self.client = client
         #: Milliseconds a Clear's fence stands (at least 1 s).
@@ -318,6 +322,10 @@ class RedisCache:
         self._retry_at = 0.0
         #: The near cache in front of Redis, or None (off, or Cluster).
         self.near = near
+        #: The barrier of Clears against every process's near cache (None on Cluster).
+        self.settler = settler
+        if near is not None:
+            near.settler = settler
 
     def near_stats(self) -> NearStats | None:
         """The near cache's counters (None when it is off), for a collector at scrape time."""
@@ -696,13 +704,14 @@ class RedisCache:
                 await self.near.forget((digest,), scoped[0][1] if scoped else "")
 
     async def settle(self, digest: str) -> None:
-        """The near cache's barrier when it is on (no process's near cache answers
-        ``digest`` any more once this returns); at once without a near cache."""
-        settle = getattr(self.near, "settle", None)  # the near cache's barrier (see nearcache)
-        if settle is not None:
-            await settle(digest)
+        """Return once no near cache of any process sharing this Redis can answer what was
+        invalidated before this call (``digest``: the Clear's, for logs); see :mod:`.nearlease`."""
+        if self.settler is not None:
+            await self.settler.settle(digest)
 
     async def close(self) -> None:
+        if self.settler is not None:
+            await self.settler.close()
         if self.near is not None:
             await self.near.close()
         await self.client.aclose()
@@ -783,7 +792,12 @@ def from_config(
     }
 
     def make(
-        client: _Client, *, cluster: bool = False, closers: Sequence[Closer] = (), near: NearCache | None = None
+        client: _Client,
+        *,
+        cluster: bool = False,
+        closers: Sequence[Closer] = (),
+        near: NearCache | None = None,
+        settler: Settler | None = None,
     ) -> RedisCache:
         return RedisCache(
             client,
@@ -795,13 +809,16 @@ def from_config(
             closers=closers,
             near=near,
             fence_ttl=fence_ttl,
+            settler=settler,
         )
 
     # Idle limits on the data connections only: the near cache's one connection is meant to stay.
     idle: dict[str, Any] = {"max_idle": cfg.maxidleconns, "max_idle_time": cfg.connmaxidletime}
     size = cfg.nearcache.size
-    # The invalidation connection speaks RESP2 (invalidations as Pub/Sub messages).
-    near_kwargs: dict[str, Any] = {"max_connections": 1, "protocol": 2}
+    lease = cfg.nearcache.lease
+    # The invalidation connection speaks RESP2 (invalidations as Pub/Sub messages); the
+    # other one carries the lease and the acks. The settler's: its scripts, and the BLPOP.
+    near_kwargs: dict[str, Any] = {"max_connections": 2, "protocol": 2}
 
     if cfg.mastername:
         sentinel_kwargs = {k: v for k, v in common.items() if k not in ("username", "password", "decode_responses")}
@@ -816,16 +833,21 @@ def from_config(
             near_client = sentinel.master_for(cfg.mastername, **near_kwargs)
             near_pool = near_client.connection_pool
             near = NearCache(
-                size, near_pool, master_address=near_pool.get_master_address, setup_timeout=cfg.dialtimeout
+                size,
+                near_pool,
+                master_address=near_pool.get_master_address,
+                setup_timeout=cfg.dialtimeout,
+                lease=lease,
             )
             closers.append(near_client.aclose)
+        settler = Settler(sentinel.master_for(cfg.mastername, **near_kwargs), fallback=lease, timeout=cfg.dialtimeout)
 
         async def close_sentinels() -> None:
             for s in sentinel.sentinels:
                 await s.aclose()
 
         closers.append(close_sentinels)
-        return make(master, closers=closers, near=near)
+        return make(master, closers=closers, near=near, settler=settler)
     if len(nodes) > 1:
         client = RedisCluster(
             startup_nodes=[ClusterNode(host, port) for host, port in nodes],
@@ -849,8 +871,10 @@ def from_config(
     near = None
     if size:
         near_pool = ConnectionPool(host=host, port=port, db=cfg.db, **near_kwargs, **_pool_kwargs(common))
-        near = NearCache(size, near_pool, setup_timeout=cfg.dialtimeout)
-    return make(Redis(connection_pool=pool), near=near)
+        near = NearCache(size, near_pool, setup_timeout=cfg.dialtimeout, lease=lease)
+    settle_pool = ConnectionPool(host=host, port=port, db=cfg.db, **near_kwargs, **_pool_kwargs(common))
+    settler = Settler(Redis(connection_pool=settle_pool), fallback=lease, timeout=cfg.dialtimeout)
+    return make(Redis(connection_pool=pool), near=near, settler=settler)
 
 
 def _pool_kwargs(common: dict[str, Any]) -> dict[str, Any]:

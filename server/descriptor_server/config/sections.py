@@ -127,6 +127,9 @@ class RedisTLSConfig:
 class RedisNearCacheConfig:
     #: Entries held in this process in front of Redis (per scope table); 0 turns it off.
     size: int = 10000
+    #: The near cache's lease in Redis: it answers only while it holds one (renewed every
+    #: third of it), and a Clear waits at most this long for a process that stopped.
+    lease: Duration = 3.0
 
 
 @dataclass(frozen=True)

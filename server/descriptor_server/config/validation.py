@@ -46,6 +46,8 @@ def validate_redis(redis: RedisConfig) -> None:
         raise ConfigError("redis.tls", "certificate and key go together")
     if redis.nearcache.size < 0:
         raise ConfigError("redis.nearcache.size", "must be >= 0 (0 turns the near cache off)")
+    if not 0.1 <= redis.nearcache.lease <= 60:
+        raise ConfigError("redis.nearcache.lease", "must be between 100ms and 60s")
 
 
 def validate(config: Config) -> None:
@@ -88,6 +90,8 @@ def validate(config: Config) -> None:
         raise ConfigError("redis.maxidleconns", "must be >= 0 (0 = no limit)")
     if config.redis.nearcache.size < 0:
         raise ConfigError("redis.nearcache.size", "must be >= 0 (0 turns the near cache off)")
+    if not 0.1 <= config.redis.nearcache.lease <= 60:
+        raise ConfigError("redis.nearcache.lease", "must be between 100ms and 60s")
     grpc = config.grpc
     check_address(grpc.addr, "grpc.addr")
     check_address(grpc.healthaddr, "grpc.healthaddr", allow_empty=True)

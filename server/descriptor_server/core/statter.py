@@ -440,8 +440,6 @@ class CachedBlobStatter:
             if repository:
                 revalidator.confirmed((digest, ""))
 
-    # -- Revalidate ----------------------------------------------------------------
-
     # -- Clear ---------------------------------------------------------------------
 
     async def clear(self, digest: str, repository: str = "") -> None:
