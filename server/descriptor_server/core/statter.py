@@ -450,6 +450,20 @@ class CachedBlobStatter:
         if not self.backend.supports_clear(repository):
             scope = "repository scope" if repository else "global scope"
             raise UnsupportedError(f"the backend cannot clear in the {scope}")
+        # The Clear runs to its end even if its caller gives up (a deadline, a cancelled
+        # call): stopped between the delete and the second invalidation it would leave
+        # what a read wrote back meanwhile in the cache for good.
+        task = asyncio.ensure_future(self._clear_to_the_end(digest, repository))
+        self._background.add(task)
+        task.add_done_callback(self._cleared)
+        await asyncio.shield(task)
+
+    def _cleared(self, task: asyncio.Future[None]) -> None:
+        self._background.discard(task)
+        if not task.cancelled():
+            task.exception()  # retrieved: a caller that gave up never warns
+
+    async def _clear_to_the_end(self, digest: str, repository: str) -> None:
         self._clears += 1
         try:
             await self._clear(digest, repository)
