@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import os
+import socket
 import time
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any
@@ -19,6 +21,8 @@ from .errors import (
     DigestInvalidFormatError,
     RepositoryNameInvalidError,
     ServerDrainingError,
+    UnavailableError,
+    from_rpc_error,
     from_status_proto,
 )
 from .metrics import Metrics
@@ -54,6 +58,75 @@ def normalize_target(target: str) -> str:
         scheme = "ipv6:" if any(p.startswith("[") for p in parts) else "ipv4:"
         return scheme + ",".join(parts)
     return target
+
+
+def _split_host_port(addr: str) -> tuple[str, str]:
+    """``host:port`` or ``[v6]:port`` into host and port (ValueError when there is no port)."""
+    if addr.startswith("["):
+        host, sep, port = addr[1:].partition("]:")
+    else:
+        host, sep, port = addr.rpartition(":")
+    if not sep or not host or not port.isdigit():
+        raise ValueError(f"{addr!r} is not HOST:PORT")
+    return host, port
+
+
+def _is_ip(host: str) -> bool:
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    return True
+
+
+def resolve_target(target: str) -> str:
+    """What the channel dials for ``target`` (already normalised by :func:`normalize_target`).
+
+    gRPC's ``ipv4:``/``ipv6:`` list schemes take IP literals only, so the host names of
+    a list are resolved here (``getaddrinfo``), once, when the client opens its channel:
+    every address of every name joins the round robin. They are not resolved again
+    for the life of the client (a name behind which replicas come and go is better
+    written ``dns:///name:port``, which gRPC itself re-resolves). A name that does
+    not resolve is left out while another does; when none does the client refuses
+    to start with :class:`UnavailableError` naming them. A single ``host:port`` and
+    any target URI are left to gRPC's own resolver.
+    """
+    scheme = next((s for s in ("ipv4:", "ipv6:") if target.startswith(s)), None)
+    if scheme is None:
+        return target
+    try:
+        parts = [_split_host_port(p) for p in target[len(scheme) :].split(",")]
+    except ValueError as err:
+        raise UnavailableError(f"target {target!r}: {err}") from None
+    if all(_is_ip(host) for host, _ in parts):
+        return target
+    v4: list[str] = []
+    v6: list[str] = []
+    failed: list[str] = []
+    for host, port in parts:
+        if _is_ip(host):
+            infos = [(socket.AF_INET6 if ":" in host else socket.AF_INET, host)]
+        else:
+            try:
+                found = socket.getaddrinfo(host, int(port), type=socket.SOCK_STREAM)
+            except (OSError, UnicodeError) as err:
+                failed.append(f"{host}: {getattr(err, 'strerror', None) or err}")
+                continue
+            infos = [(family, str(sockaddr[0])) for family, _, _, _, sockaddr in found]
+        for family, ip in infos:
+            if family == socket.AF_INET and f"{ip}:{port}" not in v4:
+                v4.append(f"{ip}:{port}")
+            elif family == socket.AF_INET6 and f"[{ip}]:{port}" not in v6:
+                v6.append(f"[{ip}]:{port}")
+    if not v4 and not v6:
+        raise UnavailableError(f"target {target!r}: no address for {'; '.join(failed)}")
+    # One list holds one family: IPv4 when there is any (an IPv6 address joins as
+    # IPv4-mapped only when IPv4 addresses are missing altogether).
+    if v4 and not v6:
+        return "ipv4:" + ",".join(v4)
+    if v6 and not v4:
+        return "ipv6:" + ",".join(v6)
+    return "ipv6:" + ",".join([f"[::ffff:{a.rpartition(':')[0]}]:{a.rpartition(':')[2]}" for a in v4] + v6)
 
 
 def channel_options(tls: ClientTLS | None, extra: Sequence[tuple[str, Any]] = ()) -> list[tuple[str, Any]]:
@@ -244,10 +317,17 @@ class ClientBase:
         lazy: bool = False,
     ) -> None:
         self.target = normalize_target(target or os.environ.get("DESCRIPTOR_TARGET") or DEFAULT_TARGET)
+        #: What the channel dials: ``target`` with the host names of a list resolved.
+        self.dial_target = resolve_target(self.target)
         self.timeout = timeout
         self._metadata = call_metadata(token)
         self._tls = tls
         self._options = channel_options(tls, options)
+        if tls is not None and not tls.server_name and self.dial_target != self.target:
+            # The certificates are checked against the first host name of the list,
+            # not against the IP addresses it resolved to (ClientTLS.server_name overrides).
+            first = _split_host_port(self.target.split(":", 1)[1].split(",")[0])[0]
+            self._options.append(("grpc.ssl_target_name_override", first))
         self._channels = channels
         self._channel: Any = None
         self._methods: dict[str, Callable[..., Any]] = {}
@@ -263,10 +343,10 @@ class ClientBase:
         extra = {"interceptors": interceptors} if interceptors and channels is not grpc else {}
         if self._tls is not None:
             self._channel = channels.secure_channel(
-                self.target, self._tls.credentials(), options=self._options, **extra
+                self.dial_target, self._tls.credentials(), options=self._options, **extra
             )
         else:
-            self._channel = channels.insecure_channel(self.target, options=self._options, **extra)
+            self._channel = channels.insecure_channel(self.dial_target, options=self._options, **extra)
         if interceptors and channels is grpc:
             self._channel = grpc.intercept_channel(self._channel, *interceptors)
         self._methods = bind_methods(self._channel)
@@ -275,6 +355,18 @@ class ClientBase:
             request_serializer=HealthCheckRequest.SerializeToString,
             response_deserializer=HealthCheckResponse.FromString,
         )
+
+    def _error(self, err: grpc.RpcError) -> DescriptorError:
+        """The typed error of a failed call, with a hint when a plaintext client's
+        connection was closed on it (what a TLS port does to a plaintext client)."""
+        error = from_rpc_error(err)
+        if self._tls is None and error.code == grpc.StatusCode.UNAVAILABLE and "Socket closed" in error.message:
+            error.message += (
+                " (the server closed the plaintext connection: if it serves TLS, give the client its CA:"
+                " ClientTLS, descriptorctl --tls-ca, $DESCRIPTOR_TLS_CA)"
+            )
+            error.args = (error.message,)
+        return error
 
     def _deadline(self, timeout: float | None) -> float | None:
         return self.timeout if timeout is None else timeout

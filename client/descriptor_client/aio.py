@@ -25,7 +25,7 @@ from ._wire import (
     stat_request,
 )
 from .descriptor import Descriptor
-from .errors import DescriptorError, from_rpc_error
+from .errors import DescriptorError
 from .metrics import Metrics
 from .rpcs import SERVICE
 from .tls import ClientTLS
@@ -75,7 +75,7 @@ class AsyncDescriptorClient(ClientBase):
             try:
                 return await methods[name](request, timeout=retry.remaining(), metadata=self._metadata)
             except grpc.RpcError as err:
-                await asyncio.sleep(retry.delay_or_raise(from_rpc_error(err)))
+                await asyncio.sleep(retry.delay_or_raise(self._error(err)))
 
     async def stat(self, digest: str, repository: str = "", *, timeout: float | None = None) -> Descriptor:
         """The descriptor of ``digest`` (in ``repository``, or globally)."""
@@ -124,7 +124,7 @@ class AsyncDescriptorClient(ClientBase):
         except grpc.RpcError as err:
             if err.code() == grpc.StatusCode.NOT_FOUND:
                 return health_status(None)
-            raise from_rpc_error(err) from None
+            raise self._error(err) from None
         return health_status(resp)
 
     def repository(self, name: str) -> AsyncRepositoryClient:

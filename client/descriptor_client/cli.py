@@ -228,10 +228,12 @@ def cmd_metrics(client: DescriptorClient, args: argparse.Namespace) -> int:
     m = client.metrics()
     values = {"requests": m.requests, "hits": m.hits, "misses": m.misses, "errors": m.errors}
     if args.json:
-        print(json.dumps(values))
+        print(json.dumps({**values, "worker": m.worker, "workers": m.workers}))
     else:
         for name, value in values.items():
             print(f"{name}\t{value}")
+        # With --workers each worker keeps its own counters: say whose these are.
+        print(f"worker\t{m.worker} of {m.workers}" if m.workers > 1 else "worker\tthe whole server")
     return EXIT_OK
 
 
@@ -269,6 +271,17 @@ def _positive(text: str) -> int:
     return value
 
 
+def _timeout(text: str) -> float | None:
+    """Seconds; ``0`` means no deadline."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number of seconds: {text!r}") from None
+    if not value >= 0:  # negative, or NaN
+        raise argparse.ArgumentTypeError("must be >= 0 (0: no deadline)")
+    return None if value == 0 else value
+
+
 def add_connection_options(parser: argparse.ArgumentParser, *, defaults: bool) -> None:
     """The options every verb shares. On the main parser they carry the defaults; the
     copies on each verb's parser have none (``SUPPRESS``), so an option given after the
@@ -294,7 +307,9 @@ def add_connection_options(parser: argparse.ArgumentParser, *, defaults: bool) -
     )
     parser.add_argument("--tls-key", default=default(env("DESCRIPTOR_TLS_KEY") or None), help="client key (mTLS)")
     parser.add_argument("--tls-servername", default=default(None), help="expected server name (certificate override)")
-    parser.add_argument("--timeout", type=float, default=default(10.0), help="deadline per call in seconds (10)")
+    parser.add_argument(
+        "--timeout", type=_timeout, default=default(10.0), help="deadline per call in seconds (10; 0: no deadline)"
+    )
     parser.add_argument("--json", action="store_true", default=default(False), help="JSON output for scripts")
 
 
@@ -315,31 +330,74 @@ def build_parser() -> argparse.ArgumentParser:
     scoped.add_argument("--repository", "-r", default="", help="repository scope (default: global)")
 
     verbs = parser.add_subparsers(dest="verb", metavar="VERB", required=True)
-    p = verbs.add_parser("stat", parents=[common, scoped], help="the descriptor of a digest")
+
+    def verb(name: str, summary: str, details: str, parents: list[argparse.ArgumentParser]) -> argparse.ArgumentParser:
+        return verbs.add_parser(
+            name,
+            parents=parents,
+            help=summary,
+            description=f"{summary[0].upper()}{summary[1:]}. {details}",
+            epilog="exit status: 0 ok, 1 not found, 2 bad input, 3 unavailable, 4 denied, 5 other error",
+        )
+
+    p = verb(
+        "stat",
+        "the descriptor of a digest",
+        "Prints DIGEST, media type and size separated by tabs (--json: one JSON object). "
+        "With --repository the answer is the repository's; exit 1 when the blob is unknown there.",
+        [common, scoped],
+    )
     p.add_argument("digest")
-    p = verbs.add_parser("set", parents=[common, scoped], help="prime the cache with a descriptor")
+    p = verb(
+        "set",
+        "prime the cache with a descriptor",
+        "Writes to the service's cache only, never to its storage. DIGEST is the key; "
+        "--descriptor-digest gives the canonical digest when DIGEST is an alias in another algorithm.",
+        [common, scoped],
+    )
     p.add_argument("digest")
     p.add_argument("--media-type", required=True)
     p.add_argument("--size", type=int, required=True)
     p.add_argument("--descriptor-digest", default="", help="the descriptor's canonical digest, when DIGEST is an alias")
-    p = verbs.add_parser("clear", parents=[common, scoped], help="remove a digest from the cache and the backend")
-    p.add_argument("digest")
-    p = verbs.add_parser(
-        "revalidate",
-        parents=[common, scoped],
-        help="check a digest against the backend now: the cache follows (never deletes from the backend)",
+    p = verb(
+        "clear",
+        "remove a digest from the cache and the backend",
+        "Needs deletion enabled on the server (exit 5, UNSUPPORTED, otherwise). "
+        "With --repository only that repository's link goes; exit 1 when nothing held the digest.",
+        [common, scoped],
     )
     p.add_argument("digest")
-    p = verbs.add_parser(
+    p = verb(
+        "revalidate",
+        "check a digest against the backend now: the cache follows (never deletes from the backend)",
+        "The service asks its backend about DIGEST in the scope now; an entry the backend "
+        "no longer has is removed from the cache as Clear would, and one it has is refreshed.",
+        [common, scoped],
+    )
+    p.add_argument("digest")
+    p = verb(
         "batch",
-        parents=[common, scoped],
-        help="stat many digests (arguments, or one per line on stdin)",
-        description="One output line per digest, in order. Exit status: the highest of the items'.",
+        "stat many digests (arguments, or one per line on stdin)",
+        "One output line per digest, in order, printed as answers arrive. Digests go in BatchStat "
+        "calls of --chunk at most, split further when the server's limit is lower. "
+        "Exit status: the highest of the items'.",
+        [common, scoped],
     )
     p.add_argument("digests", nargs="*", metavar="DIGEST")
     p.add_argument("--chunk", type=_positive, default=DEFAULT_CHUNK, help="digests per BatchStat call (%(default)s)")
-    verbs.add_parser("metrics", parents=[common], help="the cached statter's counters")
-    p = verbs.add_parser("health", parents=[common], help="grpc.health.v1 status (exit 0 only when SERVING)")
+    verb(
+        "metrics",
+        "the cached statter's counters",
+        "requests, hits, misses and errors since the answering process started, and which "
+        "worker answered (with --workers each worker counts alone; Prometheus has the sum).",
+        [common],
+    )
+    p = verb(
+        "health",
+        "grpc.health.v1 status (exit 0 only when SERVING)",
+        "Prints SERVING, NOT_SERVING (draining, or the backend fails its probe) or SERVICE_UNKNOWN (exit 1).",
+        [common],
+    )
     p.add_argument("--service", default=SERVICE, help='service to check ("" = the whole server; %(default)s)')
     return parser
 

@@ -25,7 +25,7 @@ from ._wire import (
     stat_request,
 )
 from .descriptor import Descriptor
-from .errors import DescriptorError, from_rpc_error
+from .errors import DescriptorError
 from .metrics import Metrics
 from .rpcs import SERVICE
 from .tls import ClientTLS
@@ -59,7 +59,7 @@ class DescriptorClient(ClientBase):
             try:
                 return self._methods[name](request, timeout=retry.remaining(), metadata=self._metadata)
             except grpc.RpcError as err:
-                time.sleep(retry.delay_or_raise(from_rpc_error(err)))
+                time.sleep(retry.delay_or_raise(self._error(err)))
 
     def stat(self, digest: str, repository: str = "", *, timeout: float | None = None) -> Descriptor:
         """The descriptor of ``digest`` (in ``repository``, or globally)."""
@@ -107,7 +107,7 @@ class DescriptorClient(ClientBase):
         except grpc.RpcError as err:
             if err.code() == grpc.StatusCode.NOT_FOUND:
                 return health_status(None)
-            raise from_rpc_error(err) from None
+            raise self._error(err) from None
         return health_status(resp)
 
     def repository(self, name: str) -> RepositoryClient:

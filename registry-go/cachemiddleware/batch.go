@@ -2,11 +2,14 @@ package cachemiddleware
 
 import (
 	"context"
+	"errors"
 	"sync"
+	"sync/atomic"
 
 	"github.com/descriptor-service/descriptor-service/client-go/descriptor"
 	"github.com/distribution/distribution/v3"
 	"github.com/opencontainers/go-digest"
+	"github.com/sirupsen/logrus"
 	"go.opentelemetry.io/otel/trace"
 )
 
@@ -21,12 +24,19 @@ import (
 // service (its own request, hit or miss in GetMetrics, its own backend read on a
 // miss, its own error), so the semantics are those of one Stat per HEAD.
 //
+// Batch size: at most the option maxbatch digests go in one BatchStat (default
+// defaultMaxBatch). A service whose grpc.maxbatch is lower answers BATCH_TOO_LARGE:
+// the batcher then halves its limit (shared by every repository of the provider,
+// kept for the life of the process), splits the batch and sends it again, so no
+// HEAD sees the refusal. It logs once when it learns a lower limit; setting maxbatch
+// to the service's grpc.maxbatch avoids the few refused calls at start.
+//
 // Trace context: an RPC carries the span of the first HEAD it answers (the only
 // one for a lone HEAD), so the service's span joins that request's trace; W3C
 // trace context names one parent per call.
 const (
-	maxInFlight = 2
-	maxBatch    = 256 // well under the service's default grpc.maxbatch (1000)
+	maxInFlight     = 2
+	defaultMaxBatch = 256 // well under the service's default grpc.maxbatch (1000)
 )
 
 type statCall struct {
@@ -41,6 +51,7 @@ type statCall struct {
 type statBatcher struct {
 	repo   *descriptor.Repository
 	single distribution.BlobDescriptorService // the scoped provider, for lone Stats
+	limit  *batchLimit
 
 	mu       sync.Mutex
 	inFlight int
@@ -51,12 +62,44 @@ type statBatcher struct {
 // dropped, so the map is bounded by the repositories being read at the moment.
 type batchers struct {
 	client *descriptor.Client
+	limit  batchLimit
 	mu     sync.Mutex
 	byRepo map[string]*statBatcher
 }
 
-func newBatchers(client *descriptor.Client) *batchers {
-	return &batchers{client: client, byRepo: map[string]*statBatcher{}}
+// newBatchers batches with at most maxBatch digests per BatchStat (0: the default).
+func newBatchers(client *descriptor.Client, maxBatch int) *batchers {
+	if maxBatch <= 0 {
+		maxBatch = defaultMaxBatch
+	}
+	bs := &batchers{client: client, byRepo: map[string]*statBatcher{}}
+	bs.limit.n.Store(int64(maxBatch))
+	return bs
+}
+
+// batchLimit is the most digests one BatchStat carries, lowered when the service
+// refuses a batch as too large.
+type batchLimit struct {
+	n      atomic.Int64
+	warned atomic.Bool
+}
+
+func (l *batchLimit) get() int { return int(l.n.Load()) }
+
+// refused lowers the limit below size, a batch the service refused as too large.
+func (l *batchLimit) refused(size int) {
+	next := int64(max(1, size/2))
+	for {
+		cur := l.n.Load()
+		if cur <= next || l.n.CompareAndSwap(cur, next) {
+			break
+		}
+	}
+	if !l.warned.Swap(true) {
+		logrus.WithFields(logrus.Fields{"middleware": Name, "refused": size}).Warn(
+			"the descriptor service's grpc.maxbatch is lower than this plug-in's batch size: " +
+				"splitting batches (set the middleware option maxbatch to the service's grpc.maxbatch)")
+	}
 }
 
 func (bs *batchers) get(repo string, single distribution.BlobDescriptorService) *statBatcher {
@@ -64,7 +107,7 @@ func (bs *batchers) get(repo string, single distribution.BlobDescriptorService) 
 	defer bs.mu.Unlock()
 	b, ok := bs.byRepo[repo]
 	if !ok {
-		b = &statBatcher{repo: bs.client.Repository(repo), single: single}
+		b = &statBatcher{repo: bs.client.Repository(repo), single: single, limit: &bs.limit}
 		bs.byRepo[repo] = b
 	}
 	return b
@@ -102,10 +145,10 @@ func (b *statBatcher) Stat(ctx context.Context, owner *batchers, repoName string
 	}
 }
 
-// take removes up to maxBatch waiting calls and counts one more RPC in flight;
+// take removes up to the batch limit of waiting calls and counts one more RPC in flight;
 // b.mu must be held.
 func (b *statBatcher) take() []*statCall {
-	n := min(len(b.queue), maxBatch)
+	n := min(len(b.queue), b.limit.get())
 	batch := b.queue[:n:n]
 	b.queue = b.queue[n:]
 	if len(b.queue) == 0 {
@@ -113,6 +156,32 @@ func (b *statBatcher) take() []*statCall {
 	}
 	b.inFlight++
 	return batch
+}
+
+// batchStat answers digests with as many BatchStats as the service's limit needs:
+// one result per digest, the call's error for each digest of a call that failed.
+func (b *statBatcher) batchStat(ctx context.Context, digests []digest.Digest) []descriptor.BatchResult {
+	out := make([]descriptor.BatchResult, 0, len(digests))
+	for len(digests) > 0 {
+		n := min(len(digests), b.limit.get())
+		results, err := b.repo.BatchStat(ctx, digests[:n])
+		if n > 1 && errors.Is(err, descriptor.ErrBatchTooLarge) {
+			b.limit.refused(n)
+			continue
+		}
+		if err == nil && len(results) != n {
+			err = errors.New("descriptor service: BatchStat answered the wrong number of results")
+		}
+		if err != nil {
+			for _, d := range digests[:n] {
+				out = append(out, descriptor.BatchResult{Digest: d, Err: err})
+			}
+		} else {
+			out = append(out, results...)
+		}
+		digests = digests[n:]
+	}
+	return out
 }
 
 // send answers one batch, then the calls that queued meanwhile.
@@ -131,11 +200,9 @@ func (b *statBatcher) send(owner *batchers, repoName string, batch []*statCall) 
 			for i, c := range batch {
 				digests[i] = c.dgst
 			}
-			results, err := b.repo.BatchStat(ctx, digests)
+			results := b.batchStat(ctx, digests)
 			for i, c := range batch {
 				switch {
-				case err != nil:
-					c.err = descriptor.Standard(err)
 				case results[i].Err != nil:
 					c.err = descriptor.Standard(results[i].Err)
 				default:

@@ -21,12 +21,14 @@ import (
 	"github.com/distribution/distribution/v3"
 	"github.com/opencontainers/go-digest"
 	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
 )
 
 // startServer runs a real descriptor-server ($DESCRIPTOR_SERVER, else on PATH; ./dev
 // sets it to the venv's) with the in-memory cache over an empty root, and returns
 // its target. A missing binary skips the test, except in CI where it fails.
-func startServer(t *testing.T) string {
+func startServer(t *testing.T, grpcOptions ...map[string]any) string {
 	t.Helper()
 	bin := os.Getenv("DESCRIPTOR_SERVER")
 	if bin == "" {
@@ -43,13 +45,19 @@ func startServer(t *testing.T) string {
 	if err := os.Mkdir(root, 0o755); err != nil {
 		t.Fatal(err)
 	}
+	grpcSection := map[string]any{"addr": "127.0.0.1:0"}
+	for _, extra := range grpcOptions {
+		for k, v := range extra {
+			grpcSection[k] = v
+		}
+	}
 	cfg, _ := json.Marshal(map[string]any{
 		"storage": map[string]any{
 			"filesystem": map[string]any{"rootdirectory": root},
 			"cache":      map[string]any{"blobdescriptor": "inmemory"},
 			"delete":     map[string]any{"enabled": true},
 		},
-		"grpc": map[string]any{"addr": "127.0.0.1:0"},
+		"grpc": grpcSection,
 	})
 	path := filepath.Join(dir, "config.yml")
 	if err := os.WriteFile(path, cfg, 0o600); err != nil {
@@ -130,7 +138,7 @@ func TestBatchedStatsAnswerEachDigest(t *testing.T) {
 	}
 	rpcs.Clear()
 
-	owner := newBatchers(client)
+	owner := newBatchers(client, 0)
 	const workers, each = 32, 20
 	var wg sync.WaitGroup
 	errs := make(chan error, workers*each)
@@ -196,11 +204,82 @@ func TestBatchedStatGivesUpWithItsContext(t *testing.T) {
 	}
 	client := provider.(interface{ Client() *descriptor.Client }).Client()
 	scoped, _ := provider.RepositoryScoped("team/app")
-	owner := newBatchers(client)
+	owner := newBatchers(client, 0)
 	ctx, cancel := context.WithCancel(context.Background())
 	cancel()
 	_, err = owner.get("team/app", scoped).Stat(ctx, owner, "team/app", digest.FromString("x"))
 	if !errors.Is(err, context.Canceled) {
 		t.Errorf("cancelled Stat = %v", err)
+	}
+}
+
+// A service with a grpc.maxbatch below the plug-in's batch size: every Stat is still
+// answered by the service (none sees BATCH_TOO_LARGE, none falls back), the batcher
+// learns a limit the service accepts, and with the option maxbatch set to the
+// service's limit no batch is ever refused.
+func TestBatchesFollowTheServiceLimit(t *testing.T) {
+	const serviceMax = 4
+	target := startServer(t, map[string]any{"maxbatch": serviceMax})
+	var refused, sent atomic.Int64
+	watch := func(ctx context.Context, method string, req, reply any, cc *grpc.ClientConn, invoker grpc.UnaryInvoker, opts ...grpc.CallOption) error {
+		err := invoker(ctx, method, req, reply, cc, opts...)
+		if strings.HasSuffix(method, "/BatchStat") {
+			sent.Add(1)
+			if status.Code(err) == codes.InvalidArgument { // BATCH_TOO_LARGE: the digests are valid
+				refused.Add(1)
+			}
+		}
+		return err
+	}
+	provider, err := descriptorcache.NewProvider(target, descriptor.WithUnaryInterceptor(watch))
+	if err != nil {
+		t.Fatal(err)
+	}
+	client := provider.(interface{ Client() *descriptor.Client }).Client()
+	const repo = "team/app"
+	scoped, _ := provider.RepositoryScoped(repo)
+	ctx := context.Background()
+	known := make([]distribution.Descriptor, 16)
+	for i := range known {
+		d := digest.FromString(fmt.Sprint("limited ", i))
+		known[i] = distribution.Descriptor{MediaType: "application/octet-stream", Digest: d, Size: int64(i + 1)}
+		if err := scoped.SetDescriptor(ctx, d, known[i]); err != nil {
+			t.Fatal(err)
+		}
+	}
+	run := func(owner *batchers) {
+		t.Helper()
+		var wg sync.WaitGroup
+		for w := 0; w < 64; w++ {
+			wg.Add(1)
+			go func(w int) {
+				defer wg.Done()
+				want := known[w%len(known)]
+				got, err := owner.get(repo, scoped).Stat(ctx, owner, repo, want.Digest)
+				if err != nil || got.Digest != want.Digest || got.Size != want.Size || got.MediaType != want.MediaType {
+					t.Errorf("stat %s = %v, %v", want.Digest, got, err)
+				}
+			}(w)
+		}
+		wg.Wait()
+	}
+	learned := newBatchers(client, 0)
+	for round := 0; round < 50 && refused.Load() == 0; round++ {
+		run(learned) // until concurrency made a batch over the service's limit
+	}
+	if refused.Load() == 0 {
+		t.Fatalf("no batch over %d was ever sent: the test proves nothing", serviceMax)
+	}
+	if got := learned.limit.get(); got > serviceMax {
+		t.Errorf("limit after a refusal: %d, want at most the service's %d", got, serviceMax)
+	}
+
+	refused.Store(0)
+	configured := newBatchers(client, serviceMax)
+	for i := 0; i < 5; i++ {
+		run(configured)
+	}
+	if refused.Load() != 0 {
+		t.Errorf("%d batches refused with maxbatch set to the service's limit", refused.Load())
 	}
 }

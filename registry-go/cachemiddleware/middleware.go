@@ -93,11 +93,11 @@ func entryFor(options map[string]any) (*providerEntry, error) {
 	entry, _ := providers.LoadOrStore(key, &providerEntry{})
 	e := entry.(*providerEntry)
 	e.once.Do(func() {
-		var batch bool
+		var batch batchOptions
 		e.provider, batch, e.err = newProvider(options)
-		if e.err == nil && batch {
+		if e.err == nil && batch.enabled {
 			if p, ok := e.provider.(interface{ Client() *descriptor.Client }); ok {
-				e.batchers = newBatchers(p.Client())
+				e.batchers = newBatchers(p.Client(), batch.maxBatch)
 			}
 		}
 	})

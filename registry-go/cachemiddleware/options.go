@@ -9,6 +9,7 @@ import (
 
 	"github.com/descriptor-service/descriptor-service/client-go/descriptor"
 	"github.com/descriptor-service/descriptor-service/client-go/descriptorcache"
+	"github.com/distribution/distribution/v3/configuration"
 	"github.com/distribution/distribution/v3/registry/storage/cache"
 )
 
@@ -25,34 +26,113 @@ import (
 //	  servername: name         the name the service's certificate must carry
 //	batchstat: true            send Stats that arrive while others are in flight as one
 //	                           BatchStat (default true; see batch.go)
+//	maxbatch: 256              most digests in one BatchStat (default 256; lowered by
+//	                           itself when the service's grpc.maxbatch is lower)
 //
-// An unknown key is refused, naming it, so that a typo is not silently ignored.
+// An unknown key is refused, naming it (and the known key it resembles), so that a
+// typo is not silently ignored. The registry-descriptor command checks the options at
+// start (CheckConfiguration): a bad one stops the registry before it serves.
 var knownOptions = map[string]bool{
 	"target": true, "timeout": true, "token": true, "tokenfile": true, "tls": true, "batchstat": true,
+	"maxbatch": true,
 }
 var knownTLS = map[string]bool{"ca": true, "certificate": true, "key": true, "servername": true}
 
-// newProvider builds the provider from the middleware's options, and says whether
-// Stats are batched.
-func newProvider(options map[string]any) (cache.BlobDescriptorCacheProvider, bool, error) {
+// batchOptions says whether Stats are batched, and how many digests a BatchStat
+// carries at most.
+type batchOptions struct {
+	enabled  bool
+	maxBatch int
+}
+
+// newProvider builds the provider from the middleware's options, and says how Stats
+// are batched.
+func newProvider(options map[string]any) (cache.BlobDescriptorCacheProvider, batchOptions, error) {
 	opts, target, err := clientOptions(options)
 	if err != nil {
-		return nil, false, err
+		return nil, batchOptions{}, err
 	}
-	batch := true
-	if raw, ok := options["batchstat"]; ok && raw != nil {
-		if batch, ok = raw.(bool); !ok {
-			return nil, false, fmt.Errorf("options.batchstat: want true or false, got %T", raw)
-		}
+	batch, err := parseBatchOptions(options)
+	if err != nil {
+		return nil, batchOptions{}, err
 	}
 	p, err := descriptorcache.NewProvider(target, opts...)
 	return p, batch, err
 }
 
+func parseBatchOptions(options map[string]any) (batchOptions, error) {
+	batch := batchOptions{enabled: true, maxBatch: defaultMaxBatch}
+	if raw, ok := options["batchstat"]; ok && raw != nil {
+		if batch.enabled, ok = raw.(bool); !ok {
+			return batch, fmt.Errorf("options.batchstat: want true or false, got %T", raw)
+		}
+	}
+	if raw, ok := options["maxbatch"]; ok && raw != nil {
+		n, ok := raw.(int)
+		if !ok || n < 1 {
+			return batch, fmt.Errorf("options.maxbatch: want a whole number >= 1 (the service's grpc.maxbatch), got %v", raw)
+		}
+		batch.maxBatch = n
+	}
+	return batch, nil
+}
+
+// CheckConfiguration checks the options of every enabled descriptorcache entry of a
+// registry configuration, as the first request would, and returns the first
+// problem, naming the entry and the option. The registry-descriptor command calls it
+// before serving, so that a typo stops the registry at start instead of failing
+// every repository request with 500. It makes no connection.
+func CheckConfiguration(config *configuration.Configuration) error {
+	for i, m := range config.Middleware["repository"] {
+		if m.Name != Name || m.Disabled {
+			continue
+		}
+		if _, err := entryFor(m.Options); err != nil {
+			return fmt.Errorf("middleware.repository[%d] (%s): %w", i, Name, err)
+		}
+	}
+	return nil
+}
+
+// unknownOption names an unknown key, with the known key it most likely misspells.
+func unknownOption(prefix, key string, known map[string]bool) error {
+	best, bestDist := "", 3 // at most two edits away, and closer than half the key
+	for k := range known {
+		if d := editDistance(key, k); d < bestDist && 2*d < len(k) {
+			best, bestDist = k, d
+		}
+	}
+	if best != "" {
+		return fmt.Errorf("%s%s: unknown option (did you mean %s?)", prefix, key, best)
+	}
+	return fmt.Errorf("%s%s: unknown option", prefix, key)
+}
+
+// editDistance is the Levenshtein distance of a and b.
+func editDistance(a, b string) int {
+	prev := make([]int, len(b)+1)
+	for j := range prev {
+		prev[j] = j
+	}
+	for i := 1; i <= len(a); i++ {
+		cur := make([]int, len(b)+1)
+		cur[0] = i
+		for j := 1; j <= len(b); j++ {
+			cost := 1
+			if a[i-1] == b[j-1] {
+				cost = 0
+			}
+			cur[j] = min(prev[j]+1, cur[j-1]+1, prev[j-1]+cost)
+		}
+		prev = cur
+	}
+	return prev[len(b)]
+}
+
 func clientOptions(options map[string]any) ([]descriptor.Option, string, error) {
 	for k := range options {
 		if !knownOptions[k] {
-			return nil, "", fmt.Errorf("options.%s: unknown option", k)
+			return nil, "", unknownOption("options.", k, knownOptions)
 		}
 	}
 	target, err := stringOption(options, "target")
@@ -97,7 +177,7 @@ func clientOptions(options map[string]any) ([]descriptor.Option, string, error) 
 		}
 		for k := range section {
 			if !knownTLS[k] {
-				return nil, "", fmt.Errorf("options.tls.%s: unknown option", k)
+				return nil, "", unknownOption("options.tls.", k, knownTLS)
 			}
 		}
 		var files [4]string

@@ -32,11 +32,13 @@ func TestClientOptions(t *testing.T) {
 		{map[string]any{}, "options.target: required"},
 		{map[string]any{"target": 5051}, "options.target: want a string"},
 		{map[string]any{"target": "a:1", "colour": "blue"}, "options.colour: unknown option"},
+		{map[string]any{"target": "a:1", "tls": map[string]any{"xyz": "c.pem"}}, "options.tls.xyz: unknown option"},
 		{map[string]any{"target": "a:1", "timeout": "soon"}, "options.timeout"},
 		{map[string]any{"target": "a:1", "token": "t", "tokenfile": tokenFile}, "not both"},
 		{map[string]any{"target": "a:1", "tokenfile": filepath.Join(dir, "missing")}, "options.tokenfile"},
 		{map[string]any{"target": "a:1", "tls": "yes"}, "options.tls: want a map"},
 		{map[string]any{"target": "a:1", "tls": map[string]any{"cert": "c.pem"}}, "options.tls.cert: unknown option"},
+		{map[string]any{"target": "a:1", "timout": "2s"}, "options.timout: unknown option (did you mean timeout?)"},
 	}
 	for _, c := range bad {
 		_, _, err := clientOptions(c.opts)
@@ -73,5 +75,41 @@ func TestProviderForSharesOneProviderPerOptions(t *testing.T) {
 	off, _ := entryFor(map[string]any{"target": "a:1", "batchstat": false})
 	if on.batchers == nil || off.batchers != nil {
 		t.Error("batchstat is on by default and off with batchstat: false")
+	}
+}
+
+func TestMaxBatchOption(t *testing.T) {
+	for _, c := range []struct {
+		opts map[string]any
+		want int
+	}{
+		{map[string]any{"target": "a:1"}, defaultMaxBatch},
+		{map[string]any{"target": "a:1", "maxbatch": 5}, 5},
+	} {
+		e, err := entryFor(c.opts)
+		if err != nil || e.batchers.limit.get() != c.want {
+			t.Errorf("entryFor(%v): limit %d, %v; want %d", c.opts, e.batchers.limit.get(), err, c.want)
+		}
+	}
+	for _, bad := range []any{0, -1, "many", 2.5} {
+		_, err := ProviderFor(map[string]any{"target": "a:1", "maxbatch": bad})
+		if err == nil || !strings.Contains(err.Error(), "options.maxbatch") {
+			t.Errorf("maxbatch: %v = %v, want an error naming options.maxbatch", bad, err)
+		}
+	}
+}
+
+func TestSuggestionsOnlyWhenClose(t *testing.T) {
+	for key, want := range map[string]string{
+		"timout":    "did you mean timeout?",
+		"targt":     "did you mean target?",
+		"batchsize": "",
+		"tls2":      "did you mean tls?",
+		"x":         "",
+	} {
+		err := unknownOption("options.", key, knownOptions)
+		if got := err.Error(); (want == "") == strings.Contains(got, "did you mean") || !strings.Contains(got, want) {
+			t.Errorf("%s: %q, want %q", key, got, want)
+		}
 	}
 }

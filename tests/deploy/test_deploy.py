@@ -160,6 +160,13 @@ def test_every_dashboard_query_against_a_real_scrape(served_names: set[str]) -> 
         used = set(SELECTOR.findall(expr))
         assert used, f"no metric selector in {expr!r}"
         assert used <= names, (expr, sorted(used - names))
+    # The variables list this service's jobs and instances only: distribution registries
+    # export registry_storage_cache_* too, and "All" must not mix them into these panels.
+    for variable in dashboard["templating"]["list"]:
+        if variable["type"] == "query":
+            assert re.match(r"label_values\(descriptor_build_info\b", variable["definition"]), variable["name"]
+            assert variable["query"]["query"] == variable["definition"]
+    assert "descriptor_build_info" in names
     queried = {name for expr in exprs for name in SELECTOR.findall(expr)}
     for family in (
         "registry_storage_cache_requests_total",

@@ -353,11 +353,19 @@ def test_replicas_with_the_in_memory_cache_and_deletion_are_refused(tmp_path: Pa
     err = template_failure({"config": {"storage": {"delete": {"enabled": True}}}}, tmp_path)
     assert "replicaCount=2 with config.storage.cache.blobdescriptor=inmemory" in err
     # Each way out renders: one replica, Redis shared by the pods, no cache, deletion off.
-    assert one(render({"replicaCount": 1, **IN_MEMORY_WITH_DELETION}, tmp_path), "Deployment")["spec"]["replicas"] == 1
+    single = one(render({"replicaCount": 1, **IN_MEMORY_WITH_DELETION}, tmp_path), "Deployment")["spec"]
+    assert single["replicas"] == 1
+    # ... and that one pod is replaced, never doubled: a rolling update would run the old and
+    # the new pod side by side, each with its own cache, and a Clear would reach one of them.
+    assert single["strategy"] == {"type": "Recreate"}
     for cache in ("redis", "none"):
         values = {"config": {"storage": {"cache": {"blobdescriptor": cache}, "delete": {"enabled": True}}}}
-        assert one(render(values, tmp_path), "Deployment")["spec"]["replicas"] == 2
-    assert one(render({"replicaCount": 4}, tmp_path), "Deployment")["spec"]["replicas"] == 4
+        spec = one(render(values, tmp_path), "Deployment")["spec"]
+        assert spec["replicas"] == 2
+        assert "strategy" not in spec  # a shared or no cache rolls as usual
+    spec = one(render({"replicaCount": 4}, tmp_path), "Deployment")["spec"]
+    assert spec["replicas"] == 4
+    assert "strategy" not in spec  # deletion off: a stale pod cannot outlive a Clear
 
 
 def test_the_schema_refuses_wrong_values(tmp_path: Path) -> None:

@@ -14,7 +14,7 @@ from pathlib import Path
 import grpc
 import pytest
 from descriptor_server.app import version as version_module
-from helpers.support import Layout, ServerProcess, base_config, running_server
+from helpers.support import Layout, ServerProcess, base_config, running_server, wait_for
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
@@ -123,6 +123,24 @@ def test_start_up_line_and_build_info_metric(tmp_path: Path, layout: Layout) -> 
     assert labels["grpcio_version"] == grpc.__version__
     assert labels["protobuf_version"] == importlib.metadata.version("protobuf")
     assert labels["revision"] == git_head()  # an editable install in a git checkout
+
+
+def test_build_info_reads_one_with_two_workers(tmp_path: Path, layout: Layout) -> None:
+    """Worker 0 serves every worker's totals; the build is one, so its info stays 1."""
+    config = base_config(layout.root, delete=False, workers=2)
+    config["http"] = {"debug": {"addr": "127.0.0.1:0", "prometheus": {"enabled": True}}}
+    with running_server(config, tmp_path) as server:
+        wait_for(lambda: "descriptor_workers_reporting 2.0" in scrape_text(server), timeout=30)
+        assert build_info(server)["version"] == VERSION
+
+
+def scrape_text(server: ServerProcess) -> str:
+    url = re.search(r"metrics endpoint at (http://\S+)", server.output)
+    if url is None:
+        return ""
+    with urllib.request.urlopen(url.group(1), timeout=10) as resp:
+        text: str = resp.read().decode()
+    return text
 
 
 def test_revision_from_the_environment(tmp_path: Path, layout: Layout) -> None:

@@ -14,16 +14,19 @@ from __future__ import annotations
 
 import hashlib
 import itertools
+import os
+import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
+import yaml
 from descriptor_client import BlobUnknownError, Descriptor, DescriptorClient
 from helpers.backend_support import REGISTRY_DESCRIPTOR, RegistryProcess, push_blob
 from helpers.registry_scenarios import middleware
-from helpers.support import OCT, ServerProcess, base_config
+from helpers.support import OCT, ServerProcess, base_config, free_port
 
 _repos = itertools.count()
 
@@ -211,19 +214,41 @@ def test_deletion_disabled_in_the_service_is_unsupported(binary: str, tmp_path: 
     [
         ({"target": ""}, "options.target: required"),
         ({"colour": "blue"}, "options.colour: unknown option"),
+        ({"timout": "2s"}, "options.timout: unknown option (did you mean timeout?)"),
         ({"timeout": "soon"}, "options.timeout"),
+        ({"maxbatch": 0}, "options.maxbatch"),
         ({"tls": {"ca": "/nonexistent/ca.pem"}}, "TLS CA"),
     ],
-    ids=["no-target", "unknown-key", "bad-timeout", "missing-ca"],
+    ids=["no-target", "unknown-key", "typo", "bad-timeout", "bad-maxbatch", "missing-ca"],
 )
-def test_bad_middleware_options_fail_requests_naming_the_option(
+def test_bad_middleware_options_stop_the_registry_at_start(
     binary: str, tmp_path: Path, options: dict[str, Any], message: str
 ) -> None:
-    extra = {"middleware": {"repository": [{"name": "descriptorcache", "options": {"target": "x:1", **options}}]}}
-    registry = RegistryProcess(tmp_path / "registry", release=REGISTRY_DESCRIPTOR, extra=extra)
+    """A bad option is a configuration error at start (exit 1, as distribution's own),
+    not a registry that answers /v2/ and then 500 on every repository request."""
+    config = {
+        "version": 0.1,
+        "log": {"level": "warn", "accesslog": {"disabled": True}},
+        "storage": {"filesystem": {"rootdirectory": str(tmp_path / "storage")}},
+        "http": {"addr": f"127.0.0.1:{free_port()}", "secret": "test-secret"},
+        "middleware": {"repository": [{"name": "descriptorcache", "options": {"target": "x:1", **options}}]},
+    }
+    path = tmp_path / "registry.yml"
+    path.write_text(yaml.safe_dump(config))
+    env = {k: v for k, v in os.environ.items() if not k.startswith("REGISTRY_")}
+    done = subprocess.run(
+        [binary, "serve", str(path)], capture_output=True, text=True, timeout=60, env=env, check=False
+    )
+    assert done.returncode == 1, done.stdout + done.stderr
+    first = done.stderr.splitlines()[0]
+    assert first.startswith("configuration error: middleware.repository[0] (descriptorcache): "), done.stderr
+    assert message in first
+
+
+def test_good_middleware_options_pass_the_start_check(binary: str, tmp_path: Path) -> None:
+    """The check makes no connection: a service that is down does not stop the registry."""
+    registry = RegistryProcess(tmp_path / "registry", release=REGISTRY_DESCRIPTOR, extra=middleware("127.0.0.1:1"))
     try:
-        resp = httpx.head(blob_url(registry, "some/repo", "sha256:" + "a" * 64))
-        assert resp.status_code == 500
-        assert message in registry.output
+        assert httpx.get(registry.url + "/v2/").status_code == 200
     finally:
         registry.stop()

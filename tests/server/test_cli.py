@@ -22,7 +22,17 @@ from collections.abc import Iterator, Mapping
 from pathlib import Path
 
 import pytest
-from helpers.support import A256, OCT, REPO, Layout, ServerProcess, base_config, refused_port, running_server
+from helpers.support import (
+    A256,
+    OCT,
+    REPO,
+    Layout,
+    ServerProcess,
+    base_config,
+    refused_port,
+    running_server,
+    wait_for,
+)
 
 SERVICE = "descriptor.v1.BlobDescriptorService"
 MAXBATCH = 5  # small, so that batch must split its input to fit
@@ -236,7 +246,9 @@ def test_metrics(shared: tuple[ServerProcess, Layout]) -> None:
     assert ctl(server.target, "stat", digest).returncode == 0  # hit
     done = ctl(server.target, "metrics")
     assert done.returncode == 0
-    after = {name: int(value) for name, value in (line.split("\t") for line in done.stdout.splitlines())}
+    *counters, worker = done.stdout.splitlines()
+    assert worker == "worker\tthe whole server"
+    after = {name: int(value) for name, value in (line.split("\t") for line in counters)}
     assert after == {
         "requests": before["requests"] + 2,
         "hits": before["hits"] + 1,
@@ -307,7 +319,7 @@ def test_connection_options_before_or_after_the_verb(shared: tuple[ServerProcess
         done = ctl(nobody, "stat", digest, "--target", nobody, "--timeout", "0.5")
         assert done.returncode == 3
         done = ctl(server.target, "metrics", "--json", "--timeout", "5")
-        assert set(json.loads(done.stdout)) == {"requests", "hits", "misses", "errors"}
+        assert set(json.loads(done.stdout)) == {"requests", "hits", "misses", "errors", "worker", "workers"}
         done = ctl(server.target, "stat", "bogus", "--json")
         assert json.loads(done.stderr)["error"]["reason"] == "DIGEST_INVALID_FORMAT"
         missing = str(tmp_path / "missing-ca.pem")
@@ -382,3 +394,76 @@ def test_batch_chunks_follow_the_server_limit_while_streaming(shared: tuple[Serv
     done = ctl(server.target, "batch", "--chunk", str(4 * MAXBATCH), stdin="\n".join(digests) + "\n")
     assert done.returncode == 0, done.stderr
     assert [line.split("\t")[0] for line in done.stdout.splitlines()] == digests
+
+
+def test_metrics_say_which_worker_answered(tmp_path: Path, layout: Layout) -> None:
+    """With --workers each worker answers with its own counters: the output says whose."""
+    config = base_config(layout.root, delete=False, workers=2)
+    with running_server(config, tmp_path) as server:
+        seen: set[int] = set()
+
+        def both_answered() -> bool:
+            done = ctl(server.target, "metrics", "--json")
+            answer = json.loads(done.stdout)
+            assert answer["workers"] == 2
+            seen.add(answer["worker"])
+            return len(seen) == 2
+
+        wait_for(both_answered, timeout=30)  # each run is a new connection: the kernel spreads them
+        text = ctl(server.target, "metrics").stdout.splitlines()[-1]
+        assert text in ("worker\t0 of 2", "worker\t1 of 2")
+
+
+def test_timeout_zero_means_no_deadline(shared: tuple[ServerProcess, Layout]) -> None:
+    server, layout = shared
+    digest = layout.put_blob(b"no deadline")
+    done = ctl(server.target, "--timeout", "0", "stat", digest)
+    assert (done.returncode, done.stderr) == (0, "")
+    assert done.stdout.startswith(digest)
+    bad = ctl(server.target, "stat", digest, "--timeout", "-1")
+    assert bad.returncode == 2
+    assert "--timeout" in bad.stderr
+
+
+@pytest.mark.parametrize(
+    ("verb", "words"),
+    [
+        ("stat", "tabs"),
+        ("set", "never to its storage"),
+        ("clear", "deletion enabled"),
+        ("batch", "--chunk"),
+        ("metrics", "which worker answered"),
+        ("health", "NOT_SERVING"),
+    ],
+)
+def test_each_verb_explains_itself(verb: str, words: str) -> None:
+    done = ctl("127.0.0.1:1", verb, "--help")
+    assert done.returncode == 0
+    assert done.stdout.startswith(f"usage: descriptorctl {verb}")
+    text = " ".join(done.stdout.split())
+    assert words in text
+    assert "exit status" in text
+
+
+def test_python_m_descriptor_client_is_descriptorctl(shared: tuple[ServerProcess, Layout]) -> None:
+    server, _ = shared
+    done = subprocess.run(
+        [sys.executable, "-m", "descriptor_client", "--target", server.target, "health"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert (done.returncode, done.stdout) == (0, "SERVING\n")
+
+
+def test_dev_refuses_an_unknown_command() -> None:
+    root = Path(__file__).resolve().parents[2]
+    done = subprocess.run(
+        [str(root / "dev"), "nonsense"], capture_output=True, text=True, timeout=60, check=False, cwd=root
+    )
+    assert done.returncode == 2
+    assert "unknown command: nonsense" in done.stderr
+    helped = subprocess.run([str(root / "dev"), "help"], capture_output=True, text=True, timeout=60, check=False)
+    assert helped.returncode == 0
+    assert "./dev test" in helped.stdout

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 import shutil
 import signal
 import subprocess
@@ -160,3 +161,21 @@ def test_a_clear_answered_server_draining_is_sent_again_to_the_other_replica(tmp
     finally:
         a.stop()
         b.stop()
+
+
+def test_the_drain_lines_say_what_it_waits_for_and_how_it_ended(tmp_path: Path, layout: Layout) -> None:
+    """An idle server stops within the quiet window, and says so; not 'waiting for 0'."""
+    server = ServerProcess(base_config(layout.root, drain="30s"), tmp_path).start()
+    try:
+        start = time.monotonic()
+        server.signal()
+        assert server.wait(30) == 0
+        took = time.monotonic() - start
+    finally:
+        server.stop()
+    assert took < 10, took
+    first = next(line for line in server.lines if "draining:" in line)
+    assert "0 in flight" in first
+    assert "no call has come for 0.5s" in first
+    assert "grpc.drain (30s)" in first
+    assert re.search(r"drained in \d+\.\ds: nothing in flight", server.output), server.output

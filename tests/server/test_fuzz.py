@@ -10,10 +10,13 @@ and the raw-bytes mutations come from a seeded generator.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import json
 import os
 import random
 import re
+import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -39,6 +42,7 @@ from descriptor_client.digest import ALGORITHMS
 from descriptor_client.errors import DOMAIN, code_of, error_info
 from descriptor_client.rpcs import RPCS
 from descriptor_server.backends import layout
+from grpc._cython import cygrpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_status import rpc_status
 from helpers.support import Layout, ServerProcess, base_config
@@ -270,7 +274,8 @@ def fuzzed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Fuzzed]:
     layout.root.mkdir()
     blobs = [layout.push("library/app", f"layer {i}".encode()) for i in range(3)]
     blobs.append(layout.put_blob(b"global only"))
-    proc = ServerProcess(base_config(layout.root, maxbatch=MAX_BATCH), workdir).start()
+    # A short grpc.requesttimeout: the call shapes without a request end quickly.
+    proc = ServerProcess(base_config(layout.root, maxbatch=MAX_BATCH, requesttimeout="1s"), workdir).start()
     target = Fuzzed(proc, layout, blobs)
     try:
         yield target
@@ -469,6 +474,80 @@ def test_undecodable_body_is_request_invalid(fuzzed: Fuzzed, method: str) -> Non
 @given(method=st.sampled_from(sorted(METHODS)), body=st.binary(max_size=512))
 def test_arbitrary_bodies_get_contract_answers(fuzzed: Fuzzed, method: str, body: bytes) -> None:
     assert_contract_answer(method, body, fuzzed.channel.unary_unary(f"/{SERVICE}/{method}"))
+
+
+# -- hostile call shapes: no request, no end, two requests, odd metadata ---------------------------
+
+
+async def _shape_call(target: str, method: str, requests: list[bytes] | None, metadata: Any) -> Any:
+    """One call sending ``requests`` then ending its side (None: headers only, never ending)."""
+    async with grpc.aio.insecure_channel(target) as channel:
+        call = channel.stream_unary(f"/{SERVICE}/{method}")(metadata=metadata, timeout=20)
+        if requests is not None:
+            # The server may answer (and end the call) before every message is written.
+            with contextlib.suppress(grpc.aio.AioRpcError, asyncio.InvalidStateError, cygrpc.ExecuteBatchError):
+                for body in requests:
+                    await call.write(body)
+                await call.done_writing()
+        try:
+            return await call
+        except grpc.aio.AioRpcError as err:
+            return err
+
+
+def assert_shape_answer(
+    method: str, requests: list[bytes] | None, fuzzed: Fuzzed, metadata: Any = None
+) -> grpc.StatusCode:
+    """A call of ``method`` sending ``requests`` ends, with OK or a contract status, in time."""
+    start = time.monotonic()
+    answer = asyncio.run(_shape_call(fuzzed.proc.target, method, requests, metadata))
+    assert time.monotonic() - start < 15, (method, "the call was held")
+    if not isinstance(answer, grpc.aio.AioRpcError):
+        METHODS[method].response.FromString(answer)
+        return grpc.StatusCode.OK
+    if answer.code() == grpc.StatusCode.CANCELLED:  # the server ended it while we could still write
+        return answer.code()
+    details = answer.trailing_metadata() or ()
+    raw = next((v for k, v in details if k == "grpc-status-details-bin"), None)
+    assert raw is not None, (method, answer.code(), answer.details())
+    from google.rpc import status_pb2
+
+    info = error_info(status_pb2.Status.FromString(raw))
+    assert info is not None, (method, answer.code(), answer.details())
+    assert info.reason in ERROR_TABLE, (method, answer.code(), answer.details())
+    assert ERROR_TABLE[info.reason].code == answer.code()
+    return answer.code()
+
+
+@pytest.mark.parametrize("method", list(METHODS))
+def test_calls_without_a_request_end_with_contract_answers(fuzzed: Fuzzed, method: str) -> None:
+    """Headers and nothing more; headers and an end with no message; two messages."""
+    assert assert_shape_answer(method, None, fuzzed) in (
+        grpc.StatusCode.INVALID_ARGUMENT,
+        grpc.StatusCode.CANCELLED,
+    )
+    assert assert_shape_answer(method, [], fuzzed) == grpc.StatusCode.INVALID_ARGUMENT
+    body = valid_bodies(fuzzed.blobs)[method][0]
+    assert_shape_answer(method, [body, body], fuzzed)
+
+
+@WIRE
+@given(
+    method=st.sampled_from(sorted(METHODS)),
+    metadata=st.lists(
+        st.tuples(
+            st.sampled_from(["authorization", "x-hostile", "grpc-timeout-ish", "content-type-x"]),
+            st.text(alphabet=st.characters(min_codepoint=0x20, max_codepoint=0x7E), max_size=64),
+        ),
+        max_size=4,
+    ),
+    send=st.booleans(),
+)
+def test_hostile_metadata_and_missing_requests(
+    fuzzed: Fuzzed, method: str, metadata: list[tuple[str, str]], send: bool
+) -> None:
+    body = valid_bodies(fuzzed.blobs)[method][0]
+    assert_shape_answer(method, [body] if send else [], fuzzed, metadata=tuple(metadata))
 
 
 # -- registry bearer tokens (auth.token) -----------------------------------------------------------

@@ -8,6 +8,8 @@ run two real servers over one registry layout and a client with both addresses.
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import suppress
@@ -20,12 +22,13 @@ from descriptor_client import (
     Descriptor,
     DescriptorClient,
     ServerDrainingError,
+    UnavailableError,
 )
 from descriptor_client._proto.descriptor.v1 import descriptor_pb2 as pb
 from descriptor_client._wire import normalize_target
 from descriptor_client.errors import from_rpc_error
 from descriptor_client.rpcs import RPCS
-from helpers.support import REPO, Layout, ServerProcess, base_config, wait_for
+from helpers.support import REPO, Layout, ServerProcess, base_config, running_server, wait_for
 
 BLOB = b"a layer both replicas can see\n"
 CALLS = 20
@@ -210,3 +213,72 @@ def test_a_draining_replica_is_retried_on_the_other(
         for _ in range(CALLS):
             assert client.stat(digest) == want
         assert requests_on(one) - before == CALLS
+
+
+def by_name(replicas: tuple[ServerProcess, ServerProcess]) -> str:
+    """Both replicas by host name (``localhost``), as an operator writes a fleet."""
+    return ",".join(f"localhost:{s.port}" for s in replicas)
+
+
+def test_host_names_in_a_list_are_resolved(replicas: tuple[ServerProcess, ServerProcess], layout: Layout) -> None:
+    """``gRPC``'s ``ipv4:`` list takes IP literals only: names are resolved by the client."""
+    digest = layout.push(REPO, BLOB)
+    want = Descriptor("application/octet-stream", digest, len(BLOB))
+    with DescriptorClient(by_name(replicas), timeout=10) as client:
+        assert client.target == "ipv4:" + by_name(replicas)  # what the caller asked for
+        assert "localhost" not in client.dial_target
+
+        def both_served() -> bool:
+            assert client.stat(digest, REPO) == want
+            return all(requests_on(s) > 0 for s in replicas)
+
+        wait_for(both_served, timeout=15)
+
+
+async def test_async_client_resolves_names_too(replicas: tuple[ServerProcess, ServerProcess], layout: Layout) -> None:
+    digest = layout.push(REPO, BLOB)
+    async with AsyncDescriptorClient(by_name(replicas), timeout=10) as client:
+        assert await client.stat(digest, REPO) == Descriptor("application/octet-stream", digest, len(BLOB))
+
+
+def test_a_name_that_does_not_resolve_is_left_out(
+    replicas: tuple[ServerProcess, ServerProcess], layout: Layout
+) -> None:
+    digest = layout.push(REPO, BLOB)
+    target = f"no-such-replica.invalid:{replicas[0].port},localhost:{replicas[1].port}"
+    with DescriptorClient(target, timeout=10) as client:
+        assert client.stat(digest, REPO).digest == digest
+
+
+def test_no_name_resolves_is_a_clear_error() -> None:
+    with pytest.raises(UnavailableError) as info:
+        DescriptorClient("no-such-replica.invalid:1,nor-this.invalid:2")
+    assert "no-such-replica.invalid" in str(info.value)
+    assert "nor-this.invalid" in str(info.value)
+
+
+def test_descriptorctl_and_the_chained_backend_take_names(
+    replicas: tuple[ServerProcess, ServerProcess], layout: Layout, tmp_path: Path
+) -> None:
+    digest = layout.push(REPO, BLOB)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("DESCRIPTOR_")}
+    done = subprocess.run(
+        [sys.executable, "-m", "descriptor_client.cli", "--target", by_name(replicas), "stat", digest, "-r", REPO],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=env,
+        check=False,
+    )
+    assert (done.returncode, done.stderr) == (0, "")
+    assert done.stdout.startswith(digest)
+
+    # A service in front of both replicas, its descriptorservice target a list of names.
+    front_config = base_config(layout.root)
+    front_config["storage"] = {
+        "descriptorservice": {"target": by_name(replicas), "timeout": "5s"},
+        "cache": {"blobdescriptor": "inmemory"},
+    }
+    (tmp_path / "front").mkdir()
+    with running_server(front_config, tmp_path / "front") as front, DescriptorClient(front.target) as client:
+        assert client.stat(digest, REPO) == Descriptor("application/octet-stream", digest, len(BLOB))

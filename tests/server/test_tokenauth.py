@@ -10,6 +10,7 @@ Against Debian's docker-registry, see ``test_backend_registry.py``.
 from __future__ import annotations
 
 import base64
+import hashlib
 import json
 import os
 import shutil
@@ -687,3 +688,27 @@ def test_token_parts_are_plain_base64url(rsa_issuer: TokenIssuer) -> None:
     assert header["alg"] == "RS256"
     assert len(header["x5c"]) == 1
     assert json.loads(base64.urlsafe_b64decode(body + "=" * (-len(body) % 4)))["aud"] == rsa_issuer.service
+
+
+@pytest.mark.parametrize(
+    ("audit", "tokens", "want"),
+    [(None, False, False), ("on", False, True), (None, True, True), ("off", True, False)],
+    ids=["auth-off-default", "auth-off-on", "auth-on-default", "auth-on-off"],
+)
+def test_the_audit_lines_have_their_own_switch(tmp_path: Path, audit: str | None, tokens: bool, want: bool) -> None:
+    """log.audit: auto (the default) audits when calls carry an identity; on; off."""
+    config = base_config(tmp_path)
+    config["log"] = {"level": "info", "formatter": "json", **({"audit": audit} if audit else {})}
+    token = "audit-switch-token"
+    if tokens:
+        config["auth"] = {
+            "tokens": [{"name": "ci", "scope": "write", "sha256": hashlib.sha256(token.encode()).hexdigest()}]
+        }
+    digest = "sha256:" + "cd" * 32
+    with _serve(config, tmp_path) as server:
+        with DescriptorClient(server.target, timeout=10, token=token if tokens else None) as client:
+            for _ in range(5):
+                client.set_descriptor(digest, Descriptor(OCT, digest, 1), REPO)
+        server.stop()
+    audited = [x for x in server.lines if '"descriptor_server.audit"' in x]
+    assert len(audited) == (5 if want else 0), server.output

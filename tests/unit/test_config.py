@@ -364,7 +364,9 @@ def test_check_config_with_secret_files_masks_them_and_names_bad_keys(tmp_path: 
     proc = run_server_command(["--check-config", path], cwd=tmp_path, env=env)
     assert proc.returncode == 2
     assert proc.stderr.strip().endswith(
-        "redis.passwordfile: cannot read " + str(tmp_path / "absent") + ": No such file or directory"
+        "redis.passwordfile: cannot read "
+        + str(tmp_path / "absent")
+        + ": No such file or directory (set by DESCRIPTOR_REDIS_PASSWORDFILE)"
     )
 
 
@@ -546,3 +548,91 @@ def test_an_error_found_at_start_names_the_2x_key_as_written(tmp_path: Path) -> 
     proc = run_server_command(["--check-config", path], cwd=tmp_path)
     assert proc.returncode == 2
     assert "config error: redis.addr: invalid address '127.0.0.1:0'" in proc.stderr
+
+
+# -- config errors all at once, where they are --------------------------------------------------
+
+
+def _check(tmp_path: Path, text: str, env: dict[str, str] | None = None) -> Any:
+    import os
+
+    from helpers.support import run_server_command
+
+    path = tmp_path / "config.yml"
+    path.write_text(text)
+    environ = {k: v for k, v in os.environ.items() if not k.startswith("DESCRIPTOR_")}
+    return run_server_command(["--check-config", str(path)], cwd=tmp_path, env={**environ, **(env or {})})
+
+
+def test_every_structural_error_is_reported_in_one_run(tmp_path: Path) -> None:
+    done = _check(
+        tmp_path,
+        "grpc:\n  maxbach: 3\n  maxbatch: many\nstorag: {}\nredis:\n  dialtimeout: soon\n  poolsize: lots\n",
+    )
+    assert done.returncode == 2
+    lines = done.stderr.strip().splitlines()
+    assert all(line.startswith("descriptor-server: config error: ") for line in lines), lines
+    keys = {line.split(": ")[2] for line in lines}
+    assert keys == {"grpc.maxbach", "grpc.maxbatch", "storag", "redis.dialtimeout", "redis.poolsize"}, lines
+
+
+def test_a_yaml_syntax_error_says_where(tmp_path: Path) -> None:
+    done = _check(tmp_path, "grpc:\n  addr: 127.0.0.1:5051\n  maxbatch: [1, 2\nlog: {}\n")
+    assert done.returncode == 2
+    assert "is not valid YAML at line " in done.stderr
+    assert ", column " in done.stderr
+
+
+def test_a_distribution_config_is_accepted_with_one_warning(tmp_path: Path) -> None:
+    """One file for the registry and the service: the registry's own keys are ignored."""
+    registry_config = {
+        "version": 0.1,
+        "log": {"level": "info", "accesslog": {"disabled": True}},
+        "storage": {
+            "filesystem": {"rootdirectory": str(tmp_path)},
+            "delete": {"enabled": True},
+            "maintenance": {"uploadpurging": {"enabled": False}},
+        },
+        "http": {"addr": ":5000", "headers": {"X-Content-Type-Options": ["nosniff"]}},
+        "health": {"storagedriver": {"enabled": True, "interval": "10s"}},
+        "notifications": {"endpoints": []},
+        "grpc": {"addr": "127.0.0.1:0"},
+    }
+    done = _check(tmp_path, yaml.safe_dump(registry_config))
+    assert done.returncode == 0, done.stderr
+    warnings = done.stderr.strip().splitlines()
+    assert len(warnings) == 1, warnings
+    for key in ("version", "health", "notifications", "http.addr", "http.headers", "log.accesslog"):
+        assert key in warnings[0]
+    assert "storage.maintenance" in warnings[0]
+
+
+def test_an_environment_override_error_names_the_variable(tmp_path: Path) -> None:
+    done = _check(tmp_path, "grpc: {addr: '127.0.0.1:0'}\n", env={"DESCRIPTOR_GRPC_MAXBATCH": "lots"})
+    assert done.returncode == 2
+    assert "grpc.maxbatch" in done.stderr
+    assert "DESCRIPTOR_GRPC_MAXBATCH" in done.stderr
+
+
+@pytest.mark.parametrize(
+    ("key", "suggestion"),
+    [
+        ("storge", "storage"),
+        ("grpc.maxbach", "grpc.maxbatch"),
+        ("auht", "auth"),
+        ("halth", None),  # not auth: three letters of six are not a typo
+        ("grpc.addres", "grpc.addr"),
+        ("grpc.zzz", None),
+    ],
+)
+def test_did_you_mean_only_when_it_helps(key: str, suggestion: str | None) -> None:
+    parts = key.split(".")
+    data: dict[str, Any] = {parts[-1]: 1}
+    for part in reversed(parts[:-1]):
+        data = {part: data}
+    with pytest.raises(ConfigError) as info:
+        from_dict(data)
+    if suggestion is None:
+        assert "did you mean" not in str(info.value), str(info.value)
+    else:
+        assert f"did you mean {suggestion}?" in str(info.value)

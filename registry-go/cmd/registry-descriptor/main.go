@@ -12,6 +12,11 @@
 // then revalidates in the descriptor service exactly what it removed:
 //
 //	registry-descriptor garbage-collect [--dry-run] [--delete-untagged] config.yml
+//
+// Before serving, it checks the descriptorcache middleware's options (distribution
+// only reads them on the first repository request): a bad option stops the registry
+// with "configuration error: ..." and exit status 1, as distribution's own
+// configuration errors do.
 package main
 
 import (
@@ -72,10 +77,38 @@ func gcCommand() *cobra.Command {
 }
 
 func main() {
+	registry.ServeCmd.PreRun = checkMiddleware
 	// distribution's own garbage-collect, replaced by one that tells the service.
 	registry.RootCmd.RemoveCommand(registry.GCCmd)
 	registry.RootCmd.AddCommand(gcCommand())
 	if err := registry.RootCmd.Execute(); err != nil {
+		os.Exit(1)
+	}
+}
+
+// checkMiddleware reads the configuration as serve will (the argument, else
+// REGISTRY_CONFIGURATION_PATH; REGISTRY_* overrides applied) and refuses bad
+// descriptorcache options. A configuration it cannot read is left to serve, which
+// reports it in its own words.
+func checkMiddleware(cmd *cobra.Command, args []string) {
+	path := os.Getenv("REGISTRY_CONFIGURATION_PATH")
+	if len(args) > 0 {
+		path = args[0]
+	}
+	if path == "" {
+		return
+	}
+	fp, err := os.Open(path)
+	if err != nil {
+		return
+	}
+	defer fp.Close()
+	config, err := configuration.Parse(fp)
+	if err != nil {
+		return
+	}
+	if err := cachemiddleware.CheckConfiguration(config); err != nil {
+		fmt.Fprintf(os.Stderr, "configuration error: %v\n", err)
 		os.Exit(1)
 	}
 }

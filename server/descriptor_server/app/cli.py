@@ -24,7 +24,7 @@ import yaml
 from .. import security
 from ..config import Config, ConfigError, as_written, check_workers, load, to_dict
 from ..core import loggers
-from ..observability.logs import setup_logging
+from ..observability.logs import setup_audit, setup_logging
 from ..observability.tracing import check_tracing
 from . import workers
 from .composition import check_components
@@ -77,20 +77,26 @@ def _run(args: argparse.Namespace, config: Config) -> int:
     security.check_files(config)
     check_tracing(os.environ)
     warning = config.deprecation_warning()
-    if args.check_config:
-        if warning:
-            print(f"descriptor-server: {warning}", file=sys.stderr, flush=True)
-        asyncio.run(check_components(config))
-        print(yaml.safe_dump(to_dict(config), sort_keys=False), end="")
-        return 0
-    if args.workers is not None:
+    if args.workers is not None:  # --check-config checks what --workers would serve
         if args.workers < 1:
             raise ConfigError("grpc.workers", "must be >= 1 (--workers)")
         config = dataclasses.replace(config, grpc=dataclasses.replace(config.grpc, workers=args.workers))
         check_workers(config)
+    if args.check_config:
+        if warning:
+            print(f"descriptor-server: {warning}", file=sys.stderr, flush=True)
+        asyncio.run(check_components(config))
+        if config.grpc.workers > 1:
+            workers.check_metrics_directory(config)
+        print(yaml.safe_dump(to_dict(config), sort_keys=False), end="")
+        return 0
     setup_logging(config.log)
+    auth = config.auth
+    # log.audit auto: on when calls carry an identity (tokens, or mutual TLS).
+    setup_audit(config.log, bool(auth.tokens or auth.tokensfile or auth.token is not None or config.grpc.tls.clientcas))
     if warning:
         log.warning("%s", warning)  # once, before any worker starts
+    workers.hold_signals()  # until the handlers are in place (serve, run_workers)
     if config.grpc.workers > 1:
         return workers.run_workers(config, serve)
     with contextlib.suppress(KeyboardInterrupt):  # signal handlers catch SIGINT

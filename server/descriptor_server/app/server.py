@@ -45,6 +45,9 @@ from .version import build_info_collector, version
 
 log = logging.getLogger(loggers.SERVER)
 
+#: The last seconds of ``grpc.drain`` kept for the server's stop (see :meth:`DescriptorServer.drain`).
+STOP_RESERVE = 1.0
+
 #: Seconds without a new call after which a draining server stops (bounded by ``grpc.drain``).
 DRAIN_QUIET = 0.5
 
@@ -106,8 +109,15 @@ class DescriptorServer:
         authorizer = security.build_authorizer(config.auth)
         #: Whether the authorizer checks tokens, so reads each call's metadata.
         self.reads_tokens = authorizer.enabled
+        g = config.grpc
         self.servicer = DescriptorServicer(
-            self.statter, authorizer=authorizer, observer=security.audited(self.observe, authorizer)
+            self.statter,
+            authorizer=authorizer,
+            observer=security.audited(self.observe, authorizer),
+            # Credentials are checked from the metadata before any request is read.
+            authenticator=getattr(authorizer, "authenticate", None) if authorizer.enabled else None,
+            request_timeout=g.requesttimeout,
+            max_calls=g.maxconcurrentcalls,
         )
         self.metrics.track_inflight(lambda: self.servicer.inflight)
         if isinstance(self.statter.backend, BoundedBackend):
@@ -130,9 +140,16 @@ class DescriptorServer:
             registry = totals_registry(registry, worker.metrics_dir, worker.count)
         elif worker.metrics_dir:
             self.sibling = SiblingListener(self.metrics.registry, worker.metrics_dir, worker.index)
+        # The debug listener: the metrics, and the HTTP health path for load balancers.
         self.endpoint = (
-            MetricsEndpoint(registry, debug.addr, debug.prometheus.path)
-            if debug.addr and debug.prometheus.enabled
+            MetricsEndpoint(
+                registry if debug.prometheus.enabled else None,
+                debug.addr,
+                debug.prometheus.path,
+                health_path=debug.healthpath,
+                serving=lambda: self.health.serving,
+            )
+            if debug.addr and (debug.prometheus.enabled or debug.healthpath)
             else None
         )
         self.server: grpc.aio.Server | None = None
@@ -154,8 +171,9 @@ class DescriptorServer:
     async def start(self) -> int:
         g = self.config.grpc
         server = grpc.aio.server(
+            # grpc.maxconcurrentcalls is the servicer's (calls it refuses are counted and
+            # logged; grpcio's maximum_concurrent_rpcs would refuse them unseen).
             options=server_options(g),
-            maximum_concurrent_rpcs=g.maxconcurrentcalls or None,
             interceptors=(
                 ObservingInterceptor(
                     self.metrics.rpcs,
@@ -226,16 +244,39 @@ class DescriptorServer:
         within ``grpc.drain``; only then does it stop.
         """
         grace = self.config.grpc.drain if grace is None else grace
-        log.info("draining: refusing new calls, waiting for %d in flight", self.servicer.inflight)
+        quiet = min(DRAIN_QUIET, grace)
+        log.info(
+            "draining: refusing new calls (SERVER_DRAINING), %d in flight; stopping once none is in "
+            "flight and no call has come for %gs, at most grpc.drain (%gs)",
+            self.servicer.inflight,
+            quiet,
+            grace,
+        )
         self.servicer.draining = True
         await self.health.drain()
-        deadline = time.monotonic() + grace
-        quiet = min(DRAIN_QUIET, grace)
-        while time.monotonic() < deadline:
+        began = time.monotonic()
+        deadline = began + grace
+        # The end of grpc.drain is kept for the stop itself: grpcio's stop sends GOAWAY
+        # (later calls are refused by the transport, UNAVAILABLE, which clients retry)
+        # and cancels only the calls still in a handler when its grace runs out, so the
+        # calls being answered at that moment (SERVER_DRAINING to clients still sending)
+        # get this long to finish instead of none.
+        reserve = min(STOP_RESERVE, grace / 4)
+        while time.monotonic() < deadline - reserve:
             now = time.monotonic()
-            if not self.servicer.inflight and now - max(self.servicer.last_arrival, deadline - grace) >= quiet:
+            if not self.servicer.inflight and now - max(self.servicer.last_arrival, began) >= quiet:
+                log.info("drained in %.1fs: nothing in flight, no call for %gs", now - began, quiet)
                 break
             await asyncio.sleep(0.01)
+        else:
+            log.warning(
+                "grpc.drain (%gs) is nearly over: stopping with %d calls in flight (given %gs more, then "
+                "cancelled), the last call came %.1fs ago",
+                grace,
+                self.servicer.inflight,
+                reserve,
+                time.monotonic() - self.servicer.last_arrival,
+            )
         if self.server is not None:
             await self.server.stop(max(0.0, deadline - time.monotonic()))
         if self.health_server is not None:
@@ -255,6 +296,9 @@ async def serve(config: Config) -> None:
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, server.request_stop)
     security.install_reload(loop, server.servicer.authorizer, server.tls)
+    # Signals held since start-up began (workers.hold_signals) are handled from here:
+    # a SIGTERM that came early drains as soon as the server has started.
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, (signal.SIGTERM, signal.SIGINT, signal.SIGHUP))
     await server.start()
     await server.wait()
     await server.drain()

@@ -80,13 +80,56 @@ def worker_config(config: Config, index: int) -> Config:
     return dataclasses.replace(config, grpc=grpc, http=http)
 
 
+#: The signals the server handles (drain, drain, reload).
+HANDLED = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
+
+
+def hold_signals() -> None:
+    """Hold the handled signals until :func:`release_signals`, from before start-up.
+
+    Until a process has installed its handlers, a signal would take its default action
+    (SIGTERM and SIGHUP kill, SIGINT raises KeyboardInterrupt anywhere). Blocked, it
+    stays pending and is handled the moment the handlers are in place, as if it had
+    come once running: SIGTERM/SIGINT drain, SIGHUP reloads. Forked workers and the
+    threads started meanwhile inherit the block.
+    """
+    signal.pthread_sigmask(signal.SIG_BLOCK, HANDLED)
+
+
+def release_signals() -> None:
+    """Handle the held signals (and any that came while they were held)."""
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, HANDLED)
+
+
+def metrics_directory(config: Config) -> str:
+    """The workers' private metrics directory ("" without metrics), or a ConfigError."""
+    debug = config.http.debug
+    if not (debug.addr and debug.prometheus.enabled):
+        return ""
+    try:
+        return make_directory()
+    except OSError as err:  # no writable temporary directory (a read-only root file system)
+        raise ConfigError(
+            "http.debug.prometheus.enabled",
+            f"with grpc.workers > 1 the workers' metrics need a private directory for their sockets, "
+            f"and none could be made ({err}); point TMPDIR at a writable directory "
+            f"(an emptyDir or tmpfs), or serve the metrics from one worker",
+        ) from None
+
+
+def check_metrics_directory(config: Config) -> None:
+    """``--check-config --workers N``: refuse what start would (the directory is removed)."""
+    path = metrics_directory(config)
+    if path:
+        shutil.rmtree(path, ignore_errors=True)
+
+
 def run_workers(config: Config, serve: Serve) -> int:
     """Fork ``config.grpc.workers`` servers on one port; wait for all; the worst exit status."""
     global current
     addr, holder = _reserve_port(config.grpc.addr)
     config = dataclasses.replace(config, grpc=dataclasses.replace(config.grpc, addr=addr))
-    debug = config.http.debug
-    metrics_dir = make_directory() if debug.addr and debug.prometheus.enabled else ""
+    metrics_dir = metrics_directory(config)
     pids: list[int] = []
     for index in range(config.grpc.workers):
         pid = os.fork()
@@ -120,6 +163,9 @@ def run_workers(config: Config, serve: Serve) -> int:
     signal.signal(signal.SIGTERM, forward)
     signal.signal(signal.SIGINT, forward)
     signal.signal(signal.SIGHUP, forward)  # each worker re-reads its token keys
+    # Held since before the fork (hold_signals): one that came meanwhile is forwarded
+    # now, and each worker takes it once its own handlers are in place.
+    release_signals()
     status = 0
     while remaining:
         child, raw = os.wait()

@@ -35,7 +35,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from redis.exceptions import ResponseError
+from redis.exceptions import NoPermissionError
 
 from ..core import loggers
 from ..core.logutil import describe
@@ -207,8 +207,8 @@ class Settler:
         try:
             try:
                 now_ms, live = await self._script(self._settle, [MEMBERS_KEY, barrier_key(self.id, self._n)], [])
-            except ResponseError as err:
-                # Refused (an ACL without descriptor::nearcache::*, say): near caches using
+            except NoPermissionError as err:
+                # Refused by an ACL without descriptor::nearcache::*: near caches using
                 # the same credentials cannot register either, so none can be waited for.
                 self.failures += 1
                 if not self._refused:

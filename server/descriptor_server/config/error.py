@@ -19,6 +19,21 @@ class ConfigError(Exception):
         print(f"descriptor-server: config error: {self}", file=sys.stderr, flush=True)
 
 
+class ConfigErrors(ConfigError):
+    """Several configuration problems found in one pass, reported together."""
+
+    def __init__(self, errors: list[ConfigError]) -> None:
+        first = errors[0]
+        super().__init__(first.key, first.reason)
+        self.errors = errors
+        self.args = ("\n".join(str(e) for e in errors),)
+
+    def report(self) -> None:
+        """One line per problem, each as a single error's line."""
+        for err in self.errors:
+            err.report()
+
+
 def _kind(value: Any) -> str:
     if value is None:
         return "nothing"

@@ -13,7 +13,7 @@ from typing import Annotated, Any, Union
 import yaml
 
 from .durations import WrittenDuration, parse_duration
-from .error import ConfigError, _first_line, _kind
+from .error import ConfigError, ConfigErrors, _first_line, _kind
 from .sections import DURATION, ENV_PREFIX, OVERRIDABLE, SECRET, Config
 from .validation import validate
 
@@ -30,7 +30,7 @@ def load(path: str | None = None, environ: Mapping[str, str] | None = None) -> C
         except UnicodeDecodeError:
             raise ConfigError("", f"config file {path} is not UTF-8 text") from None
         except yaml.YAMLError as err:
-            raise ConfigError("", f"config file {path} is not valid YAML: {_first_line(err)}") from None
+            raise ConfigError("", f"config file {path} is not valid YAML{_where(err)}: {_yaml_problem(err)}") from None
         data = _resolved(data)
         if data is None:
             data = {}
@@ -40,8 +40,89 @@ def load(path: str | None = None, environ: Mapping[str, str] | None = None) -> C
     # overrides them (the environment wins over the file, whatever names each uses).
     mapped, moved = map_legacy_keys(data)
     data = dict(mapped)
-    moved += apply_environment(data, os.environ if environ is None else environ)
-    return from_dict(data, deprecated=moved)
+    ignored = drop_distribution_keys(data)
+    variables: dict[str, str] = {}
+    moved += apply_environment(data, os.environ if environ is None else environ, variables)
+    try:
+        config = from_dict(data, deprecated=moved)
+    except ConfigErrors as errs:
+        raise ConfigErrors([_from_variable(e, variables) for e in errs.errors]) from None
+    except ConfigError as err:
+        raise _from_variable(err, variables) from None
+    return dataclasses.replace(config, ignored=tuple(ignored)) if ignored else config
+
+
+def _from_variable(err: ConfigError, variables: Mapping[str, str]) -> ConfigError:
+    """``err`` naming the environment variable that set its key, if one did."""
+    for key, name in variables.items():
+        if err.key == key or err.key.startswith((key + ".", key + "[")):
+            return ConfigError(err.key, f"{err.reason} (set by {name})")
+    return err
+
+
+def _where(err: yaml.YAMLError) -> str:
+    mark = getattr(err, "problem_mark", None) or getattr(err, "context_mark", None)
+    if mark is None:
+        return ""
+    return f" at line {mark.line + 1}, column {mark.column + 1}"
+
+
+def _yaml_problem(err: yaml.YAMLError) -> str:
+    problem = getattr(err, "problem", None)
+    context = getattr(err, "context", None)
+    if problem:
+        return f"{context}, {problem}" if context else str(problem)
+    return _first_line(err)
+
+
+#: Keys of distribution's registry configuration that this service has no use for:
+#: accepted (and named in one warning at start) so that one file can serve both.
+#: ``http.debug`` and the shared sections' own keys are this service's.
+DISTRIBUTION_ONLY: dict[str, frozenset[str] | None] = {
+    "version": None,
+    "health": None,
+    "notifications": None,
+    "reporting": None,
+    "middleware": None,
+    "proxy": None,
+    "validation": None,
+    "compatibility": None,
+    "catalog": None,
+    "loglevel": None,
+    "http": frozenset(
+        ("addr", "net", "prefix", "host", "secret", "relativeurls", "draintimeout", "tls", "headers", "http2", "h2c")
+    ),
+    "log": frozenset(("accesslog", "reportcaller", "hooks")),
+    "storage": frozenset(
+        ("maintenance", "redirect", "tag", "inmemory", "azure", "gcs", "swift", "oss", "s3-aws", "cloudfront")
+    ),
+    "auth": frozenset(("htpasswd", "silly")),
+}
+
+
+def drop_distribution_keys(data: dict[str, Any]) -> list[str]:
+    """Remove (in place) the keys of a distribution config this service does not use;
+    their dotted names, in order."""
+    dropped: list[str] = []
+    for top, subkeys in DISTRIBUTION_ONLY.items():
+        if top not in data:
+            continue
+        if subkeys is None:
+            del data[top]
+            dropped.append(top)
+            continue
+        section = _resolved(data[top])
+        if not isinstance(section, dict):
+            continue
+        kept = {}
+        for key, value in section.items():
+            if key in subkeys:
+                dropped.append(f"{top}.{key}")
+            else:
+                kept[key] = value
+        if len(kept) != len(section):
+            data[top] = kept
+    return dropped
 
 
 class Scalar:
@@ -114,6 +195,8 @@ def from_dict(data: Mapping[str, Any], *, deprecated: Sequence[tuple[str, str]] 
 
 def as_written(err: ConfigError, deprecated: Sequence[tuple[str, str]]) -> ConfigError:
     """``err`` naming the key as the config wrote it (a 2.x name read as its 3.x key)."""
+    if isinstance(err, ConfigErrors):
+        return ConfigErrors([as_written(e, deprecated) for e in err.errors])
     for written, moved in deprecated:
         if err.key == moved or err.key.startswith((moved + ".", moved + "[")):
             rest = err.key[len(moved) :]
@@ -153,7 +236,9 @@ def is_text(hint: Any) -> bool:
     return hint is str
 
 
-def apply_environment(data: dict[str, Any], environ: Mapping[str, str]) -> list[tuple[str, str]]:
+def apply_environment(
+    data: dict[str, Any], environ: Mapping[str, str], variables: dict[str, str] | None = None
+) -> list[tuple[str, str]]:
     """Apply ``DESCRIPTOR_*`` overrides in place; the distribution 2.x names they used.
 
     The override of a string-typed key is the variable's value verbatim; any other
@@ -186,7 +271,7 @@ def apply_environment(data: dict[str, Any], environ: Mapping[str, str]) -> list[
             try:
                 value = compose(environ[name])
             except yaml.YAMLError as err:
-                raise ConfigError(key, f"{name} is not valid YAML: {_first_line(err)}") from None
+                raise ConfigError(key, f"{name} is not valid YAML: {_yaml_problem(err)}") from None
         node = data
         for i, part in enumerate(parts[:-1]):
             child = _resolved(node.get(part))
@@ -198,6 +283,8 @@ def apply_environment(data: dict[str, Any], environ: Mapping[str, str]) -> list[
         if legacy in LEGACY_REDIS_KEYS:
             check_legacy_value(key, value)
         node[parts[-1]] = value
+        if variables is not None:
+            variables[".".join(parts)] = name
     return moved
 
 
@@ -210,11 +297,22 @@ def _build(cls: type[Any], data: Any, path: str) -> Any:
     hints = typing.get_type_hints(cls, include_extras=True)
     names = [f.name for f in dataclasses.fields(cls) if not f.metadata.get("internal")]
     kwargs: dict[str, Any] = {}
+    errors: list[ConfigError] = []  # every problem of the tree, reported together
     for key, value in data.items():
         sub = f"{path}.{key}" if path else str(key)
         if not isinstance(key, str) or key not in names:
-            raise ConfigError(sub, unknown_key(key, names, path))
-        kwargs[key] = _convert(hints[key], value, sub)
+            errors.append(ConfigError(sub, unknown_key(key, names, path)))
+            continue
+        try:
+            kwargs[key] = _convert(hints[key], value, sub)
+        except ConfigErrors as errs:
+            errors.extend(errs.errors)
+        except ConfigError as err:
+            errors.append(err)
+    if len(errors) == 1:
+        raise errors[0]
+    if errors:
+        raise ConfigErrors(errors)
     return cls(**kwargs)
 
 
@@ -253,11 +351,30 @@ def unknown_key(key: Any, names: list[str], path: str) -> str:
     lowered = {name.lower(): name for name in names}
     match = lowered.get(text.lower().replace("_", "").replace("-", ""))
     if match is None:
-        close = difflib.get_close_matches(text.lower(), list(lowered), n=1, cutoff=0.6)
-        match = lowered[close[0]] if close else None
+        # Only a close match helps (a looser one suggested auth for health): one edit
+        # (a transposition counts as one) per four letters, or a high similarity.
+        word = text.lower()
+        near = [n for n in lowered if _edits(word, n) <= max(1, len(n) // 4)]
+        close = near or difflib.get_close_matches(word, list(lowered), n=1, cutoff=0.8)
+        match = lowered[min(close, key=lambda n: _edits(word, n))] if close else None
     if match is None:
         return "unknown key"
     return f"unknown key (did you mean {path}.{match}?)" if path else f"unknown key (did you mean {match}?)"
+
+
+def _edits(a: str, b: str) -> int:
+    """Edits from ``a`` to ``b``: insertions, deletions, substitutions, transpositions."""
+    prev2: list[int] = []
+    prev = list(range(len(b) + 1))
+    for i in range(1, len(a) + 1):
+        cur = [i] + [0] * len(b)
+        for j in range(1, len(b) + 1):
+            cost = 0 if a[i - 1] == b[j - 1] else 1
+            cur[j] = min(prev[j] + 1, cur[j - 1] + 1, prev[j - 1] + cost)
+            if i > 1 and j > 1 and a[i - 1] == b[j - 2] and a[i - 2] == b[j - 1]:
+                cur[j] = min(cur[j], prev2[j - 2] + 1)
+        prev2, prev = prev, cur
+    return prev[len(b)]
 
 
 #: distribution 2.x's Redis keys, read as the 3.x keys (go-redis's names) they became.

@@ -180,6 +180,12 @@ class GrpcConfig:
     maxrecvmsgsize: int = 4 * 1024 * 1024
     maxmetadatasize: int = 8 * 1024
     maxconcurrentcalls: int = 0
+    #: How long a call may wait for its request message (0 = no bound).
+    requesttimeout: Duration = 10.0
+    #: Connections open at once on the port (0 = no bound).
+    maxconnections: int = 1000
+    #: Calls open at once on one connection (HTTP/2 MAX_CONCURRENT_STREAMS; 0 = grpc's own, unbounded).
+    maxstreams: int = 100
     drain: Duration = 30.0
     healthaddr: str = ""
     #: How often the backend is probed for the service's health status (0 = never).
@@ -260,6 +266,8 @@ class PrometheusConfig:
 class DebugConfig:
     addr: str = ""
     prometheus: PrometheusConfig = field(default_factory=PrometheusConfig)
+    #: An HTTP health path for load balancers that cannot speak gRPC ("" = none).
+    healthpath: str = "/healthz"
 
 
 @dataclass(frozen=True)
@@ -273,6 +281,9 @@ class LogConfig:
     formatter: str = "text"
     #: Fixed fields added to every log line (distribution's ``log.fields``); values kept as text.
     fields: dict[str, str] = field(default_factory=dict)
+    #: The audit lines (descriptor_server.audit): auto (on when any token auth is
+    #: configured), on, or off.
+    audit: str = "auto"
 
 
 @dataclass(frozen=True)
@@ -285,13 +296,22 @@ class Config:
     log: LogConfig = field(default_factory=LogConfig)
     #: distribution 2.x keys read as their 3.x names: ``(old, new)`` dotted paths.
     deprecated: tuple[tuple[str, str], ...] = field(default=(), metadata=INTERNAL, compare=False)
+    #: Keys of a distribution registry's config that this service has no use for (ignored).
+    ignored: tuple[str, ...] = field(default=(), metadata=INTERNAL, compare=False)
 
     def deprecation_warning(self) -> str | None:
-        """The one warning for the 2.x keys this config used (None when it used none)."""
-        if not self.deprecated:
-            return None
-        pairs = ", ".join(f"{old} -> {new}" for old, new in self.deprecated)
-        return (
-            f"config: distribution 2.x keys read as their 3.x names ({pairs});"
-            " rename them: the 2.x names are deprecated"
-        )
+        """The one warning for the 2.x keys this config used and the distribution keys it
+        ignored (None when there are none)."""
+        parts = []
+        if self.deprecated:
+            pairs = ", ".join(f"{old} -> {new}" for old, new in self.deprecated)
+            parts.append(
+                f"config: distribution 2.x keys read as their 3.x names ({pairs});"
+                " rename them: the 2.x names are deprecated"
+            )
+        if self.ignored:
+            parts.append(
+                f"config: keys of a distribution registry's config ignored ({', '.join(self.ignored)}):"
+                " this service has no use for them"
+            )
+        return " ".join(parts) or None

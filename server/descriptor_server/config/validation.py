@@ -101,6 +101,12 @@ def validate(config: Config) -> None:
         raise ConfigError("grpc.maxrecvmsgsize", "must be >= 1024")
     if grpc.maxconcurrentcalls < 0:
         raise ConfigError("grpc.maxconcurrentcalls", "must be >= 0 (0 = unlimited)")
+    if grpc.requesttimeout < 0:
+        raise ConfigError("grpc.requesttimeout", "must be >= 0 (0 = no bound)")
+    if grpc.maxconnections < 0:
+        raise ConfigError("grpc.maxconnections", "must be >= 0 (0 = no bound)")
+    if grpc.maxstreams < 0:
+        raise ConfigError("grpc.maxstreams", "must be >= 0 (0 = grpc's own, unbounded)")
     if grpc.maxmetadatasize < 1024:
         raise ConfigError("grpc.maxmetadatasize", "must be >= 1024")
     if grpc.keepalive.time <= 0:
@@ -128,8 +134,15 @@ def validate(config: Config) -> None:
         raise ConfigError("http.debug.addr", "required when http.debug.prometheus.enabled is true")
     if not config.http.debug.prometheus.path.startswith("/"):
         raise ConfigError("http.debug.prometheus.path", "must start with /")
+    healthpath = config.http.debug.healthpath
+    if healthpath and not healthpath.startswith("/"):
+        raise ConfigError("http.debug.healthpath", "must start with / (or be empty: no HTTP health path)")
+    if healthpath and healthpath == config.http.debug.prometheus.path and config.http.debug.prometheus.enabled:
+        raise ConfigError("http.debug.healthpath", "must differ from http.debug.prometheus.path")
     if config.log.level.lower() not in ("debug", "info", "warn", "warning", "error"):
         raise ConfigError("log.level", f"unknown level {config.log.level!r} (want debug, info, warn or error)")
+    if config.log.audit not in ("auto", "on", "off"):
+        raise ConfigError("log.audit", f"unknown value {config.log.audit!r} (want auto, on or off)")
     if config.log.formatter not in ("text", "json"):
         raise ConfigError("log.formatter", f"unknown formatter {config.log.formatter!r} (want text or json)")
 

@@ -38,15 +38,34 @@ class _ThreadingWSGIServer6(_ThreadingWSGIServer):
 WSGIApp = Callable[[dict[str, Any], Callable[..., Any]], Iterable[bytes]]
 
 
-def path_only(path: str, app: WSGIApp) -> WSGIApp:
-    """``app`` at exactly ``path``; 404 for every other path."""
+def path_only(
+    path: str, app: WSGIApp | None, health_path: str = "", serving: Callable[[], bool] | None = None
+) -> WSGIApp:
+    """``app`` (the metrics) at exactly ``path``, the service's health at ``health_path``
+    (200 ``SERVING`` or 503 ``NOT_SERVING``, for load balancers that cannot speak gRPC);
+    404 for every other path. HEAD is answered as GET without the body."""
 
     def dispatch(environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
-        if environ.get("PATH_INFO", "") == path:
-            return app(environ, start_response)
-        body = b"not found: metrics are served at " + path.encode() + b"\n"
+        at = environ.get("PATH_INFO", "")
+        head = environ.get("REQUEST_METHOD") == "HEAD"
+        if app is not None and at == path:
+            if not head:
+                return app(environ, start_response)
+            for _ in app({**environ, "REQUEST_METHOD": "GET"}, start_response):
+                pass  # the headers without the body
+            return []
+        if health_path and serving is not None and at == health_path:
+            up = serving()
+            text = b"SERVING\n" if up else b"NOT_SERVING\n"
+            start_response(
+                "200 OK" if up else "503 Service Unavailable",
+                [("Content-Type", "text/plain; charset=utf-8"), ("Content-Length", str(len(text)))],
+            )
+            return [] if head else [text]
+        served = [p for p in (path if app is not None else "", health_path) if p]
+        missing = b"not found: this endpoint serves " + " and ".join(served).encode() + b"\n"
         start_response("404 Not Found", [("Content-Type", "text/plain; charset=utf-8")])
-        return [body]
+        return [] if head else [missing]
 
     return dispatch
 
@@ -59,10 +78,20 @@ def split_hostport(addr: str) -> tuple[str, int]:
 class MetricsEndpoint:
     """The Prometheus endpoint: ``path`` on ``addr``, served from a daemon thread."""
 
-    def __init__(self, registry: CollectorRegistry, addr: str, path: str) -> None:
+    def __init__(
+        self,
+        registry: CollectorRegistry | None,
+        addr: str,
+        path: str,
+        *,
+        health_path: str = "",
+        serving: Callable[[], bool] | None = None,
+    ) -> None:
         self.registry = registry
         self.addr = addr
         self.path = path
+        self.health_path = health_path
+        self.serving = serving
         self._server: WSGIServer | None = None
         self._thread: threading.Thread | None = None
         self.host = ""
@@ -71,7 +100,8 @@ class MetricsEndpoint:
     def start(self) -> None:
         host, port = split_hostport(self.addr)
         cls = _ThreadingWSGIServer6 if ":" in host else _ThreadingWSGIServer
-        app = path_only(self.path, make_wsgi_app(self.registry))
+        metrics = make_wsgi_app(self.registry) if self.registry is not None else None
+        app = path_only(self.path, metrics, self.health_path, self.serving)
         try:
             self._server = make_server(host, port, app, server_class=cls, handler_class=_QuietHandler)
         except OSError as err:
@@ -81,7 +111,10 @@ class MetricsEndpoint:
         self._thread.start()
         shown = f"[{host}]" if ":" in host else host
         # Not "listening on": that phrase is the gRPC readiness line.
-        log.info("metrics endpoint at http://%s:%d%s", shown, self.port, self.path)
+        if self.registry is not None:
+            log.info("metrics endpoint at http://%s:%d%s", shown, self.port, self.path)
+        if self.health_path and self.serving is not None:
+            log.info("HTTP health at http://%s:%d%s", shown, self.port, self.health_path)
 
     def stop(self) -> None:
         if self._server is not None:

@@ -12,10 +12,16 @@
 
 from __future__ import annotations
 
+import atexit
+import contextlib
 import datetime
 import json
 import logging
+import os
+import re
 import sys
+import threading
+import time
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -147,12 +153,101 @@ class TextFormatter(logging.Formatter):
         return line
 
 
+def audit_enabled(config: LogConfig, identified: bool) -> bool:
+    """``log.audit``: ``on``, ``off``, or ``auto`` (on when calls carry an identity:
+    token auth or mutual TLS, ``identified``)."""
+    mode = getattr(config, "audit", "auto")
+    return mode == "on" or (mode == "auto" and identified)
+
+
+def setup_audit(config: LogConfig, identified: bool) -> None:
+    """Turn the audit logger (``descriptor_server.audit``) on or off, as ``log.audit`` says."""
+    logging.getLogger(loggers.AUDIT).setLevel(logging.INFO if audit_enabled(config, identified) else logging.WARNING)
+
+
+#: A glog line of gRPC's C core: ``E0000 00:00:1733.123   123 file.cc:42] message``.
+_GLOG = re.compile(r"^([IWEF])\d{4} [\d:.]+\s+\d+ ([^\]\s]+)\] ?(.*)$")
+_GLOG_LEVELS = {"I": "info", "W": "warning", "E": "error", "F": "critical"}
+
+
+def json_line_of(line: str, fields: Mapping[str, str]) -> str:
+    """``line`` as written to stderr, as a JSON log line: a JSON object stays as it is;
+    anything else (gRPC's C core writes glog lines to the same stderr, a library may
+    print) is wrapped, a glog line with its level and source."""
+    if line.startswith("{"):
+        return line
+    out: dict[str, Any] = {"time": rfc3339(time.time()), "level": "error", "logger": "stderr", "msg": line}
+    m = _GLOG.match(line)
+    if m:
+        out.update(level=_GLOG_LEVELS[m.group(1)], logger="grpc.core", msg=m.group(3), source=m.group(2))
+    out["worker"] = _worker
+    for key, value in fields.items():
+        out.setdefault(key, value)
+    return json.dumps(out)
+
+
+_stderr_relay: threading.Thread | None = None
+
+
+def relay_stderr_as_json(fields: Mapping[str, str]) -> None:
+    """Make every line of this process's stderr (file descriptor 2) a JSON line.
+
+    gRPC's C core logs through absl to file descriptor 2 directly (a failed TLS
+    handshake from any scanner writes one), past Python's logging. In JSON mode the
+    descriptor becomes a pipe read by a thread that passes JSON lines through and wraps
+    the others (:func:`json_line_of`) on the real stderr. Forked workers inherit the
+    pipe. At exit the pipe is closed and what is left in it is written.
+    """
+    global _stderr_relay
+    if _stderr_relay is not None:
+        return
+    sys.stderr.flush()
+    real = os.dup(2)
+    read_end, write_end = os.pipe()
+    os.dup2(write_end, 2)
+    os.close(write_end)
+    fixed = dict(fields)
+
+    def relay() -> None:
+        pending = b""
+        with os.fdopen(real, "wb", buffering=0) as out:
+            while True:
+                chunk = os.read(read_end, 65536)
+                if not chunk:
+                    break
+                pending += chunk
+                *lines, pending = pending.split(b"\n")
+                if lines:
+                    text = "".join(json_line_of(x.decode("utf-8", "replace"), fixed) + "\n" for x in lines if x)
+                    out.write(text.encode())
+            if pending:
+                out.write((json_line_of(pending.decode("utf-8", "replace"), fixed) + "\n").encode())
+        os.close(read_end)
+
+    _stderr_relay = threading.Thread(target=relay, name="stderr-json", daemon=True)
+    _stderr_relay.start()
+    pid = os.getpid()
+
+    def finish() -> None:
+        if os.getpid() != pid or _stderr_relay is None:
+            return
+        with contextlib.suppress(Exception):
+            sys.stderr.flush()
+        null = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(null, 2)  # the last writer of the pipe in this process
+        os.close(null)
+        _stderr_relay.join(2.0)
+
+    atexit.register(finish)
+
+
 def setup_logging(config: LogConfig) -> None:
     """Log to stderr at ``log.level``, as text or JSON (``log.formatter``), with ``log.fields``."""
     handler = logging.StreamHandler(sys.stderr)
     fields = getattr(config, "fields", None) or {}
     if config.formatter == "json":
         handler.setFormatter(JsonFormatter(fields))
+        relay_stderr_as_json(fields)
     else:
         handler.setFormatter(TextFormatter(fields))
     root = logging.getLogger()

@@ -9,6 +9,7 @@ exposition text on a Unix socket in a private directory the parent made
 - counters, histograms and other gauges are summed (every worker's cache entries and
   capacity add up: with ``inmemory`` each worker has its own cache);
 - ``process_*`` and ``python_*`` series stay per process, with a ``worker`` label;
+- ``descriptor_build_info`` is 1, as in one process (every worker runs the same build);
 - ``registry_storage_cache_redis_up`` is the lowest (0 if any worker's Redis is down),
   and ``*_created`` timestamps the earliest;
 - ``descriptor_workers`` is the configured count, ``descriptor_workers_reporting`` how
@@ -42,6 +43,9 @@ log = logging.getLogger(loggers.SERVER)
 SIBLING_TIMEOUT = 2.0
 PER_PROCESS = ("process_", "python_")
 LOWEST = frozenset(("registry_storage_cache_redis_up",))
+#: Facts about the build, the same in every worker: one value, not a sum (its help
+#: says it is always 1).
+SAME = frozenset(("descriptor_build_info",))
 
 
 def socket_path(directory: str, index: int) -> str:
@@ -147,6 +151,8 @@ def merge(texts: Iterable[tuple[int, str]]) -> list[Metric]:
                     into[key] = sample.value
                 elif family.name in LOWEST or sample.name.endswith("_created"):
                     into[key] = min(into[key], sample.value)
+                elif family.name in SAME:
+                    into[key] = max(into[key], sample.value)
                 else:
                     into[key] += sample.value
     out = []

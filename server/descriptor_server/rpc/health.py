@@ -48,6 +48,8 @@ class Health:
 
     def __init__(self, probe: Probe | None, interval: float) -> None:
         self.servicer = health.aio.HealthServicer()
+        #: The service's status as the HTTP health path reports it (read from its thread).
+        self.serving = False
         self.probe = probe
         self.interval = interval
         self._task: asyncio.Task[None] | None = None
@@ -66,6 +68,7 @@ class Health:
         return server, port
 
     async def set_serving(self, serving: bool) -> None:
+        self.serving = serving
         await self.servicer.set(SERVICE, SERVING if serving else NOT_SERVING)
 
     async def start(self) -> None:
@@ -104,6 +107,7 @@ class Health:
 
     async def drain(self) -> None:
         """Stop probing and answer NOT_SERVING for everything from now on."""
+        self.serving = False
         await self.stop_probe()
         await self.servicer.enter_graceful_shutdown()
 

@@ -13,11 +13,18 @@ def _ms(seconds: float) -> int:
 
 def server_options(g: GrpcConfig) -> list[tuple[str, Any]]:
     """Every grpcio option of the main server."""
-    return [
+    opts: list[tuple[str, Any]] = [
         ("grpc.so_reuseport", 1 if g.workers > 1 else 0),
         ("grpc.max_receive_message_length", g.maxrecvmsgsize),
         *limit_options(g),
     ]
+    # Bounds on what a client can hold open without sending anything: connections on
+    # the port, and calls per connection (each open call costs memory until it ends).
+    if g.maxconnections > 0:
+        opts.append(("grpc.max_allowed_incoming_connections", g.maxconnections))
+    if g.maxstreams > 0:
+        opts.append(("grpc.max_concurrent_streams", g.maxstreams))
+    return opts
 
 
 def limit_options(g: GrpcConfig) -> list[tuple[str, Any]]:

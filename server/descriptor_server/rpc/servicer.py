@@ -12,6 +12,7 @@ leaves as a status carrying a ``google.rpc.ErrorInfo`` detail, from the one tabl
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from collections.abc import Awaitable, Callable
@@ -24,6 +25,7 @@ from descriptor_client.errors import (
     BackendUnavailableError,
     DescriptorError,
     RequestInvalidError,
+    ResourceExhaustedError,
     ServerDrainingError,
     to_status_proto,
 )
@@ -37,11 +39,53 @@ from .encoding import ResponseEncoder
 log = logging.getLogger(loggers.SERVICE)
 
 Context: TypeAlias = "grpc.aio.ServicerContext[Any, Any]"
-Handler = Callable[[bytes, Context], Awaitable[bytes]]
+Handler = Callable[[Any, Context], Awaitable[bytes]]
 
 #: Called once the request is decoded, before the handler: (method name, request,
 #: context); raises UnauthenticatedError / PermissionDeniedError to refuse the call.
 Authorizer = Callable[[str, Any, Context], None]
+
+#: Called when a call starts, before its request message is read: (method name,
+#: context); raises UnauthenticatedError to refuse a call whose metadata carries no
+#: acceptable credentials, so that such a call costs nothing more.
+Authenticator = Callable[[str, Context], Awaitable[None]]
+
+
+async def read_request(context: Context, timeout: float) -> bytes:
+    """The call's one request message, waited for at most ``timeout`` seconds (0: no bound).
+
+    Handlers are registered request-streaming so that they run as soon as a call's
+    headers arrive (grpcio runs a unary handler only once the message has come, and
+    nothing bounds that wait): a call that never sends its request ends here with
+    INVALID_ARGUMENT / ``REQUEST_INVALID`` instead of holding its memory for good.
+    """
+    if timeout <= 0:
+        body = await context.read()
+    else:
+        task = asyncio.current_task()
+        expired = False
+
+        def expire() -> None:
+            nonlocal expired
+            expired = True
+            if task is not None:
+                task.cancel()
+
+        timer = asyncio.get_running_loop().call_later(timeout, expire)
+        try:
+            body = await context.read()
+        except asyncio.CancelledError:
+            if not expired:
+                raise
+            raise RequestInvalidError(
+                f"no request message within {timeout:g}s of the call's start (grpc.requesttimeout)"
+            ) from None
+        finally:
+            timer.cancel()
+    if body is grpc.aio.EOF:
+        raise RequestInvalidError("the call ended without a request message")
+    data: bytes = body
+    return data
 
 
 class Observer(Protocol):
@@ -83,12 +127,24 @@ class DescriptorServicer:
         *,
         authorizer: Authorizer | None = None,
         observer: Observer | None = None,
+        authenticator: Authenticator | None = None,
+        request_timeout: float = 0.0,
+        max_calls: int = 0,
     ) -> None:
         self.statter = statter
         self.authorizer = authorizer
         self.observer = observer
+        #: Refuses, from the metadata alone, calls without acceptable credentials.
+        self.authenticator = authenticator
+        #: grpc.requesttimeout: how long a call may wait for its request message.
+        self.request_timeout = request_timeout
+        #: grpc.maxconcurrentcalls: calls handled at once (their request received); 0 = no limit.
+        self.max_calls = max_calls
         self.draining = False
+        #: Calls that have started and not ended (waiting for their request, or handled).
         self.inflight = 0
+        #: Of those, the calls whose request has arrived (what grpc.maxconcurrentcalls bounds).
+        self.handling = 0
         #: time.monotonic() of the last call that reached a handler (for the drain's quiet window)
         self.last_arrival = 0.0
         self.encoder = ResponseEncoder()
@@ -143,16 +199,30 @@ class DescriptorServicer:
         name, message, fn = rpc.name, rpc.request, self._handler_of(rpc)
         parse = message.FromString
 
-        async def handler(body: bytes, context: Context) -> bytes:
+        async def handler(_requests: Any, context: Context) -> bytes:
+            # Runs when the call's headers arrive: refusals that need no request
+            # (draining, credentials) answer before any message is read.
             start = time.perf_counter()
             code = grpc.StatusCode.OK
             reason = ""
             request: Any = None
+            handling = False
             self.inflight += 1
             self.last_arrival = time.monotonic()
             try:
                 if self.draining:
                     raise ServerDrainingError("server is draining; retry another replica")
+                if self.authenticator is not None:
+                    await self.authenticator(name, context)
+                body = await read_request(context, self.request_timeout)
+                if self.draining:  # began draining while the request was on its way
+                    raise ServerDrainingError("server is draining; retry another replica")
+                if self.max_calls and self.handling >= self.max_calls:
+                    raise ResourceExhaustedError(
+                        f"{self.handling} calls in progress, at most {self.max_calls} (grpc.maxconcurrentcalls)"
+                    )
+                self.handling += 1
+                handling = True
                 try:
                     request = parse(body)
                 except DecodeError:
@@ -165,12 +235,17 @@ class DescriptorServicer:
             except DescriptorError as err:
                 code, reason = err.code, err.reason
                 await abort(context, err)
+            except asyncio.CancelledError:
+                code = grpc.StatusCode.CANCELLED
+                raise
             except Exception:
                 code = grpc.StatusCode.INTERNAL
                 log.exception("unexpected error in %s", name)
                 await context.abort(grpc.StatusCode.INTERNAL, "internal error")
             finally:
                 self.inflight -= 1
+                if handling:
+                    self.handling -= 1
                 if self.observer is not None:
                     self.observer(name, code, time.perf_counter() - start, request, context=context, reason=reason)
             raise AssertionError("unreachable")  # pragma: no cover - abort raises
@@ -184,5 +259,7 @@ class DescriptorServicer:
     def generic_handler(self) -> grpc.GenericRpcHandler:
         return grpc.method_handlers_generic_handler(
             SERVICE,
-            {name: grpc.unary_unary_rpc_method_handler(fn) for name, fn in self.handlers().items()},
+            # Request-streaming on the server side only (the wire is the same): the
+            # handler starts at the call's headers, see read_request.
+            {name: grpc.stream_unary_rpc_method_handler(fn) for name, fn in self.handlers().items()},
         )

@@ -192,6 +192,42 @@ class Authorizer:
         if method in AUDITED:
             set_audited(_Call(context, principal))
 
+    async def authenticate(self, method: str, context: grpc.aio.ServicerContext[Any, Any]) -> None:
+        """Refuse, from the call's metadata alone, a call with no acceptable token.
+
+        The servicer calls it when a call starts, before reading its request: a call
+        that sends no token, or one that is neither a configured static token nor a
+        valid registry token, is refused UNAUTHENTICATED at once, whatever (and
+        whether) it sends next. What a good token is allowed to do is checked later,
+        against the request (:meth:`__call__`). A registry-token refusal names the
+        scope the call needs in its challenge, which takes the request: it waits for
+        it at most :data:`CHALLENGE_WAIT` seconds, and challenges without a scope when
+        it has not come.
+        """
+        if not self.enabled:
+            return
+        token = bearer_token(invocation_metadata(context, method))
+        why, error = "missing bearer token (send authorization: Bearer <token>)", ""
+        if token is not None:
+            if self.static is not None and self.static.match(token) is not None:
+                return
+            if self.registry is None:
+                why = "unknown bearer token"
+            else:
+                try:
+                    self.registry.verify(token)
+                    return
+                except TokenInvalid as err:
+                    why, error = f"invalid bearer token: {err}", "invalid_token"
+        request: Any = None
+        if self.registry is not None:
+            request = await _early_request(method, context)
+            refusal = self._challenge(method, request, why, error)
+        else:
+            refusal = UnauthenticatedError(why)
+        self._audit(method, request, context, None, outcome=refusal.code.name, reason=refusal.message)
+        raise refusal
+
     def _authorize(self, method: str, request: Any, token: str | None) -> Principal:
         if token is None:
             if self.registry is None:
@@ -225,20 +261,27 @@ class Authorizer:
         config = self.config
         realm = config.realm if config is not None else ""
         service = config.service if config is not None else ""
-        hint = f"Bearer realm={_quote(realm)},service={_quote(service)},scope={_quote(scope)}"
+        hint = f"Bearer realm={_quote(realm)},service={_quote(service)}"
+        if scope:
+            hint += f",scope={_quote(scope)}"
         return f"{hint},error={_quote(error)}" if error else hint
 
     def _challenge(self, method: str, request: Any, why: str, error: str) -> UnauthenticatedError:
-        kind, name, action = self.scope_of(method, request)
-        scope = f"{kind}:{_clip(name)}:{action}"
+        """The refusal with distribution's challenge; without a scope when there is no
+        request to name it (a call refused before its request came)."""
+        scope = ""
+        if request is not None or not self._needs.get(method, ("", True))[1]:
+            kind, name, action = self.scope_of(method, request)
+            scope = f"{kind}:{_clip(name)}:{action}"
         hint = self._hint(scope, error)
         config = self.config
         metadata = {
             "www-authenticate": hint,
             "realm": config.realm if config is not None else "",
             "service": config.service if config is not None else "",
-            "scope": scope,
         }
+        if scope:
+            metadata["scope"] = scope
         return UnauthenticatedError(f"{why}; {hint}", metadata=metadata)
 
     # -- audit -------------------------------------------------------------------------
@@ -281,6 +324,25 @@ class Authorizer:
             fields["certificate"] = certificate
         text = " ".join(f"{k}={json.dumps(v)}" if isinstance(v, str) else f"{k}={v}" for k, v in fields.items())
         logger.info("audit %s", text, extra=fields)
+
+
+#: Seconds a call refused from its metadata waits for its request, to name the scope
+#: in its challenge (a client sends headers and request together; a call that sends
+#: none is refused without a scope).
+CHALLENGE_WAIT = 0.2
+
+
+async def _early_request(method: str, context: Any) -> Any:
+    """The call's request if it arrives within :data:`CHALLENGE_WAIT`, else None."""
+    from ..rpc.servicer import read_request
+
+    rpc = RPCS.get(method)
+    if rpc is None:
+        return None
+    try:
+        return rpc.request.FromString(await read_request(context, CHALLENGE_WAIT))
+    except Exception:  # no request in time, or not one: the challenge goes without a scope
+        return None
 
 
 def audited(observer: Observer | None, authorizer: Authorizer) -> Observer:

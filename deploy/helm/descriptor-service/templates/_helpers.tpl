@@ -91,12 +91,19 @@ Secret key.
 {{- end -}}
 
 {{/*
+The cache kind the server will use (the server's default is the in-memory cache).
+*/}}
+{{- define "descriptor-service.cacheKind" -}}
+{{- $storage := default dict .Values.config.storage -}}
+{{- $cache := default dict $storage.cache -}}
+{{- default "inmemory" $cache.blobdescriptor -}}
+{{- end -}}
+
+{{/*
 Refuse values that render a broken deployment, each message naming the values.
 */}}
 {{- define "descriptor-service.validate" -}}
-{{- $storage := default dict .Values.config.storage -}}
-{{- $cache := default dict $storage.cache -}}
-{{- $kind := default "inmemory" $cache.blobdescriptor -}}
+{{- $kind := include "descriptor-service.cacheKind" . -}}
 {{- $replicas := int .Values.replicaCount -}}
 {{- if and (gt $replicas 1) (eq $kind "inmemory") (include "descriptor-service.deleteEnabled" .) -}}
 {{- fail (printf "replicaCount=%d with config.storage.cache.blobdescriptor=inmemory and config.storage.delete.enabled=true: a Clear reaches one pod's in-memory cache only, and the other pods would keep answering the deleted blob; set config.storage.cache.blobdescriptor=redis (with config.redis.addrs), replicaCount=1, or config.storage.delete.enabled=false" $replicas) -}}
