@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Sequence
+from pathlib import Path
 
 import pytest
 from descriptor_client import (
@@ -490,3 +491,21 @@ async def test_clear_acts_on_the_key_digest_only(statter: CachedBlobStatter, cac
     with pytest.raises(BlobUnknownError):
         await cache.stat(A384)
     assert await cache.stat(A256) == Descriptor(OCT, A256, 10)
+
+
+async def test_a_revalidate_whose_read_began_before_a_clear_does_not_write_the_blob_back(tmp_path: Path) -> None:
+    """Revalidate writes back under the same token rule as a miss: its backend read began
+    before the Clear, so once the Clear has returned its answer is stale and not cached."""
+    layout = Layout(tmp_path)
+    digest = layout.put_blob(b"revalidated while cleared")
+    gated = GatedBackend(FilesystemBackend(str(layout.root)))
+    gated.read_first = True  # the backend answers "present" before the Clear deletes
+    gated.gated_calls = 1  # only the Revalidate's read waits; the Clear's own calls pass
+    statter = CachedBlobStatter(InMemoryCache(100), gated, delete_enabled=True)
+    revalidation = asyncio.ensure_future(statter.revalidate(digest))
+    await gated.arrived.wait()
+    await statter.clear(digest)  # OK: the blob is deleted
+    gated.gate.set()
+    assert (await revalidation).digest == digest  # it answers what it read ...
+    with pytest.raises(BlobUnknownError):
+        await statter.stat(digest)  # ... but never caches it after the Clear returned

@@ -230,7 +230,10 @@ class CachedBlobStatter:
         with Clear's cache-side semantics (bump, fence, remove, settle), then
         BlobUnknownError. A backend failure: BackendUnavailableError, nothing changed.
         Never deletes from the backend, so needs neither deletion enabled nor more than
-        pull access.
+        pull access. As a repository Clear answering BLOB_UNKNOWN, a repository
+        Revalidate of a digest the cache does not list there changes nothing anywhere:
+        a caller with pull access to one repository cannot drop (or fence) the global
+        entry other repositories are answered from.
         """
         validate_digest(digest)
         validate_repository(repository)
@@ -240,6 +243,8 @@ class CachedBlobStatter:
         except BlobUnknownError:
             if self.revalidator is not None:
                 self.revalidator.forget((digest, repository))
+            if repository and not await self._cached(digest, repository):
+                raise  # nothing of it cached in this repository: nothing to remove
             try:
                 await self.cache.invalidate(digest, repository)
                 await self.cache.settle(digest)
