@@ -98,7 +98,9 @@ def service_config(
     config: dict[str, Any] = {
         "storage": {
             "filesystem": {"rootdirectory": str(root)},
-            "cache": {"blobdescriptor": cache, **(cache_settings or {})},
+            # Revalidation off unless asked (it is on by default): the primed entries have no
+            # blob on disk, and a run longer than the interval would have them removed.
+            "cache": {"blobdescriptor": cache, "revalidate": "0s", **(cache_settings or {})},
         },
         "grpc": {"addr": "127.0.0.1:0", **(grpc_settings or {})},
         "log": {"level": "info"},

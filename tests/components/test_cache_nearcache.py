@@ -556,6 +556,8 @@ async def test_server_reflects_registry_writes_and_counts_near_hits(
     root = tmp_path / "empty-registry"
     root.mkdir()
     config = server_redis_config(root, [redis_standalone.addr])
+    # The registry writes entries its storage (not this server's) holds: no revalidation here.
+    config["storage"]["cache"]["revalidate"] = "0s"
     metrics_port = free_port()
     config["http"] = {"debug": {"addr": f"127.0.0.1:{metrics_port}", "prometheus": {"enabled": True}}}
     proc = ServerProcess(config, tmp_path).start()

@@ -631,7 +631,7 @@ async def test_username_and_password(redis_own: RedisProcess) -> None:
 # -- the fence a Clear leaves -------------------------------------------------------------
 
 
-async def test_fill_writes_what_set_descriptor_writes_until_a_clear_fences_it(
+async def test_fill_writes_what_set_descriptor_writes_unless_cleared_after_its_token(
     topology: tuple[list[RedisProcess], str],
 ) -> None:
     nodes, _ = topology
@@ -639,19 +639,41 @@ async def test_fill_writes_what_set_descriptor_writes_until_a_clear_fences_it(
     cache = from_config(redis_config([n.addr for n in nodes]), fence_ttl=1.0)
     desc = Descriptor(LAYER, B256, 7)
     try:
-        assert await cache.fill(B256, desc, REPO) is True
+        token, fenced = await cache.token([B256])
+        assert not fenced
+        assert await cache.fill(B256, desc, REPO, token) is True
         filled = await cache.stat(B256, REPO)
         await cache.set_descriptor(C256, Descriptor(LAYER, C256, 7), REPO)
         assert filled == desc
         assert await cache.stat(C256, REPO) == Descriptor(LAYER, C256, 7)  # the same layout both ways
         await cache.clear(B256, REPO)
-        assert await cache.fill(B256, desc, REPO) is False  # fenced: nothing written
-        assert await cache.fill(B256, desc) is False  # in every scope
+        assert await cache.fill(B256, desc, REPO, token) is False  # cleared after the token: nothing written
+        assert await cache.fill(B256, desc, "", token) is False  # in every scope
+        assert await cache.fill(A384, Descriptor(LAYER, B256, 7), "", token) is False  # nor through an alias
         with pytest.raises(BlobUnknownError):
             await cache.stat(B256)
-        await asyncio.sleep(1.2)  # the fence has a TTL: it does not outlive a backend read for long
-        assert await cache.fill(B256, desc, REPO) is True
+        newer, fenced = await cache.token([B256])
+        assert newer > token
+        assert fenced
+        assert await cache.fill(B256, desc, REPO, newer) is True  # a read begun after the Clear
         assert await cache.stat(B256, REPO) == desc
+    finally:
+        await cache.close()
+
+
+async def test_the_epoch_keeps_growing_when_redis_loses_it(topology: tuple[list[RedisProcess], str]) -> None:
+    """A token read before a flush (or the epoch key's eviction) never looks newer than a later Clear."""
+    nodes, _ = topology
+    flush(*nodes)
+    cache = from_config(redis_config([n.addr for n in nodes]))
+    try:
+        await cache.set_descriptor(B256, Descriptor(LAYER, B256, 7))
+        await cache.clear(B256)
+        token, _ = await cache.token()
+        flush(*nodes)
+        with pytest.raises(BlobUnknownError):
+            await cache.clear(B256)
+        assert await cache.fill(B256, Descriptor(LAYER, B256, 7), "", token) is False
     finally:
         await cache.close()
 
@@ -674,7 +696,8 @@ async def test_on_cluster_a_clear_between_the_check_and_the_write_takes_the_writ
 
     try:
         filler.set_descriptor = write_then_cleared_elsewhere  # type: ignore[method-assign]
-        assert await filler.fill(B256, desc, REPO) is False
+        token, _ = await filler.token()
+        assert await filler.fill(B256, desc, REPO, token) is False
         for scope in ("", REPO):
             with pytest.raises(BlobUnknownError):
                 await other.stat(B256, scope)

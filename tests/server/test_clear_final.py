@@ -10,7 +10,7 @@ real second server as the backend), with the backend held at gates.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -29,9 +29,10 @@ from descriptor_server.caches import Cache
 from descriptor_server.caches.inmemory import InMemoryCache
 from descriptor_server.caches.redis import from_config
 from descriptor_server.core.statter import CachedBlobStatter
+from descriptor_server.wrappers.bounds import BoundedBackend
 from helpers.gates import GatedBackend
 from helpers.redis_servers import RedisProcess, flush
-from helpers.support import OCT, REPO, Layout, ServerProcess, base_config
+from helpers.support import OCT, REPO, Layout, ServerProcess, base_config, digest_of
 from helpers.targets_redis import redis_config
 
 
@@ -80,6 +81,23 @@ async def setup(
 Setup = tuple[CachedBlobStatter, GatedBackend, Cache]
 
 
+async def eventually(predicate: Callable[[], bool], timeout: float = 10.0) -> bool:
+    """Whether ``predicate`` holds within ``timeout`` (checked every 10 ms, the loop running)."""
+    for _ in range(int(timeout / 0.01)):
+        if predicate():
+            return True
+        await asyncio.sleep(0.01)
+    return predicate()
+
+
+async def eventually_unknown(statter: CachedBlobStatter, digest: str, scope: str, timeout: float = 10.0) -> bool:
+    for _ in range(int(timeout / 0.01)):
+        if await unknown(statter, digest, scope):
+            return True
+        await asyncio.sleep(0.01)
+    return False
+
+
 async def unknown(statter: CachedBlobStatter, digest: str, repository: str = "") -> bool:
     try:
         await statter.stat(digest, repository)
@@ -122,22 +140,36 @@ async def test_a_stat_after_the_clear_does_not_join_a_read_from_before_it(
     assert await unknown(statter, digest, scope)  # and it wrote nothing back
 
 
-@pytest.mark.parametrize("failure", [UnsupportedError("the registry answered 405"), OSError("registry unreachable")])
-async def test_a_clear_refused_at_delete_time_leaves_the_cache_as_it_was(
-    setup: Setup, layout: Layout, failure: Exception
-) -> None:
+async def test_a_clear_refused_at_delete_time_leaves_the_cache_as_it_was(setup: Setup, layout: Layout) -> None:
     statter, gated, cache = setup
     digest = layout.push(REPO, b"kept by a refused clear")
     await statter.set_descriptor(digest, Descriptor(OCT, digest, 23))
     await statter.set_descriptor(digest, Descriptor("application/vnd.oci.image.layer.v1.tar", digest, 23), REPO)
-    gated.fail_delete = failure
-    with pytest.raises(UnsupportedError if isinstance(failure, UnsupportedError) else BackendUnavailableError):
+    gated.fail_delete = UnsupportedError("the registry answered 405")
+    with pytest.raises(UnsupportedError):
         await statter.clear(digest, REPO)
     hits = statter.metrics.hits
     assert (await statter.stat(digest, REPO)).media_type == "application/vnd.oci.image.layer.v1.tar"
     assert (await statter.stat(digest)).media_type == OCT
     assert statter.metrics.hits == hits + 2  # answered by the cache: nothing was taken from it
     assert (await cache.stat(digest, REPO)).size == 23
+
+
+async def test_a_clear_whose_delete_broke_says_the_outcome_is_unknown_and_keeps_the_entries_removed(
+    setup: Setup, layout: Layout
+) -> None:
+    """A broken call may have deleted: a stale entry would cost a failed pull, a miss only a read."""
+    statter, gated, cache = setup
+    digest = layout.push(REPO, b"kept by a refused clear")
+    await statter.set_descriptor(digest, Descriptor("application/vnd.oci.image.layer.v1.tar", digest, 23), REPO)
+    gated.fail_delete = OSError("registry unreachable")
+    with pytest.raises(BackendUnavailableError, match="outcome is unknown"):
+        await statter.clear(digest, REPO)
+    with pytest.raises(BlobUnknownError):
+        await cache.stat(digest, REPO)
+    with pytest.raises(BlobUnknownError):
+        await cache.stat(digest)
+    assert await statter.stat(digest, REPO) == Descriptor(OCT, digest, 23)  # still there: read afresh
 
 
 def test_a_chained_service_with_deletion_off_leaves_the_front_cache_as_it_was(tmp_path: Path, layout: Layout) -> None:
@@ -248,3 +280,197 @@ async def test_an_entry_written_during_the_delete_by_a_process_ignoring_the_fenc
     assert await unknown(second, digest, REPO)
     with pytest.raises(BlobUnknownError):  # nothing the registry wrote is left in Redis
         await second.cache.stat(digest, REPO)
+
+
+# -- the holes of issue 21 item 4: each failed before the generation rule ------------------
+
+
+def _unknown_outcome_setup(statter: CachedBlobStatter, gated: GatedBackend) -> CachedBlobStatter:
+    """The same cache and gated backend behind ``storage.backendtimeout`` (0.3 s)."""
+    return CachedBlobStatter(statter.cache, BoundedBackend(gated, timeout=0.3), delete_enabled=True)
+
+
+@pytest.mark.parametrize("scope", ["", REPO])
+async def test_a_clear_past_the_backend_timeout_never_leaves_the_deleted_blob_answered(
+    setup: Setup, layout: Layout, scope: str
+) -> None:
+    """The delete outlives ``storage.backendtimeout``: the Clear says the outcome is
+    unknown, keeps the entries removed, and when the abandoned delete ends, invalidates
+    again what a Stat wrote back meanwhile."""
+    plain, gated, _ = setup
+    statter = _unknown_outcome_setup(plain, gated)
+    content = f"deleted after the timeout {scope}".encode()
+    digest = layout.push(REPO, content)
+    assert await statter.stat(digest, scope) == Descriptor(OCT, digest, len(content))  # cached
+    gated.deletes.hold()
+    with pytest.raises(BackendUnavailableError, match="outcome is unknown"):
+        await statter.clear(digest, scope)
+    # The backend still holds the blob: a Stat reads it and writes it back.
+    assert await statter.stat(digest, scope) == Descriptor(OCT, digest, len(content))
+    gated.deletes.open()  # the abandoned delete now runs and removes the blob
+    gone = layout.blob_data(digest) if not scope else layout.link(REPO, digest)
+    assert await eventually(lambda: not gone.exists())
+    # Once the delete has ended, the entry written back meanwhile is invalidated: the
+    # cache stops answering it (before, it answered for good).
+    assert await eventually_unknown(statter, digest, scope)
+    assert await unknown(statter, digest, REPO)
+
+
+async def test_a_refused_clear_does_not_restore_over_a_concurrent_clear(setup: Setup, layout: Layout) -> None:
+    """Two Clears of one digest: the one the backend refuses, after the other deleted,
+    must not put back what it had taken."""
+    refused, gated, cache = setup
+    content = b"cleared by the other clear"
+    digest = layout.push(REPO, content)
+    assert await refused.stat(digest, REPO) == Descriptor(OCT, digest, len(content))  # cached
+    gated.deletes.hold()
+    gated.fail_delete = UnsupportedError("the registry answered 405")
+    first = asyncio.ensure_future(refused.clear(digest, REPO))
+    await gated.deletes.reached()  # the first Clear took the entries; its delete is held
+    other = CachedBlobStatter(cache, FilesystemBackend(str(layout.root)), delete_enabled=True)
+    if isinstance(gated.inner, DescriptorServiceBackend):  # chained: the other Clear goes through the back too
+        other = CachedBlobStatter(cache, gated.inner, delete_enabled=True)
+    await other.clear(digest, REPO)  # deletes the link: returns OK
+    gated.deletes.open()
+    with pytest.raises(UnsupportedError):
+        await asyncio.wait_for(first, 10)
+    assert await unknown(refused, digest, REPO)
+    with pytest.raises(BlobUnknownError):  # nor was the global entry put back
+        await cache.stat(digest)
+
+
+async def test_a_refused_clear_does_not_restore_over_a_concurrent_setdescriptor(setup: Setup, layout: Layout) -> None:
+    statter, gated, _ = setup
+    digest = layout.push(REPO, b"pushed again during a refused clear")
+    size = len(b"pushed again during a refused clear")
+    await statter.set_descriptor(digest, Descriptor("application/old", digest, size), REPO)
+    gated.deletes.hold()
+    gated.fail_delete = UnsupportedError("the registry answered 405")
+    clear = asyncio.ensure_future(statter.clear(digest, REPO))
+    await gated.deletes.reached()
+    await statter.set_descriptor(digest, Descriptor("application/new", digest, size), REPO)  # a push, meanwhile
+    gated.deletes.open()
+    with pytest.raises(UnsupportedError):
+        await asyncio.wait_for(clear, 10)
+    assert (await statter.stat(digest, REPO)).media_type == "application/new"  # not the snapshot
+
+
+@pytest.mark.parametrize("scope", ["", REPO])
+async def test_a_stat_after_another_processes_clear_does_not_join_a_read_from_before_it(
+    two_processes: tuple[CachedBlobStatter, GatedBackend, CachedBlobStatter], layout: Layout, scope: str
+) -> None:
+    """Replica A's read began before replica B's Clear; a Stat on A sent after the Clear
+    returned reads afresh."""
+    first, gated, second = two_processes
+    content = f"read on A, cleared on B {scope}".encode()
+    digest = layout.push(REPO, content)
+    gated.reads.hold()
+    before = asyncio.ensure_future(first.stat(digest, scope))
+    await gated.reads.reached()  # A's backend read answered "exists"; held
+    await second.clear(digest, scope)  # B's Clear returned OK
+    after = asyncio.ensure_future(first.stat(digest, scope))
+    await gated.reads.reached(2)  # a read of its own, not the one from before
+    gated.reads.open()
+    with pytest.raises(BlobUnknownError):
+        await asyncio.wait_for(after, 10)
+    assert await asyncio.wait_for(before, 10) == Descriptor(OCT, digest, len(content))  # began before
+    assert await unknown(first, digest, scope)
+
+
+async def test_a_read_through_an_alias_racing_a_global_clear_does_not_write_the_blob_back(
+    setup: Setup, layout: Layout
+) -> None:
+    """A repository's sha512 link names the sha256 blob: a global Clear of the sha256
+    digest stops the write-back of a read of the sha512 one that answered it."""
+    statter, gated, _ = setup
+    content = b"reachable through a sha512 alias"
+    canonical = layout.put_blob(content)
+    alias = digest_of(content, "sha512")
+    layout.put_link(REPO, alias, target=canonical)
+    gated.reads.hold()
+    before = asyncio.ensure_future(statter.stat(alias, REPO))
+    await gated.reads.reached()  # answered the sha256 blob; held
+    await statter.clear(canonical)  # the blob's data is deleted: OK
+    gated.reads.open()
+    assert await asyncio.wait_for(before, 10) == Descriptor(OCT, canonical, len(content))  # began before
+    assert await unknown(statter, alias, REPO)  # not written back under the alias
+    assert await unknown(statter, canonical)
+
+
+async def test_a_global_clear_removes_the_cached_aliases_whose_answer_is_the_blob(setup: Setup, layout: Layout) -> None:
+    """An alias entry cached before the Clear: its answer is the deleted blob, so it goes too."""
+    statter, _, cache = setup
+    content = b"cached under a sha512 alias"
+    canonical = layout.put_blob(content)
+    alias = digest_of(content, "sha512")
+    layout.put_link(REPO, alias, target=canonical)
+    desc = Descriptor(OCT, canonical, len(content))
+    assert await statter.stat(alias, REPO) == desc  # cached under both digests
+    await statter.set_descriptor(alias, desc)  # and the alias's global entry, as a registry sets it
+    assert await cache.stat(alias) == desc
+    await statter.clear(canonical)
+    assert await unknown(statter, alias, REPO)
+    with pytest.raises(BlobUnknownError):
+        await cache.stat(alias)
+
+
+async def test_a_repository_clear_answering_blob_unknown_changes_nothing(setup: Setup, layout: Layout) -> None:
+    """A token allowed to delete in its own repository cannot drop or fence anyone else's entry."""
+    statter, _, cache = setup
+    content = b"held by another repository"
+    digest = layout.push("other/repo", content)
+    desc = Descriptor(OCT, digest, len(content))
+    await statter.set_descriptor(digest, desc)
+    with pytest.raises(BlobUnknownError):
+        await statter.clear(digest, REPO)  # REPO never held it
+    hits = statter.metrics.hits
+    assert await statter.stat(digest) == desc
+    assert statter.metrics.hits == hits + 1  # the global entry is still cached
+    _, fenced = await cache.token([digest])
+    assert not fenced
+    assert await statter.stat(digest, "other/repo") == desc  # a miss, written back (no fence)
+    assert await cache.stat(digest, "other/repo") == desc
+
+
+@pytest.mark.parametrize("scope", ["", REPO])
+async def test_a_setdescriptor_arriving_after_the_clear_of_a_deleted_blob_is_dropped(
+    setup: Setup, layout: Layout, scope: str
+) -> None:
+    """A registry's upload commit raced its own DELETE: its SetDescriptor reaches the
+    service after the Clear returned. The blob is gone, so the write is dropped."""
+    statter, _, _ = setup
+    content = f"committed, deleted, then announced {scope}".encode()
+    digest = layout.push(REPO, content)
+    desc = Descriptor(OCT, digest, len(content))
+    await statter.clear(digest, scope)
+    await statter.set_descriptor(digest, desc, scope)  # the late commit: OK, but dropped
+    assert statter.metrics.set_dropped == 1
+    assert await unknown(statter, digest, scope)
+    layout.push(REPO, content)  # pushed again for real
+    await statter.set_descriptor(digest, desc, scope)  # checked: present, written
+    hits = statter.metrics.hits
+    assert await statter.stat(digest, scope) == desc
+    assert statter.metrics.hits == hits + 1
+
+
+async def test_a_setdescriptor_racing_a_clear_is_checked_against_the_backend(
+    two_processes: tuple[CachedBlobStatter, GatedBackend, CachedBlobStatter], layout: Layout
+) -> None:
+    """The SetDescriptor starts on A while B's Clear is deleting, and writes after it returned."""
+    first, gated, second = two_processes
+    content = b"set during the delete"
+    digest = layout.push(REPO, content)
+    desc = Descriptor(OCT, digest, len(content))
+    await second.stat(digest, REPO)
+    clear = asyncio.ensure_future(first.clear(digest, REPO))
+    gated.deletes.hold()
+    await gated.deletes.reached()
+    gated.reads.hold()  # the SetDescriptor's backend check, held until the Clear returned
+    setting = asyncio.ensure_future(first.set_descriptor(digest, desc, REPO))
+    await gated.reads.reached()
+    gated.deletes.open()
+    await asyncio.wait_for(clear, 10)
+    gated.reads.open()
+    await asyncio.wait_for(setting, 10)
+    assert await unknown(second, digest, REPO)
+    assert await unknown(first, digest, REPO)

@@ -52,6 +52,26 @@ def test_revalidate_removes_what_the_backend_lost_and_refills_what_it_holds(tmp_
             client.revalidate("sha384:abc")
 
 
+def test_revalidate_in_a_repository_that_never_held_the_blob_changes_nothing(tmp_path: Path, layout: Layout) -> None:
+    """Revalidate needs pull access only: in a repository that holds nothing of the digest it
+    must not drop (or fence) the global entry every other repository is answered from, as a
+    repository Clear answering BLOB_UNKNOWN changes nothing."""
+    content = b"a layer another repository holds"
+    digest = layout.push(REPO, content)
+    with (
+        running_server(base_config(layout.root, delete=False), tmp_path) as server,
+        DescriptorClient(server.target, timeout=10) as client,
+    ):
+        assert client.repository(REPO).stat(digest).size == len(content)  # cached, global entry too
+        with pytest.raises(BlobUnknownError):
+            client.revalidate(digest, "attacker/empty")
+        before = client.metrics()
+        assert client.stat(digest).size == len(content)
+        assert client.repository(REPO).stat(digest).size == len(content)
+        after = client.metrics()
+        assert (after.hits - before.hits, after.misses - before.misses) == (2, 0)  # still cached
+
+
 def test_the_asyncio_client_revalidates(tmp_path: Path, layout: Layout) -> None:
     digest = layout.push(REPO, b"async")
 

@@ -8,6 +8,8 @@ concurrent for certain.
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Sequence
+from pathlib import Path
 
 import pytest
 from descriptor_client import (
@@ -21,6 +23,7 @@ from descriptor_client import (
     UnsupportedError,
 )
 from descriptor_server.backends.filesystem import FilesystemBackend
+from descriptor_server.caches import Taken
 from descriptor_server.caches.inmemory import InMemoryCache
 from descriptor_server.core.statter import CachedBlobStatter
 from helpers.support import A256, A384, OCT, REPO, Layout
@@ -42,12 +45,28 @@ class BrokenCache:
         self.calls.append("set_descriptor")
         raise ConnectionError("cache unreachable")
 
-    async def fill(self, digest: str, descriptor: Descriptor, repository: str = "") -> bool:
+    async def token(self, fenced: Sequence[str] = ()) -> tuple[int, bool]:
+        self.calls.append("token")
+        raise ConnectionError("cache unreachable")
+
+    async def fill(self, digest: str, descriptor: Descriptor, repository: str, token: int) -> bool:
         self.calls.append("fill")
+        raise ConnectionError("cache unreachable")
+
+    async def invalidate(self, digest: str, repository: str = "") -> tuple[bool, int]:
+        self.calls.append("invalidate")
         raise ConnectionError("cache unreachable")
 
     async def clear(self, digest: str, repository: str = "") -> None:
         self.calls.append("clear")
+        raise ConnectionError("cache unreachable")
+
+    async def restore(self, digest: str, taken: Taken, epoch: int) -> bool:
+        self.calls.append("restore")
+        raise ConnectionError("cache unreachable")
+
+    async def settle(self, digest: str) -> None:
+        self.calls.append("settle")
         raise ConnectionError("cache unreachable")
 
 
@@ -57,7 +76,7 @@ class WriteFailingCache(InMemoryCache):
     async def set_descriptor(self, digest: str, descriptor: Descriptor, repository: str = "") -> None:
         raise ConnectionError("READONLY You can't write against a read only replica")
 
-    async def fill(self, digest: str, descriptor: Descriptor, repository: str = "") -> bool:
+    async def fill(self, digest: str, descriptor: Descriptor, repository: str, token: int) -> bool:
         raise ConnectionError("READONLY You can't write against a read only replica")
 
 
@@ -72,12 +91,14 @@ class GatedBackend:
         self.clear_scopes = clear_scopes
         self.fail: Exception | None = None
         self.read_first = False  # read the disk before the gate (a slow reply of a stale answer)
+        self.gated_calls: int | None = None  # only the first this many reads wait (None: all)
 
     async def stat(self, digest: str, repository: str = "") -> Descriptor:
         self.stat_calls += 1
         early = await self.inner.stat(digest, repository) if self.read_first else None
         self.arrived.set()
-        await self.gate.wait()
+        if self.gated_calls is None or self.stat_calls <= self.gated_calls:
+            await self.gate.wait()
         if self.fail is not None:
             raise self.fail
         return early if early is not None else await self.inner.stat(digest, repository)
@@ -194,18 +215,18 @@ async def test_cache_failure_answers_from_backend_and_never_writes(layout: Layou
     assert counters(statter) == (2, 0, 2, 2)
     # SetDescriptor still succeeds: the cache is best effort.
     await statter.set_descriptor(digest, Descriptor(OCT, digest, 3))
-    assert broken.calls.count("set_descriptor") == 1
+    assert broken.calls.count("token") == 1
     assert statter.metrics.errors == 3
     # ...but invalid input is refused before the cache sees it.
     with pytest.raises(DescriptorInvalidError):
         await statter.set_descriptor(digest, Descriptor(OCT, digest, -1))
-    assert broken.calls.count("set_descriptor") == 1
+    assert broken.calls.count("token") == 1
     # Clear refuses when the cache fails, before the backend changes: a cache that
     # came back still holding the entry would answer Stat for a deleted blob.
     with pytest.raises(BackendUnavailableError, match="nothing was cleared"):
         await statter.clear(digest, REPO)
     assert layout.link(REPO, digest).exists()
-    assert broken.calls.count("clear") == 1
+    assert broken.calls.count("invalidate") == 1
     assert statter.metrics.errors == 4
 
 
@@ -274,6 +295,7 @@ async def test_clear_during_an_inflight_miss_is_not_undone(layout: Layout, cache
     gated = GatedBackend(FilesystemBackend(str(layout.root)))
     statter = CachedBlobStatter(cache, gated, delete_enabled=True)
     gated.read_first = True
+    gated.gated_calls = 1  # the Clear's own check (is it listed?) is not held
     digest = layout.push(REPO, b"racing")
     pending = asyncio.ensure_future(statter.stat(digest, REPO))
     await asyncio.wait_for(gated.arrived.wait(), 10)  # the backend answered, not yet returned
@@ -469,3 +491,21 @@ async def test_clear_acts_on_the_key_digest_only(statter: CachedBlobStatter, cac
     with pytest.raises(BlobUnknownError):
         await cache.stat(A384)
     assert await cache.stat(A256) == Descriptor(OCT, A256, 10)
+
+
+async def test_a_revalidate_whose_read_began_before_a_clear_does_not_write_the_blob_back(tmp_path: Path) -> None:
+    """Revalidate writes back under the same token rule as a miss: its backend read began
+    before the Clear, so once the Clear has returned its answer is stale and not cached."""
+    layout = Layout(tmp_path)
+    digest = layout.put_blob(b"revalidated while cleared")
+    gated = GatedBackend(FilesystemBackend(str(layout.root)))
+    gated.read_first = True  # the backend answers "present" before the Clear deletes
+    gated.gated_calls = 1  # only the Revalidate's read waits; the Clear's own calls pass
+    statter = CachedBlobStatter(InMemoryCache(100), gated, delete_enabled=True)
+    revalidation = asyncio.ensure_future(statter.revalidate(digest))
+    await gated.arrived.wait()
+    await statter.clear(digest)  # OK: the blob is deleted
+    gated.gate.set()
+    assert (await revalidation).digest == digest  # it answers what it read ...
+    with pytest.raises(BlobUnknownError):
+        await statter.stat(digest)  # ... but never caches it after the Clear returned

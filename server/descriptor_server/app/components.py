@@ -42,7 +42,7 @@ def fence_ttl(config: Config) -> float:
 def _inmemory(config: Config, observe: RedisObserver | None) -> Cache:
     from ..caches.inmemory import InMemoryCache
 
-    return InMemoryCache(config.storage.cache.blobdescriptorsize)
+    return InMemoryCache(config.storage.cache.blobdescriptorsize, fence_ttl=fence_ttl(config))
 
 
 def _redis(config: Config, observe: RedisObserver | None) -> Cache:

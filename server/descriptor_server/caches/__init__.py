@@ -11,6 +11,6 @@ the server finds a cache by its ``storage.cache.blobdescriptor`` name in
 
 from __future__ import annotations
 
-from ..core.cache import Cache
+from ..core.cache import Cache, Taken
 
-__all__ = ["Cache"]
+__all__ = ["Cache", "Taken"]

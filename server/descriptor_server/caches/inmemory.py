@@ -24,6 +24,10 @@ the Performance section of README.md):
 
 Capacity counts global and repository entries together; ``0`` means unbounded.
 
+Clear is final by the generation rule of :mod:`descriptor_server.caches`, kept by a
+:class:`~.generations.Generations` here: :meth:`InMemoryCache.fill` checks and writes
+with no ``await`` in between, so the compare-and-set is atomic in this process.
+
 Repository ids are counted references: each id records how many repository
 entries use it, and is freed (its name forgotten, the id reused) with the last
 one, by eviction or Clear. So memory follows the capacity, never the number of
@@ -39,9 +43,13 @@ from descriptor_client.descriptor import Descriptor
 from descriptor_client.digest import is_valid_digest
 from descriptor_client.errors import BlobUnknownError
 
+from . import Taken
+from .generations import MAX_RECORDS, Generations
 from .validation import check_key, check_set
 
 DEFAULT_CAPACITY = 10000
+#: Seconds a Clear's fence stands when the caller does not say.
+DEFAULT_FENCE_TTL = 600.0
 SMALL_SHARE = 0.1
 #: Recently hit descriptors kept as objects (bounded; cleared when full).
 HOT_MAX = 8192
@@ -81,9 +89,13 @@ class InMemoryCache:
     repository's own media type (last write wins), and always set the global entry.
     """
 
-    def __init__(self, capacity: int = DEFAULT_CAPACITY) -> None:
+    def __init__(
+        self, capacity: int = DEFAULT_CAPACITY, *, fence_ttl: float = DEFAULT_FENCE_TTL, max_records: int = MAX_RECORDS
+    ) -> None:
         if capacity < 0:
             raise ValueError("capacity must be >= 0")
+        #: The epoch and per-digest clear generations (Clear is final).
+        self.generations = Generations(fence_ttl, max_records)
         self.capacity = capacity
         self.small_capacity = max(1, int(capacity * SMALL_SHARE)) if capacity else 0
         self._entries: dict[bytes, int] = {}
@@ -96,6 +108,9 @@ class InMemoryCache:
         self._media_index: dict[str, int] = {}
         self._own_media_type: dict[bytes, str] = {}
         self._aliases: dict[bytes, str] = {}
+        # The reverse: canonical digest -> the global keys of its aliases (a global Clear of
+        # the canonical digest removes them: their answer is the cleared blob).
+        self._aliased: dict[str, set[bytes]] = {}
         # Repository name -> 4-byte id; the id's name and its count of live entries.
         self._repo_ids: dict[str, bytes] = {}
         self._repo_names: dict[bytes, str] = {}
@@ -238,13 +253,22 @@ class InMemoryCache:
 
     # -- writes ------------------------------------------------------------------
 
-    async def fill(self, digest: str, descriptor: Descriptor, repository: str = "") -> bool:
-        """The statter's write-back: this process's cache only, so set_descriptor."""
-        await self.set_descriptor(digest, descriptor, repository)
+    async def token(self, fenced: Sequence[str] = ()) -> tuple[int, bool]:
+        generations = self.generations
+        return generations.epoch, bool(fenced) and generations.fenced(fenced)
+
+    async def fill(self, digest: str, descriptor: Descriptor, repository: str, token: int) -> bool:
+        """Write unless ``digest`` or ``descriptor.digest`` was invalidated after ``token``."""
+        alias = check_set(digest, descriptor, repository)
+        if not self.generations.allows((digest, descriptor.digest), token):
+            return False
+        self._set(digest, descriptor, repository, alias)  # no await since the check
         return True
 
     async def set_descriptor(self, digest: str, descriptor: Descriptor, repository: str = "") -> None:
-        alias = check_set(digest, descriptor, repository)
+        self._set(digest, descriptor, repository, check_set(digest, descriptor, repository))
+
+    def _set(self, digest: str, descriptor: Descriptor, repository: str, alias: str | None) -> None:
         for key_digest in (digest, alias) if alias else (digest,):
             self._forget(key_digest)
             gkey = _key(key_digest)
@@ -261,11 +285,11 @@ class InMemoryCache:
             old = self._entries.get(gkey)
             # The global media type is first-write-wins.
             media = self._media_bits(gkey, descriptor.media_type) if old is None else old & (_MT_MASK << _MT_SHIFT)
+            self._unalias(gkey)
             if descriptor.digest != key_digest:
                 self._aliases[gkey] = descriptor.digest
+                self._aliased.setdefault(descriptor.digest, set()).add(gkey)
                 media |= _ALIAS
-            else:
-                self._aliases.pop(gkey, None)
             self._put(gkey, media | (descriptor.size << _SIZE_SHIFT))
         self._evict()
 
@@ -284,7 +308,7 @@ class InMemoryCache:
 
     def _dropped(self, key: bytes) -> None:
         """Forget what an entry just removed from ``_entries`` kept beside it."""
-        self._aliases.pop(key, None)
+        self._unalias(key)
         self._own_media_type.pop(key, None)
         if len(key) in _REPOSITORY_KEY_LENGTHS:
             rid = key[-4:]
@@ -301,6 +325,15 @@ class InMemoryCache:
                 self._free_ids.append(rid)
             else:  # nothing in use: start the ids again from 0
                 self._free_ids.clear()
+
+    def _unalias(self, gkey: bytes) -> None:
+        canonical = self._aliases.pop(gkey, None)
+        if canonical is not None:
+            keys = self._aliased.get(canonical)
+            if keys is not None:
+                keys.discard(gkey)
+                if not keys:
+                    del self._aliased[canonical]
 
     def _remove(self, key: bytes) -> bool:
         value = self._entries.pop(key, None)
@@ -368,8 +401,9 @@ class InMemoryCache:
                     kept.append(key)
             setattr(self, name, kept)
 
-    async def clear(self, digest: str, repository: str = "") -> None:
+    async def invalidate(self, digest: str, repository: str = "") -> tuple[bool, int]:
         check_key(digest, repository)
+        epoch = self.generations.bump(digest)
         self._forget(digest)
         gkey = _key(digest)
         if repository:
@@ -378,8 +412,29 @@ class InMemoryCache:
             self._remove(gkey)
         else:
             held = self._remove(gkey)
+            # Every alias whose answer is this blob goes too (Clear is final through an alias).
+            for alias in list(self._aliased.pop(digest, ())):
+                self._forget(_digest_of(alias))
+                self._remove(alias)
+        return held, epoch
+
+    async def clear(self, digest: str, repository: str = "") -> None:
+        held, _ = await self.invalidate(digest, repository)
         if not held:
             raise BlobUnknownError.of(digest, repository)
+
+    async def restore(self, digest: str, taken: Taken, epoch: int) -> bool:
+        """Put back what the invalidation at ``epoch`` took, unless ``digest`` was
+        invalidated or written since."""
+        check_key(digest, "")
+        if self.generations.cleared(digest) != epoch or _key(digest) in self._entries:
+            return False
+        for desc, scope in taken:
+            self._set(digest, desc, scope, None)  # the key digest only, as the Clear took it
+        return True
+
+    async def settle(self, digest: str) -> None:
+        return None  # no near cache: once invalidated, nothing in this process answers it
 
     async def close(self) -> None:
         return None

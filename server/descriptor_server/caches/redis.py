@@ -9,13 +9,22 @@ deployment can be shared with distribution registries):
 
 No TTLs are set on those (operators configure ``maxmemory-policy allkeys-lru``).
 
-One key of this service's own: a Clear leaves a fence ``descriptor::cleared::<digest>``
-for ``fence_ttl`` seconds (longer than a backend read may take), and the statter's
-write-back after a miss (:meth:`RedisCache.fill`) is skipped while the fence stands.
-So a backend read that another process (a worker, a replica) began before the Clear
-cannot put the deleted blob back; SetDescriptor is not fenced. On a single server or
-Sentinel the check and the write are one Lua script; on Cluster, where the keys live
-in different slots, the check is one round trip before the write.
+Two keys of this service's own carry the generation rule of :mod:`descriptor_server.caches`
+(distribution registries neither set nor read them):
+
+- ``descriptor::epoch``: the epoch. Each invalidation sets it to the larger of its value
+  plus one and Redis's clock in microseconds, so it keeps growing even when the key is
+  evicted or the data flushed (a token read before cannot look newer than a later
+  invalidation);
+- ``descriptor::cleared::<digest>``: the epoch of the digest's last invalidation (the
+  *fence*), standing ``fence_ttl`` seconds (longer than a backend read may take); absent
+  counts as never invalidated.
+
+On a single server or Sentinel the invalidation (bump, fence, removal), the
+compare-and-set write-back (:meth:`RedisCache.fill`) and the restore of a refused Clear
+are each one Lua script, so atomic. On Cluster, where the keys live in different slots,
+an invalidation sets the fence, then removes; a write-back checks the fences, writes,
+checks again and takes back what it wrote if a Clear's fence appeared meanwhile.
 
 Topology follows go-redis's universal rule: ``mastername`` means Sentinel, several
 ``addrs`` mean Cluster, one means a single server. Every call to Redis is bounded as a
@@ -55,6 +64,7 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from ..config import ConfigError, RedisConfig, validate_redis
 from ..core import loggers
+from ..core.cache import Taken
 from ..core.logutil import describe
 from .nearcache import NearCache, NearStats
 from .nearlease import Settler
@@ -83,6 +93,15 @@ def blob_key(digest: str) -> str:
 
 #: The fence a Clear leaves (this service's key; distribution registries neither set nor read it).
 FENCE_PREFIX = "descriptor::cleared::"
+#: The epoch (this service's key).
+EPOCH_KEY = "descriptor::epoch"
+#: The digests stored as aliases of a canonical digest (this service's key).
+ALIASES_PREFIX = "descriptor::aliases::"
+
+
+def aliases_key(canonical: str) -> str:
+    return f"{ALIASES_PREFIX}{canonical}"
+
 
 #: Seconds a fence stands when the caller does not say (longer than a backend read may take).
 DEFAULT_FENCE_TTL = 600.0
@@ -121,26 +140,106 @@ return out
 """
 
 
-# The fenced write-back. KEYS: the fences of the n digests written, then per digest its
-# blob hash (and its repository hash when scoped), then the repository's set when scoped.
-# ARGV: n, scoped (1/0), descriptor digest, size, media type, then the n digests.
+# The token and whether any of the digests is fenced. KEYS: the epoch, then the fences.
+_TOKEN = """
+local fenced = 0
+for i = 2, #KEYS do
+  if redis.call('EXISTS', KEYS[i]) == 1 then fenced = 1 end
+end
+return {redis.call('GET', KEYS[1]) or '0', fenced}
+"""
+
+# The epoch's next value: larger than the last and than Redis's clock (microseconds).
+# Lua numbers are doubles: exact below 2^53 (Redis's clock in microseconds is about 2^51).
+_NEXT_EPOCH = """
+local function next_epoch(key)
+  local t = redis.call('TIME')
+  local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
+  local e = tonumber(redis.call('GET', key) or '0') + 1
+  if e < now then e = now end
+  local s = string.format('%d', e)
+  redis.call('SET', key, s)
+  return s
+end
+"""
+
+# Cluster: the bump alone (the epoch's slot). KEYS: the epoch.
+_BUMP = (
+    _NEXT_EPOCH
+    + """
+if redis.replicate_commands then redis.replicate_commands() end
+return next_epoch(KEYS[1])
+"""
+)
+
+# An invalidation, atomically. KEYS: the epoch, the fence, then (repository scope) the
+# repository's set and hash, then the blob hash. ARGV: fence ms, scoped (1/0), digest.
+_INVALIDATE = (
+    _NEXT_EPOCH
+    + """
+if redis.replicate_commands then redis.replicate_commands() end
+local e = next_epoch(KEYS[1])
+redis.call('SET', KEYS[2], e, 'PX', ARGV[1])
+local held
+if ARGV[2] == '1' then
+  held = redis.call('SREM', KEYS[3], ARGV[3])
+  redis.call('DEL', KEYS[4])
+  redis.call('DEL', KEYS[5])
+else
+  held = redis.call('DEL', KEYS[3])
+  -- the aliases whose answer is this blob go too (their keys are derived, so undeclared)
+  for _, alias in ipairs(redis.call('SMEMBERS', KEYS[4])) do
+    redis.call('DEL', 'blobs::' .. alias)
+  end
+  redis.call('DEL', KEYS[4])
+end
+return {held, e}
+"""
+)
+
+# The compare-and-set write-back. KEYS: the fences of the n digests written, then per
+# digest its blob hash (and its repository hash when scoped), then the repository's set
+# when scoped, then (n = 2, an alias) the canonical digest's set of aliases. ARGV: n,
+# scoped (1/0), descriptor digest, size, media type, token, then the n digests (the key
+# digest first). Written only if no fence is newer than the token.
 _FILL = """
 local n = tonumber(ARGV[1])
+local token = tonumber(ARGV[6])
 for i = 1, n do
-  if redis.call('EXISTS', KEYS[i]) == 1 then return 0 end
+  local cleared = redis.call('GET', KEYS[i])
+  if cleared and tonumber(cleared) > token then return 0 end
 end
 local scoped = ARGV[2] == '1'
+local set = n + n * (scoped and 2 or 1) + 1
 local k = n + 1
 for i = 1, n do
   local blob = KEYS[k]
   k = k + 1
-  if scoped then redis.call('SADD', KEYS[#KEYS], ARGV[5 + i]) end
+  if scoped then redis.call('SADD', KEYS[set], ARGV[6 + i]) end
   redis.call('HSET', blob, 'digest', ARGV[3], 'size', ARGV[4])
   redis.call('HSETNX', blob, 'mediatype', ARGV[5])
   if scoped then
     redis.call('HSET', KEYS[k], 'mediatype', ARGV[5])
     k = k + 1
   end
+end
+if n == 2 then redis.call('SADD', KEYS[#KEYS], ARGV[7]) end
+return 1
+"""
+
+# The restore of a refused Clear. KEYS: the fence, the blob hash, then per repository
+# entry its set and hash. ARGV: the epoch, digest, then the global entry (descriptor
+# digest, size, media type), then per repository entry its media type.
+# Only if the digest was not invalidated since (its fence is still ours) and no entry of
+# it was written since (the blob hash every write sets is still absent).
+_RESTORE = """
+if redis.call('GET', KEYS[1]) ~= ARGV[1] or redis.call('EXISTS', KEYS[2]) == 1 then return 0 end
+redis.call('HSET', KEYS[2], 'digest', ARGV[3], 'size', ARGV[4], 'mediatype', ARGV[5])
+local a = 6
+for k = 3, #KEYS, 2 do
+  redis.call('SADD', KEYS[k], ARGV[2])
+  redis.call('HSET', KEYS[k + 1], 'mediatype', ARGV[a])
+  a = a + 1
 end
 return 1
 """
@@ -214,6 +313,10 @@ class RedisCache:
         self._global_script = client.register_script(_GLOBAL_STAT_MANY)
         self._scoped_script = client.register_script(_SCOPED_STAT_MANY)
         self._fill_script = client.register_script(_FILL)
+        self._token_script = client.register_script(_TOKEN)
+        self._invalidate_script = client.register_script(_INVALIDATE)
+        self._bump_script = client.register_script(_BUMP)
+        self._restore_script = client.register_script(_RESTORE)
         self._closers = tuple(closers)
         self._down = False
         self._retry_at = 0.0
@@ -376,6 +479,8 @@ class RedisCache:
                 pipe.hsetnx(blob_key(key), "mediatype", descriptor.media_type)  # first write wins
                 if repository:
                     pipe.hset(repository_blob_key(repository, key), "mediatype", descriptor.media_type)
+            if alias:  # a global Clear of the canonical digest removes its aliases too
+                pipe.sadd(aliases_key(alias), digest)
             await pipe.execute()
 
         try:
@@ -385,12 +490,35 @@ class RedisCache:
             if self.near is not None:
                 await self.near.forget(keys, repository)
 
-    async def fill(self, digest: str, descriptor: Descriptor, repository: str = "") -> bool:
-        """The statter's write-back: as set_descriptor, unless a Clear's fence stands."""
+    # -- the generation rule -----------------------------------------------------------
+
+    async def token(self, fenced: Sequence[str] = ()) -> tuple[int, bool]:
+        """The epoch, and whether any of ``fenced`` is fenced: one round trip."""
+        if not fenced:
+            value = await self._run("token", self.read_timeout, lambda: self.client.get(EPOCH_KEY))
+            return int(value or 0), False
+        if self.cluster:
+
+            async def call() -> list[Any]:
+                pipe = self._pipeline(atomic=False)
+                pipe.get(EPOCH_KEY)
+                for digest in fenced:
+                    pipe.exists(fence_key(digest))
+                replies: list[Any] = await pipe.execute()
+                return replies
+
+            replies = await self._run("token", self.read_timeout, call)
+            return int(replies[0] or 0), any(replies[1:])
+        keys = [EPOCH_KEY, *(fence_key(d) for d in fenced)]
+        epoch, is_fenced = await self._run("token", self.read_timeout, lambda: self._token_script(keys=keys))
+        return int(epoch), bool(is_fenced)
+
+    async def fill(self, digest: str, descriptor: Descriptor, repository: str, token: int) -> bool:
+        """Write as set_descriptor, only if no fence of the digests written is newer than ``token``."""
         alias = check_set(digest, descriptor, repository)
         keys = (digest, alias) if alias else (digest,)
         if self.cluster:
-            return await self._fill_cluster(digest, descriptor, repository, keys)
+            return await self._fill_cluster(digest, descriptor, repository, keys, token)
         script_keys = [fence_key(k) for k in keys]
         for key in keys:
             script_keys.append(blob_key(key))
@@ -398,7 +526,17 @@ class RedisCache:
                 script_keys.append(repository_blob_key(repository, key))
         if repository:
             script_keys.append(repository_set_key(repository))
-        args = [len(keys), 1 if repository else 0, descriptor.digest, descriptor.size, descriptor.media_type, *keys]
+        if alias:
+            script_keys.append(aliases_key(alias))
+        args = [
+            len(keys),
+            1 if repository else 0,
+            descriptor.digest,
+            descriptor.size,
+            descriptor.media_type,
+            token,
+            *keys,
+        ]
         try:
             written = await self._run(
                 "fill", self.write_timeout, lambda: self._fill_script(keys=script_keys, args=args)
@@ -408,22 +546,29 @@ class RedisCache:
                 await self.near.forget(keys, repository)
         return bool(written)
 
-    async def _fill_cluster(self, digest: str, descriptor: Descriptor, repository: str, keys: Sequence[str]) -> bool:
+    async def _newer_fence(self, keys: Sequence[str], token: int) -> bool:
+        """Cluster: whether any of ``keys`` was invalidated after ``token`` (one round trip)."""
+
+        async def call() -> list[Any]:
+            pipe = self._pipeline(atomic=False)
+            for key in keys:
+                pipe.get(fence_key(key))
+            replies: list[Any] = await pipe.execute()
+            return replies
+
+        replies = await self._run("fill", self.read_timeout, call)
+        return any(r is not None and int(r) > token for r in replies)
+
+    async def _fill_cluster(
+        self, digest: str, descriptor: Descriptor, repository: str, keys: Sequence[str], token: int
+    ) -> bool:
         """Cluster: the fences live in other slots than the keys, so no script can check
         and write at once. Check, write, and check again: a Clear that landed between the
         first check and the write has left its fence, and what was written is taken back."""
-
-        async def fenced() -> bool:
-            pipe = self._pipeline(atomic=False)
-            for key in keys:
-                pipe.exists(fence_key(key))
-            replies: list[Any] = await pipe.execute()
-            return any(replies)
-
-        if await self._run("fill", self.read_timeout, fenced):
+        if await self._newer_fence(keys, token):
             return False
         await self.set_descriptor(digest, descriptor, repository)
-        if not await self._run("fill", self.read_timeout, fenced):
+        if not await self._newer_fence(keys, token):
             return True
 
         async def take_back() -> None:
@@ -439,35 +584,124 @@ class RedisCache:
                 await self.near.forget(keys, repository)
         return False
 
-    # -- Clear ------------------------------------------------------------------------
+    async def invalidate(self, digest: str, repository: str = "") -> tuple[bool, int]:
+        """Bump the epoch, fence ``digest`` at it, remove the scope's entries.
 
-    async def clear(self, digest: str, repository: str = "") -> None:
-        """Remove ``digest`` in this scope; BlobUnknownError if the scope did not hold it.
-
-        A repository-scoped Clear removes the membership, the per-repository media type
-        and the global hash together (MULTI/EXEC on a single server or Sentinel; on
-        Cluster, where the keys live in different slots, one pipelined round trip).
-        Clear is never skipped by the fail-fast window: a stale entry left behind
-        would outlive the deletion.
+        A repository scope removes the membership, the per-repository media type and
+        the global hash. One Lua script on a single server or Sentinel; on Cluster the
+        bump, then the fence, then the removal (so a write-back's second check sees the
+        fence before anything it could write is removed). Never skipped by the
+        fail-fast window: a stale entry left behind would outlive the deletion.
         """
         check_key(digest, repository)
-
-        async def call() -> list[Any]:
-            pipe = self._pipeline(atomic=True)
-            _queue_removal(pipe, digest, repository)
-            # The fence: no write-back of a read begun before now, in any process.
-            pipe.set(fence_key(digest), "1", px=self.fence_ms)
-            replies: list[Any] = await pipe.execute()
-            return replies
-
+        removal = [repository_set_key(repository), repository_blob_key(repository, digest)] if repository else []
+        removal.append(blob_key(digest))
+        if not repository:
+            removal.append(aliases_key(digest))
         try:
-            replies = await self._run("clear", self.write_timeout, call, gate=False)
+            if self.cluster:
+                epoch = await self._run(
+                    "clear", self.write_timeout, lambda: self._bump_script(keys=[EPOCH_KEY]), gate=False
+                )
+                await self._run(
+                    "clear",
+                    self.write_timeout,
+                    lambda: self.client.set(fence_key(digest), epoch, px=self.fence_ms),
+                    gate=False,
+                )
+
+                async def remove() -> list[Any]:
+                    pipe = self._pipeline(atomic=False)
+                    _queue_removal(pipe, digest, repository)
+                    replies: list[Any] = await pipe.execute()
+                    return replies
+
+                held = (await self._run("clear", self.write_timeout, remove, gate=False))[0]
+                if not repository:
+                    await self._run("clear", self.write_timeout, lambda: self._remove_aliases(digest), gate=False)
+            else:
+                keys = [EPOCH_KEY, fence_key(digest), *removal]
+                args = [self.fence_ms, 1 if repository else 0, digest]
+                held, epoch = await self._run(
+                    "clear",
+                    self.write_timeout,
+                    lambda: self._invalidate_script(keys=keys, args=args),
+                    gate=False,
+                )
         finally:
             # Clear is final: no held answer, and no read that began before, survives it.
             if self.near is not None:
                 await self.near.forget((digest,), repository)
-        if not replies[0]:
+        return bool(held), int(epoch)
+
+    async def _remove_aliases(self, digest: str) -> None:
+        """Cluster: remove the global entries of the aliases whose answer is ``digest``."""
+        aliases = await self.client.smembers(aliases_key(digest))
+        pipe = self._pipeline(atomic=False)
+        for alias in aliases:
+            pipe.delete(blob_key(alias if isinstance(alias, str) else alias.decode()))
+        pipe.delete(aliases_key(digest))
+        await pipe.execute()
+
+    async def clear(self, digest: str, repository: str = "") -> None:
+        """:meth:`invalidate`; BlobUnknownError if the scope did not hold ``digest``."""
+        held, _ = await self.invalidate(digest, repository)
+        if not held:
             raise BlobUnknownError.of(digest, repository)
+
+    async def restore(self, digest: str, taken: Taken, epoch: int) -> bool:
+        """Put back what the invalidation at ``epoch`` took, if ``digest`` was neither
+        invalidated nor written since (one script; on Cluster, check then write)."""
+        check_key(digest, "")
+        if not taken or taken[0][1]:
+            return False  # nothing global taken: nothing a Stat could have answered
+        glob = taken[0][0]
+        scoped = [(desc, scope) for desc, scope in taken[1:]]
+        try:
+            if self.cluster:
+
+                async def check() -> list[Any]:
+                    pipe = self._pipeline(atomic=False)
+                    pipe.get(fence_key(digest))
+                    pipe.exists(blob_key(digest))
+                    replies: list[Any] = await pipe.execute()
+                    return replies
+
+                fence, exists = await self._run("restore", self.read_timeout, check)
+                if fence is None or int(fence) != epoch or exists:
+                    return False
+
+                async def write() -> None:
+                    pipe = self._pipeline(atomic=False)
+                    pipe.hset(
+                        blob_key(digest),
+                        mapping={"digest": glob.digest, "size": str(glob.size), "mediatype": glob.media_type},
+                    )
+                    for desc, scope in scoped:
+                        pipe.sadd(repository_set_key(scope), digest)
+                        pipe.hset(repository_blob_key(scope, digest), "mediatype", desc.media_type)
+                    await pipe.execute()
+
+                await self._run("restore", self.write_timeout, write)
+                return True
+            keys = [fence_key(digest), blob_key(digest)]
+            for _, scope in scoped:
+                keys += (repository_set_key(scope), repository_blob_key(scope, digest))
+            args: list[str | int] = [
+                str(epoch),
+                digest,
+                glob.digest,
+                glob.size,
+                glob.media_type,
+                *(d.media_type for d, _ in scoped),
+            ]
+            restored = await self._run(
+                "restore", self.write_timeout, lambda: self._restore_script(keys=keys, args=args)
+            )
+            return bool(restored)
+        finally:
+            if self.near is not None:
+                await self.near.forget((digest,), scoped[0][1] if scoped else "")
 
     async def settle(self, digest: str) -> None:
         """Return once no near cache of any process sharing this Redis can answer what was

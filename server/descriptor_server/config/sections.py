@@ -75,8 +75,9 @@ class S3Config:
 class CacheConfig:
     blobdescriptor: str = "inmemory"
     blobdescriptorsize: int = 10000
-    #: Check a cached entry against the backend again on its first hit after this long (0 = never).
-    revalidate: Duration = 0.0
+    #: Check a cached entry against the backend again on its first hit after this long (0 = never;
+    #: on by default: it bounds how long a blob removed behind the cache's back is answered).
+    revalidate: Duration = 60.0
     #: Most revalidations started per second (0 = no limit).
     revalidaterate: int = 100
 

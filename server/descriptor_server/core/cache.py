@@ -1,4 +1,18 @@
-"""The :class:`Cache` protocol: what the statter asks of a cache (implementations: ``caches/``)."""
+"""The :class:`Cache` protocol: what the statter asks of a cache (implementations: ``caches/``).
+
+Clear is final through one mechanism every cache keeps where it is shared (this
+process for ``inmemory``, Redis for ``redis``), see docs/reliability.md:
+
+- an *epoch*, a counter that only grows, and per digest the epoch of its last
+  invalidation, ``cleared(d)`` (a digest never invalidated, or whose record is gone,
+  counts as cleared at a floor that only grows; over-fencing is safe);
+- a *token* is the epoch read before the backend is consulted; every write of what the
+  backend answered (:meth:`Cache.fill`) is a compare-and-set against it: written only if
+  ``cleared(d) <= token`` and ``cleared(descriptor.digest) <= token`` (the alias rule);
+- :meth:`Cache.invalidate` bumps the epoch, sets ``cleared(d)`` to it (the *fence*,
+  which stands ``fence_ttl`` seconds), and removes the scope's entries, at once;
+- :meth:`Cache.settle` returns once no near cache of any process can answer ``d``.
+"""
 
 from __future__ import annotations
 
@@ -8,10 +22,18 @@ from typing import Protocol, runtime_checkable
 from descriptor_client.descriptor import Descriptor
 from descriptor_client.protocol import BlobDescriptorService
 
+#: What a Clear took from the cache and may put back if the backend refuses: (descriptor, scope).
+Taken = Sequence[tuple[Descriptor, str]]
+
 
 @runtime_checkable
 class Cache(BlobDescriptorService, Protocol):
-    """A cache: the service protocol, a batch lookup, and ``close``."""
+    """A cache: the service protocol, a batch lookup, the generation rule, and ``close``.
+
+    ``set_descriptor`` writes unconditionally (a test's or an operator's write); the
+    statter writes only through :meth:`fill`. ``clear`` is :meth:`invalidate` that
+    raises BlobUnknownError when the scope held nothing.
+    """
 
     async def stat_many(self, digests: Sequence[str], repository: str = "") -> list[Descriptor | None]:
         """Look up many digests in one (valid) scope: each descriptor, or ``None`` where unknown.
@@ -21,14 +43,35 @@ class Cache(BlobDescriptorService, Protocol):
         """
         ...
 
-    async def fill(self, digest: str, descriptor: Descriptor, repository: str = "") -> bool:
-        """Write back what the backend answered after a miss (the statter's write-back).
+    async def token(self, fenced: Sequence[str] = ()) -> tuple[int, bool]:
+        """The current epoch (the token of a read about to be made), and whether any of
+        ``fenced`` (digests) is fenced now (invalidated less than ``fence_ttl`` ago).
+        One round trip on a shared cache."""
+        ...
 
-        As :meth:`set_descriptor`, except that a cache shared between processes skips
-        the write when a Clear of the digest may have happened while the backend was
-        read (a Clear in another process, which this process's flights cannot see);
-        False when it skipped. A cache of this process only writes, as set_descriptor.
-        """
+    async def fill(self, digest: str, descriptor: Descriptor, repository: str, token: int) -> bool:
+        """Write as :meth:`set_descriptor` does, only if neither ``digest`` nor
+        ``descriptor.digest`` was invalidated after ``token`` was read (compare-and-set);
+        False when it did not write (or, ``none``, keeps nothing)."""
+        ...
+
+    async def invalidate(self, digest: str, repository: str = "") -> tuple[bool, int]:
+        """Bump the epoch, fence ``digest`` at it, and remove the scope's entries (a
+        repository scope also removes the global entry; the global scope also the global
+        entries of the other algorithms' digests stored as aliases of it), as one step
+        where the cache allows it. Returns whether the scope held ``digest`` (a repository scope: listed
+        it) and the epoch it was fenced at."""
+        ...
+
+    async def restore(self, digest: str, taken: Taken, epoch: int) -> bool:
+        """Put back what an invalidation at ``epoch`` took (global entry first), only if
+        ``digest`` was not invalidated since and no entry of it was written since (so never
+        over a concurrent Clear or SetDescriptor). True if it put them back."""
+        ...
+
+    async def settle(self, digest: str) -> None:
+        """Return once no near cache of any process sharing this cache can answer
+        ``digest`` (after an invalidation); at once where there is no near cache."""
         ...
 
     async def close(self) -> None:
@@ -36,4 +79,4 @@ class Cache(BlobDescriptorService, Protocol):
         ...
 
 
-__all__ = ["Cache"]
+__all__ = ["Cache", "Taken"]

@@ -2,11 +2,11 @@
 
 A cache cannot see storage change behind its back: distribution's ``registry
 garbage-collect`` on shared storage, or a registry 2.8 delete that left its membership
-in a shared Redis. With ``storage.cache.revalidate`` set, an entry found on a hit that
-was last confirmed by the backend longer ago than the interval (or never, by this
-process) is checked again: the hit is answered from the cache meanwhile
-(stale-while-revalidate), the backend read is coalesced with misses on the same key,
-at most ``storage.cache.revalidaterate`` revalidations start per second, and an entry
+in a shared Redis. With ``storage.cache.revalidate`` set (one minute by default), an
+entry found on a hit that was last confirmed by the backend longer ago than the interval
+(or never, by this process) is checked again (the statter's ``revalidate``): the hit is
+answered from the cache meanwhile (stale-while-revalidate), one check of a key runs at a
+time, at most ``storage.cache.revalidaterate`` revalidations start per second, and an entry
 the backend no longer holds is removed from the cache with Clear's semantics (so every
 registry sharing that Redis is healed too). The guarantee: a blob removed behind the
 cache's back stops being answered within the interval plus one backend round trip of

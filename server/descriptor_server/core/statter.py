@@ -5,23 +5,38 @@ back to the backend on a miss and fills the cache, counting requests, hits, miss
 and errors. It validates every input before any cache or backend sees it, in the
 service's order: key digest, repository, descriptor, deletion switch.
 
-Clear is final. Every backend read on a miss is a *flight*, shared by the concurrent
-misses on its key and writing its answer back to the cache when it lands. A Clear
-(1) stops the write-back of every flight it can affect, including flights that start
-while it runs, (2) waits for a write-back already under way, so the cache cannot be
-written after the Clear removed the entry, and (3) retires those flights before it
-returns, so a Stat that starts afterwards reads the backend afresh instead of joining
-a read that began before the blob was deleted. A Clear the backend refuses
-(UNSUPPORTED, UNAVAILABLE) puts back what it took from the cache: it changed nothing.
+Clear is final, by one rule the cache keeps where it is shared (see
+:mod:`descriptor_server.caches` and docs/reliability.md):
+
+- every backend read on a miss takes a *token* (the cache's epoch) before it asks the
+  backend, and writes its answer back only by compare-and-set against it
+  (:meth:`~.caches.Cache.fill`): not if the digest, or the digest of its answer (an
+  alias), was invalidated after the token was read;
+- the misses that share a read (a *flight*) share its token: a Stat that reads a newer
+  token (one that starts after a Clear returned) never joins a read that began before;
+- Clear invalidates (bumps the epoch, fences the digest, removes the scope's entries),
+  deletes from the backend, invalidates again (what a writer that ignores the fence put
+  back meanwhile), waits until no near cache can answer the digest (``settle``), and
+  only then returns OK;
+- SetDescriptor writes by the same compare-and-set; while the digest is fenced (a Clear
+  in the last ``fence_ttl`` seconds) it first checks the backend, and drops the write if
+  the blob is gone, so a registry's upload commit that raced its own DELETE cannot put
+  the deleted blob back;
+- a Clear the backend refuses for certain puts back what it took only by
+  compare-and-set (never over a concurrent Clear or SetDescriptor); one whose outcome is
+  unknown (a timeout, a broken call) leaves the entries removed and the fence standing,
+  says so, and invalidates again when the abandoned backend delete ends.
+
+:meth:`CachedBlobStatter.revalidate` checks one entry against the backend, bypassing
+the cache; background revalidation (``storage.cache.revalidate``) uses it.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-from collections import Counter
 from collections.abc import Coroutine, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from descriptor_client.descriptor import Descriptor, validate_descriptor
@@ -31,12 +46,13 @@ from descriptor_client.errors import (
     BatchTooLargeError,
     BlobUnknownError,
     DescriptorError,
+    UnavailableError,
     UnsupportedError,
 )
 
 from . import loggers
 from .backend import Backend
-from .cache import Cache
+from .cache import Cache, Taken
 from .logutil import RateLimitedLog, describe
 from .revalidate import Revalidator
 
@@ -47,6 +63,7 @@ DEFAULT_MAX_BATCH = 1000
 VALID_MEMO_MAX = 16384
 
 Key = tuple[str, str]  # (digest, repository)
+FlightKey = tuple[str, str, int]  # (digest, repository, token)
 
 
 @dataclass
@@ -63,26 +80,18 @@ class StatterMetrics:
     revalidation_removed: int = 0
     revalidation_failed: int = 0
     revalidation_skipped: int = 0
+    #: SetDescriptors checked against the backend (the digest was fenced, or a Clear
+    #: bumped meanwhile), and those dropped (blob gone, or the check failed).
+    set_checked: int = 0
+    set_dropped: int = 0
 
 
 @dataclass(eq=False)
 class _Flight:
-    """A backend Stat in flight, shared by every concurrent miss on the same key."""
+    """A backend Stat in flight, shared by every concurrent miss on the same key and token."""
 
-    write: bool
+    token: int | None
     task: asyncio.Future[Descriptor] | None = None
-    #: Set while the answer is being written to the cache; a Clear waits for it.
-    writing: asyncio.Future[None] | None = field(default=None)
-
-
-def _affects(clear: Key, key: Key) -> bool:
-    """Whether a Clear of ``clear`` must stop a flight on ``key``.
-
-    A global Clear affects every scope of the digest; a repository Clear affects that
-    repository and the global entry (which a repository miss also sets).
-    """
-    digest, repository = clear
-    return key[0] == digest and (not repository or key[1] in (repository, ""))
 
 
 class CachedBlobStatter:
@@ -103,8 +112,13 @@ class CachedBlobStatter:
         self.max_batch = max_batch
         self.revalidator = revalidator
         self.metrics = StatterMetrics()
-        self._inflight: dict[Key, _Flight] = {}
-        self._clearing: Counter[Key] = Counter()  # the Clears in progress
+        self._inflight: dict[FlightKey, _Flight] = {}
+        #: Clears begun and ended in this process: the flight key of a read with no
+        #: token (the cache failed), so a Stat after a Clear never joins one from before.
+        self._clears = 0
+        #: Write-backs under way per digest written (a Clear returns after them).
+        self._filling: dict[str, list[asyncio.Future[None]]] = {}
+        self._revalidating: set[Key] = set()
         self._valid: set[str] = set()  # digests recently validated by BatchStat (bounded)
         self._cache_log = RateLimitedLog(log)
         self._background: set[asyncio.Future[None]] = set()
@@ -130,92 +144,158 @@ class CachedBlobStatter:
                 self._revalidate(digest, repository)
             return desc
         metrics.misses += 1
-        return await self._miss(digest, repository, cache_ok)
+        token = await self._token() if cache_ok else None
+        return await self._miss(digest, repository, token)
+
+    async def _token(self) -> int | None:
+        """The cache's epoch before a backend read; None (write nothing back) if the cache fails."""
+        try:
+            token, _ = await self.cache.token()
+        except Exception as err:
+            self.metrics.errors += 1
+            self._cache_log.warning("cache token read failed, answering from the backend: %s", describe(err))
+            return None
+        return token
+
+    def _miss(self, digest: str, repository: str, token: int | None) -> asyncio.Future[Descriptor]:
+        """The backend answer for a miss, shared by every concurrent miss on the key with
+        the same token (a newer token never joins an older read)."""
+        key = (digest, repository, token if token is not None else -1 - self._clears)
+        flight = self._inflight.get(key)
+        if flight is None:
+            flight = self._inflight[key] = _Flight(token)
+            # The fetch runs as its own task so that a caller that gives up (deadline,
+            # cancellation) does not fail the other callers waiting on it.
+            flight.task = task = asyncio.ensure_future(self._fetch(token, digest, repository))
+            task.add_done_callback(lambda done: self._landed(key, flight, done))
+        assert flight.task is not None
+        return asyncio.shield(flight.task)
+
+    def _landed(self, key: FlightKey, flight: _Flight, task: asyncio.Future[Descriptor]) -> None:
+        if self._inflight.get(key) is flight:
+            del self._inflight[key]
+        if not task.cancelled():
+            task.exception()  # retrieved here, so an unawaited failure never warns
+
+    async def _backend_stat(self, digest: str, repository: str) -> Descriptor:
+        try:
+            return await self.backend.stat(digest, repository)
+        except DescriptorError:
+            raise
+        except Exception as err:
+            log.warning("backend stat of %s failed: %s", digest, describe(err))
+            raise BackendUnavailableError(f"backend failed: {describe(err)}") from err
+
+    async def _fetch(self, token: int | None, digest: str, repository: str) -> Descriptor:
+        desc = await self._backend_stat(digest, repository)
+        if token is not None:
+            try:
+                if await self._fill(digest, desc, repository, token):
+                    self._confirmed(digest, repository)
+            except Exception as err:  # best effort: logged, never returned
+                self.metrics.errors += 1
+                self._cache_log.warning("cache write after a miss failed: %s", describe(err))
+        return desc
+
+    async def _fill(self, digest: str, desc: Descriptor, repository: str, token: int) -> bool:
+        """``cache.fill``, registered under the digests it writes while it runs (a Clear of
+        one of them returns only after it: on Cluster a fill may write, then take back)."""
+        done = asyncio.get_running_loop().create_future()
+        digests = (digest, desc.digest) if desc.digest != digest else (digest,)
+        filling = self._filling
+        for d in digests:
+            filling.setdefault(d, []).append(done)
+        try:
+            return await self.cache.fill(digest, desc, repository, token)
+        finally:
+            done.set_result(None)
+            for d in digests:
+                waiting = filling.get(d)
+                if waiting is not None:
+                    waiting.remove(done)
+                    if not waiting:
+                        del filling[d]
+
+    async def _fills_landed(self, digest: str) -> None:
+        waiting = self._filling.get(digest)
+        if waiting:
+            await asyncio.gather(*(asyncio.shield(w) for w in list(waiting)))
+
+    # -- Revalidate -----------------------------------------------------------------
+
+    async def revalidate(self, digest: str, repository: str = "") -> Descriptor:
+        """Check the entry for ``digest`` in this scope against the backend, bypassing the cache.
+
+        Present: written back (compare-and-set, as a miss) and returned. Gone: invalidated
+        with Clear's cache-side semantics (bump, fence, remove, settle), then
+        BlobUnknownError. A backend failure: BackendUnavailableError, nothing changed.
+        Never deletes from the backend, so needs neither deletion enabled nor more than
+        pull access. As a repository Clear answering BLOB_UNKNOWN, a repository
+        Revalidate of a digest the cache does not list there changes nothing anywhere:
+        a caller with pull access to one repository cannot drop (or fence) the global
+        entry other repositories are answered from.
+        """
+        validate_digest(digest)
+        validate_repository(repository)
+        token = await self._token()
+        try:
+            desc = await self._backend_stat(digest, repository)
+        except BlobUnknownError:
+            if self.revalidator is not None:
+                self.revalidator.forget((digest, repository))
+            if repository and not await self._cached(digest, repository):
+                raise  # nothing of it cached in this repository: nothing to remove
+            try:
+                await self.cache.invalidate(digest, repository)
+                await self.cache.settle(digest)
+            except Exception as err:
+                self.metrics.errors += 1
+                self._cache_log.warning("cache invalidation after a revalidation failed: %s", describe(err))
+                raise BackendUnavailableError(
+                    f"{digest} is gone from the backend, but the cache could not drop it: {describe(err)}"
+                ) from err
+            raise
+        if token is not None:
+            try:
+                written = await self._fill(digest, desc, repository, token)
+            except Exception as err:  # best effort: logged, never returned
+                self.metrics.errors += 1
+                self._cache_log.warning("cache write after a revalidation failed: %s", describe(err))
+            else:
+                if written:
+                    self._confirmed(digest, repository)
+        return desc
 
     def _revalidate(self, digest: str, repository: str) -> None:
         """Check a cached entry against the backend in the background (the hit is answered)."""
         key = (digest, repository)
-        if key in self._inflight:  # coalesced: a read of this key is already under way
+        if key in self._revalidating:  # coalesced: a check of this key is already under way
             return
         assert self.revalidator is not None
         if not self.revalidator.allow():
             self.metrics.revalidation_skipped += 1
             return
         self.metrics.revalidations += 1
-        self._miss(digest, repository, False).add_done_callback(
-            lambda done: self._background_task(self._revalidated(digest, repository, done))
-        )
+        self._revalidating.add(key)
+        self._background_task(self._revalidated(digest, repository))
 
     def _background_task(self, coro: Coroutine[Any, Any, None]) -> None:
         task = asyncio.ensure_future(coro)
         self._background.add(task)  # held until done: the loop keeps only weak references
         task.add_done_callback(self._background.discard)
 
-    async def _revalidated(self, digest: str, repository: str, done: asyncio.Future[Descriptor]) -> None:
-        assert self.revalidator is not None
-        err = None if done.cancelled() else done.exception()
-        if err is None and not done.cancelled():
-            self.revalidator.confirmed((digest, repository))
-        elif isinstance(err, BlobUnknownError):
-            # Gone behind the cache's back: removed as a Clear of this scope removes it.
-            self.revalidator.forget((digest, repository))
+    async def _revalidated(self, digest: str, repository: str) -> None:
+        try:
+            await self.revalidate(digest, repository)
+        except BlobUnknownError:
             self.metrics.revalidation_removed += 1
             log.info(
                 "revalidation: %s is gone%s; removed from the cache", digest, f" from {repository}" * bool(repository)
             )
-            try:
-                await self.cache.clear(digest, repository)
-            except BlobUnknownError:
-                pass
-            except Exception as clear_err:
-                self.metrics.errors += 1
-                self._cache_log.warning("cache clear after a revalidation failed: %s", describe(clear_err))
-                return
-            await self._settle(digest)
-        else:
+        except Exception:
             self.metrics.revalidation_failed += 1
-
-    def _miss(self, digest: str, repository: str, cache_ok: bool) -> asyncio.Future[Descriptor]:
-        """The backend answer for a miss, shared by every concurrent miss on the key."""
-        key = (digest, repository)
-        flight = self._inflight.get(key)
-        if flight is None:
-            write = cache_ok and not any(_affects(clear, key) for clear in self._clearing)
-            flight = self._inflight[key] = _Flight(write)
-            # The fetch runs as its own task so that a caller that gives up (deadline,
-            # cancellation) does not fail the other callers waiting on it.
-            flight.task = task = asyncio.ensure_future(self._fetch(flight, digest, repository))
-            task.add_done_callback(lambda done: self._landed(key, flight, done))
-        assert flight.task is not None
-        return asyncio.shield(flight.task)
-
-    def _landed(self, key: Key, flight: _Flight, task: asyncio.Future[Descriptor]) -> None:
-        if self._inflight.get(key) is flight:
-            del self._inflight[key]
-        if not task.cancelled():
-            task.exception()  # retrieved here, so an unawaited failure never warns
-
-    async def _fetch(self, flight: _Flight, digest: str, repository: str) -> Descriptor:
-        try:
-            desc = await self.backend.stat(digest, repository)
-        except DescriptorError:
-            raise
-        except Exception as err:
-            log.warning("backend stat of %s failed: %s", digest, describe(err))
-            raise BackendUnavailableError(f"backend failed: {describe(err)}") from err
-        if flight.write:
-            flight.writing = asyncio.get_running_loop().create_future()
-            try:
-                written = await self.cache.fill(digest, desc, repository)
-                if written and self.revalidator is not None:
-                    self.revalidator.confirmed((digest, repository))
-            except Exception as err:  # best effort: logged, never returned
-                self.metrics.errors += 1
-                self._cache_log.warning("cache write after a miss failed: %s", describe(err))
-            finally:
-                flight.writing.set_result(None)
-                flight.writing = None
-        return desc
+        finally:
+            self._revalidating.discard((digest, repository))
 
     async def batch_stat(self, digests: Sequence[str], repository: str = "") -> list[Descriptor | DescriptorError]:
         """Stat each digest: a bad or unknown digest fails its item, not the call.
@@ -264,12 +344,15 @@ class CachedBlobStatter:
         # A digest repeated in the batch is fetched once; as if the batch ran in
         # order, a repeat counts as a hit when the first fetch answered and was cached.
         fetches: dict[str, asyncio.Future[Descriptor]] = {}
+        token: int | None = None
         misses: list[tuple[int, str]] = []
         hits = 0
         for i, digest, desc in zip(positions, keys, found, strict=True):
             if desc is None:
                 if digest not in fetches:
-                    fetches[digest] = self._miss(digest, repository, cache_ok)
+                    if not fetches and cache_ok:
+                        token = await self._token()  # one read for the batch, before the backend
+                    fetches[digest] = self._miss(digest, repository, token)
                 misses.append((i, digest))
             else:
                 out[i] = desc
@@ -306,69 +389,63 @@ class CachedBlobStatter:
     # -- SetDescriptor -------------------------------------------------------------
 
     async def set_descriptor(self, digest: str, descriptor: Descriptor, repository: str = "") -> None:
-        validate_digest(digest)
-        validate_repository(repository)
-        validate_descriptor(digest, descriptor)
-        try:
-            await self.cache.set_descriptor(digest, descriptor, repository)
-        except Exception as err:  # the cache is best effort
-            self.metrics.errors += 1
-            self._cache_log.warning("cache set_descriptor failed: %s", describe(err))
-        else:
-            if self.revalidator is not None:
-                self.revalidator.confirmed((digest, repository))
+        """Write to the cache by compare-and-set; checked against the backend while fenced.
 
-    # -- Revalidate ----------------------------------------------------------------
-
-    async def revalidate(self, digest: str, repository: str = "") -> Descriptor:
-        """Check the scope's entry against the backend now, bypassing the cache.
-
-        The backend holds the blob: the cache is written and the descriptor returned.
-        It does not: the scope's cache entries are removed as a Clear removes them
-        (never the backend) and BLOB_UNKNOWN is raised. A backend failure changes
-        nothing. Needs no deletion switch: it only makes the cache agree with the backend.
+        The token and whether the digest (or its alias) is fenced are read in one round
+        trip. Not fenced: written if no Clear bumped since. Fenced, or a Clear bumped
+        meanwhile: the backend is asked (with a token read before); the blob gone, or the
+        check failing, drops the write (the call still succeeds: the cache is best
+        effort; logged and counted in ``set_dropped``).
         """
         validate_digest(digest)
         validate_repository(repository)
-        key = (digest, repository)
+        validate_descriptor(digest, descriptor)
+        digests = (digest, descriptor.digest) if descriptor.digest != digest else (digest,)
         try:
-            desc = await self.backend.stat(digest, repository)
-        except BlobUnknownError:
-            await self._stop_flights(key)
-            try:
-                await self.cache.clear(digest, repository)
-            except BlobUnknownError:
-                pass
-            except Exception as err:
-                self.metrics.errors += 1
-                self._cache_log.warning("cache clear after a revalidation failed: %s", describe(err))
-                raise BackendUnavailableError(f"cache failed, the entry may remain: {describe(err)}") from err
-            await self._settle(digest)
-            if self.revalidator is not None:
-                self.revalidator.forget(key)
-            raise
-        except DescriptorError:
-            raise
-        except Exception as err:
-            log.warning("backend stat of %s failed: %s", digest, describe(err))
-            raise BackendUnavailableError(f"backend failed: {describe(err)}") from err
-        try:
-            await self.cache.fill(digest, desc, repository)
-        except Exception as err:  # best effort, as after a miss
+            token, fenced = await self.cache.token(digests)
+            if not fenced and await self._fill(digest, descriptor, repository, token):
+                self._confirmed(digest, repository)
+                return
+            token, _ = await self.cache.token()  # read before the backend is asked
+        except Exception as err:  # the cache is best effort
             self.metrics.errors += 1
-            self._cache_log.warning("cache write after a revalidation failed: %s", describe(err))
-        else:
-            if self.revalidator is not None:
-                self.revalidator.confirmed(key)
-        return desc
+            self._cache_log.warning("cache set_descriptor failed: %s", describe(err))
+            return
+        self.metrics.set_checked += 1
+        try:
+            await self._backend_stat(digest, repository)
+        except Exception as err:
+            self.metrics.set_dropped += 1
+            log.info(
+                "SetDescriptor of %s%s dropped: %s was cleared lately and the backend %s",
+                digest,
+                f" in {repository}" * bool(repository),
+                digest,
+                "no longer holds it" if isinstance(err, BlobUnknownError) else f"check failed ({describe(err)})",
+            )
+            return
+        try:
+            written = await self._fill(digest, descriptor, repository, token)
+        except Exception as err:
+            self.metrics.errors += 1
+            self._cache_log.warning("cache set_descriptor failed: %s", describe(err))
+            return
+        if written:
+            self._confirmed(digest, repository)
+        else:  # cleared again while the backend was asked
+            self.metrics.set_dropped += 1
+            log.info("SetDescriptor of %s dropped: cleared while the backend was checked", digest)
+
+    def _confirmed(self, digest: str, repository: str) -> None:
+        """The backend (or a SetDescriptor) vouched for ``digest`` in this scope: in a
+        repository, for the global entry too (the write set it, and the blob exists)."""
+        revalidator = self.revalidator
+        if revalidator is not None:
+            revalidator.confirmed((digest, repository))
+            if repository:
+                revalidator.confirmed((digest, ""))
 
     # -- Clear ---------------------------------------------------------------------
-
-    async def _settle(self, digest: str) -> None:
-        """After a removal: return once no near cache of any process answers it any more."""
-        settle = getattr(self.cache, "settle", None)
-        if settle is not None:
-            await settle(digest)
 
     async def clear(self, digest: str, repository: str = "") -> None:
         validate_digest(digest)
@@ -378,78 +455,121 @@ class CachedBlobStatter:
         if not self.backend.supports_clear(repository):
             scope = "repository scope" if repository else "global scope"
             raise UnsupportedError(f"the backend cannot clear in the {scope}")
-        clear = (digest, repository)
-        self._clearing[clear] += 1
+        # The Clear runs to its end even if its caller gives up (a deadline, a cancelled
+        # call): stopped between the delete and the second invalidation it would leave
+        # what a read wrote back meanwhile in the cache for good.
+        task = asyncio.ensure_future(self._clear_to_the_end(digest, repository))
+        self._background.add(task)
+        task.add_done_callback(self._cleared)
+        await asyncio.shield(task)
+
+    def _cleared(self, task: asyncio.Future[None]) -> None:
+        self._background.discard(task)
+        if not task.cancelled():
+            task.exception()  # retrieved: a caller that gave up never warns
+
+    async def _clear_to_the_end(self, digest: str, repository: str) -> None:
+        self._clears += 1
         try:
-            await self._stop_flights(clear)
             await self._clear(digest, repository)
-            await self._settle(digest)
         finally:
-            self._clearing[clear] -= 1
-            if not self._clearing[clear]:
-                del self._clearing[clear]
-            # Flights that began while the Clear ran read the blob before it was gone:
-            # a Stat that starts after the Clear must not join them.
-            self._retire(clear)
+            self._clears += 1
 
-    async def _stop_flights(self, clear: Key) -> None:
-        """Stop the write-back of every flight the Clear affects, and retire it."""
-        writing = []
-        for flight in self._retire(clear):
-            flight.write = False
-            if flight.writing is not None:
-                writing.append(flight.writing)
-        if writing:  # a write-back already under way lands before the cache is cleared
-            await asyncio.gather(*(asyncio.shield(w) for w in writing))
-
-    def _retire(self, clear: Key) -> list[_Flight]:
-        """Take the flights the Clear affects out of the table (their callers keep them)."""
-        retired = [key for key in self._inflight if _affects(clear, key)]
-        return [self._inflight.pop(key) for key in retired]
+    async def _cached(self, digest: str, repository: str) -> bool:
+        """Whether the cache lists ``digest`` in ``repository`` (a failure: maybe)."""
+        try:
+            await self.cache.stat(digest, repository)
+        except BlobUnknownError:
+            return False
+        except Exception:
+            return True  # cannot tell: invalidate first, as if it did
+        return True
 
     async def _clear(self, digest: str, repository: str) -> None:
-        taken = await self._snapshot(digest, repository)
-        held = False
-        try:
-            await self.cache.clear(digest, repository)
-            held = True
-        except BlobUnknownError:
-            pass
-        except Exception as err:
-            # Refuse rather than clear the backend alone: a cache that comes back still
-            # holding the entry would answer Stat for a deleted blob. Nothing has
-            # changed, so the caller (a garbage collector) can simply retry.
-            self.metrics.errors += 1
-            self._cache_log.warning("cache clear failed, nothing cleared: %s", describe(err))
-            raise BackendUnavailableError(f"cache failed, nothing was cleared: {describe(err)}") from err
+        cache = self.cache
+        # A scope the cache does not hold the digest in: nothing to take before the
+        # delete, so the backend is asked first, and a BLOB_UNKNOWN answer changes nothing
+        # anywhere (no global drop, no fence). Otherwise the entries go first, so that a
+        # delete of unknown outcome leaves none behind.
+        first = await self._cached(digest, repository)
+        held, epoch = False, 0
+        taken: list[tuple[Descriptor, str]] = []
+        if first:
+            taken = await self._snapshot(digest, repository)
+            try:
+                held, epoch = await cache.invalidate(digest, repository)
+            except Exception as err:
+                # Refuse rather than clear the backend alone: a cache that comes back still
+                # holding the entry would answer Stat for a deleted blob. The backend was not
+                # asked, so the caller (a garbage collector) can simply retry.
+                self.metrics.errors += 1
+                self._cache_log.warning("cache invalidation failed, backend not asked: %s", describe(err))
+                raise BackendUnavailableError(
+                    f"cache failed, nothing was cleared (the backend was not asked; retry the Clear): {describe(err)}"
+                ) from err
         try:
             await self.backend.clear(digest, repository)
             held = True
         except BlobUnknownError:
             pass
-        except DescriptorError:
-            await self._restore(digest, taken)  # UNSUPPORTED at delete time: nothing changed
+        except DescriptorError as err:
+            if isinstance(err, UnavailableError):
+                raise await self._unknown_outcome(digest, repository, err, first) from err
+            if first:
+                await self._restore(digest, taken, epoch)  # refused for certain: nothing changed
             raise
         except Exception as err:
-            log.warning("backend clear of %s failed: %s", digest, describe(err))
-            await self._restore(digest, taken)
-            raise BackendUnavailableError(f"backend failed, nothing was cleared: {describe(err)}") from err
+            raise await self._unknown_outcome(digest, repository, err, first) from err
         if not held:
             raise BlobUnknownError.of(digest, repository)
-        await self._clear_again(digest, repository)
-
-    async def _clear_again(self, digest: str, repository: str) -> None:
-        """Clear the cache once more now that the backend has deleted: a shared cache's
-        fence then stands for its whole TTL from the deletion (however long the delete
-        took), and anything written back meanwhile by a process that does not honour the
-        fence (a distribution registry sharing the Redis) is removed."""
+        # The backend has deleted: invalidate again (what a read made between the first
+        # invalidation and the delete wrote back, what a writer that ignores the fence
+        # wrote), then wait until no near cache answers it. Either failing leaves the
+        # deletion done but the cache unconfirmed: the Clear does not answer OK.
+        self._clears += 1
         try:
-            await self.cache.clear(digest, repository)
-        except BlobUnknownError:
-            pass
-        except Exception as err:  # the deletion is done; the first clear already emptied the cache
+            await cache.invalidate(digest, repository)
+            await cache.settle(digest)
+        except Exception as err:
             self.metrics.errors += 1
-            self._cache_log.warning("cache clear after the backend deleted failed: %s", describe(err))
+            self._cache_log.warning("cache invalidation after the backend deleted failed: %s", describe(err))
+            raise BackendUnavailableError(
+                f"{digest} was deleted from the backend, but the cache could not confirm that no process "
+                f"answers it any more (retry the Clear): {describe(err)}"
+            ) from err
+        await self._fills_landed(digest)
+
+    async def _unknown_outcome(
+        self, digest: str, repository: str, err: Exception, invalidated: bool
+    ) -> BackendUnavailableError:
+        """The backend delete failed with an unknown outcome: the entries stay removed and
+        the fence stands; when the abandoned delete ends, invalidate again."""
+        log.warning("backend clear of %s failed, outcome unknown: %s", digest, describe(err))
+        if not invalidated:  # the delete may have happened: what the cache holds goes now
+            await self._invalidate_again(digest, repository, settle=True)
+        abandoned = getattr(err, "abandoned", None)
+        if isinstance(abandoned, asyncio.Future):
+            abandoned.add_done_callback(
+                lambda _: self._background_task(self._invalidate_again(digest, repository, settle=True))
+            )
+        return BackendUnavailableError(
+            f"backend failed, the outcome is unknown (the blob may be deleted yet; its cache entries "
+            f"stay removed): {describe(err)}"
+        )
+
+    async def _invalidate_again(self, digest: str, repository: str, *, settle: bool = False) -> None:
+        """Invalidate once more now that the backend has deleted: a shared cache's fence
+        then stands for its whole TTL from the deletion (however long the delete took), and
+        anything written back meanwhile by a process that does not honour the fence (a
+        distribution registry sharing the Redis) is removed."""
+        self._clears += 1
+        try:
+            await self.cache.invalidate(digest, repository)
+            if settle:
+                await self.cache.settle(digest)
+        except Exception as err:  # the deletion is done; the first invalidation emptied the cache
+            self.metrics.errors += 1
+            self._cache_log.warning("cache invalidation after the backend deleted failed: %s", describe(err))
 
     async def _snapshot(self, digest: str, repository: str) -> list[tuple[Descriptor, str]]:
         """What the cache holds that a Clear of this scope removes: (descriptor, scope),
@@ -458,17 +578,18 @@ class CachedBlobStatter:
         for scope in ("", repository) if repository else ("",):
             try:
                 taken.append((await self.cache.stat(digest, scope), scope))
-            except Exception:  # unknown, or the cache fails (then its clear refuses too)
+            except Exception:  # unknown, or the cache fails (then its invalidation refuses too)
                 continue
         return taken
 
-    async def _restore(self, digest: str, taken: list[tuple[Descriptor, str]]) -> None:
-        for desc, scope in taken:
-            try:
-                await self.cache.set_descriptor(digest, desc, scope)
-            except Exception as err:
-                self.metrics.errors += 1
-                self._cache_log.warning("cache restore after a refused clear failed: %s", describe(err))
+    async def _restore(self, digest: str, taken: Taken, epoch: int) -> None:
+        if not taken:
+            return
+        try:
+            await self.cache.restore(digest, taken, epoch)
+        except Exception as err:
+            self.metrics.errors += 1
+            self._cache_log.warning("cache restore after a refused clear failed: %s", describe(err))
 
     async def close(self) -> None:
         for component in (self.cache, self.backend):

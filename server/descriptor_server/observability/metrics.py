@@ -105,6 +105,16 @@ class StatterCollector(Collector):
             ("descriptor_cache_revalidation_removed", m.revalidation_removed, "Revalidated entries found gone."),
             ("descriptor_cache_revalidation_failed", m.revalidation_failed, "Revalidations the backend failed."),
             ("descriptor_cache_revalidation_skipped", m.revalidation_skipped, "Revalidations over the rate limit."),
+            (
+                "descriptor_cache_setdescriptor_checked",
+                m.set_checked,
+                "SetDescriptors checked against the backend first (the digest cleared lately).",
+            ),
+            (
+                "descriptor_cache_setdescriptor_dropped",
+                m.set_dropped,
+                "SetDescriptors not written: the blob was gone from the backend (or the check failed).",
+            ),
         ):
             yield CounterMetricFamily(name, doc, value=value)
         legacy = CounterMetricFamily(

@@ -43,6 +43,16 @@ log = logging.getLogger(loggers.BOUNDS)
 T = TypeVar("T")
 
 
+class BackendTimeoutError(BackendUnavailableError):
+    """A call that ran out of time. ``abandoned``: the backend call itself, still
+    running (None if it never started), so that a caller whose outcome is unknown (a
+    Clear) can act again when it really ends."""
+
+    def __init__(self, message: str, abandoned: asyncio.Future[Any] | None = None) -> None:
+        super().__init__(message)
+        self.abandoned = abandoned
+
+
 class BoundedBackend:
     """``inner`` with a per-call deadline, at most ``max_inflight`` calls in it, a bounded queue."""
 
@@ -135,13 +145,13 @@ class BoundedBackend:
         except TimeoutError:
             if task.done() and not task.cancelled() and task.exception() is None:
                 return task.result()
-            raise self._timed_out(verb) from None
+            raise self._timed_out(verb, task) from None
 
-    def _timed_out(self, verb: str) -> BackendUnavailableError:
+    def _timed_out(self, verb: str, task: asyncio.Future[Any] | None = None) -> BackendTimeoutError:
         self.timeouts_total += 1
         msg = f"backend {verb} timed out after {self.timeout:g}s (storage.backendtimeout)"
         self._log.warning("%s", msg)
-        return BackendUnavailableError(msg)
+        return BackendTimeoutError(msg, task)
 
     # -- the Backend protocol ----------------------------------------------------------
 
@@ -197,4 +207,4 @@ def from_config(inner: Backend, storage: StorageConfig) -> Backend:
     )
 
 
-__all__ = ["BoundedBackend", "bounded", "from_config"]
+__all__ = ["BackendTimeoutError", "BoundedBackend", "bounded", "from_config"]

@@ -19,7 +19,7 @@ from descriptor_client.errors import BackendUnavailableError, DescriptorError
 
 from ..core import loggers
 from ..core.backend import Backend
-from ..core.cache import Cache
+from ..core.cache import Cache, Taken
 from ..core.logutil import Recovery
 
 if TYPE_CHECKING:
@@ -101,14 +101,33 @@ class TracedCache:
             **{"descriptor.digest": digest},
         )
 
-    async def fill(self, digest: str, descriptor: Descriptor, repository: str = "") -> bool:
+    async def token(self, fenced: Sequence[str] = ()) -> tuple[int, bool]:
+        answer: tuple[int, bool] = await self._spans.run("token", lambda: self.inner.token(fenced))
+        return answer
+
+    async def fill(self, digest: str, descriptor: Descriptor, repository: str, token: int) -> bool:
         written: bool = await self._spans.run(
-            "fill", lambda: self.inner.fill(digest, descriptor, repository), **{"descriptor.digest": digest}
+            "fill", lambda: self.inner.fill(digest, descriptor, repository, token), **{"descriptor.digest": digest}
         )
         return written
 
+    async def invalidate(self, digest: str, repository: str = "") -> tuple[bool, int]:
+        answer: tuple[bool, int] = await self._spans.run(
+            "invalidate", lambda: self.inner.invalidate(digest, repository), **{"descriptor.digest": digest}
+        )
+        return answer
+
     async def clear(self, digest: str, repository: str = "") -> None:
         await self._spans.run("clear", lambda: self.inner.clear(digest, repository), **{"descriptor.digest": digest})
+
+    async def restore(self, digest: str, taken: Taken, epoch: int) -> bool:
+        restored: bool = await self._spans.run(
+            "restore", lambda: self.inner.restore(digest, taken, epoch), **{"descriptor.digest": digest}
+        )
+        return restored
+
+    async def settle(self, digest: str) -> None:
+        await self._spans.run("settle", lambda: self.inner.settle(digest), **{"descriptor.digest": digest})
 
     async def close(self) -> None:
         await self.inner.close()

@@ -27,7 +27,7 @@ from descriptor_client.protocol import BlobDescriptorService
 
 from ..config import Config, RedisConfig
 from ..core import loggers
-from ..core.cache import Cache
+from ..core.cache import Cache, Taken
 from ..core.logutil import Recovery, describe
 
 log = logging.getLogger(loggers.CACHE)
@@ -142,17 +142,27 @@ class WatchedCache:
     async def set_descriptor(self, digest: str, descriptor: Descriptor, repository: str = "") -> None:
         await self._watch(lambda: self.inner.set_descriptor(digest, descriptor, repository))
 
-    async def fill(self, digest: str, descriptor: Descriptor, repository: str = "") -> bool:
-        written: bool = await self._watch(lambda: self.inner.fill(digest, descriptor, repository))
+    async def token(self, fenced: Sequence[str] = ()) -> tuple[int, bool]:
+        answer: tuple[int, bool] = await self._watch(lambda: self.inner.token(fenced))
+        return answer
+
+    async def fill(self, digest: str, descriptor: Descriptor, repository: str, token: int) -> bool:
+        written: bool = await self._watch(lambda: self.inner.fill(digest, descriptor, repository, token))
         return written
+
+    async def invalidate(self, digest: str, repository: str = "") -> tuple[bool, int]:
+        answer: tuple[bool, int] = await self._watch(lambda: self.inner.invalidate(digest, repository))
+        return answer
 
     async def clear(self, digest: str, repository: str = "") -> None:
         await self._watch(lambda: self.inner.clear(digest, repository))
 
+    async def restore(self, digest: str, taken: Taken, epoch: int) -> bool:
+        restored: bool = await self._watch(lambda: self.inner.restore(digest, taken, epoch))
+        return restored
+
     async def settle(self, digest: str) -> None:
-        settle = getattr(self.inner, "settle", None)
-        if settle is not None:
-            await self._watch(lambda: settle(digest))
+        await self._watch(lambda: self.inner.settle(digest))
 
     async def probe(self) -> None:
         """Return while the cache answers a lookup; raise BackendUnavailableError while it fails."""
