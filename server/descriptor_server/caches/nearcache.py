@@ -66,6 +66,8 @@ from ..core.logutil import describe
 from . import nearlease
 from .inmemory import InMemoryCache
 
+#: Seconds closing waits for the near cache's tasks and its deregistration.
+CLOSE_TIMEOUT = 5.0
 log = logging.getLogger(loggers.NEAR_CACHE)
 
 CHANNEL = "__redis__:invalidate"
@@ -596,14 +598,20 @@ class NearCache:
         self._closed = True
         self.live = False
         self._lease_until = 0.0
-        for task in (self._task, self._acker):
-            if task is not None:
-                task.cancel()
-                with contextlib.suppress(asyncio.CancelledError, Exception):
-                    await task
+        # Bounded: closing (a shutdown, a drain) never hangs on a task stuck in a Redis
+        # call or on a Redis that no longer answers.
+        tasks = [task for task in (self._task, self._acker) if task is not None]
+        for task in tasks:
+            task.cancel()
+        if tasks:
+            done, _ = await asyncio.wait(tasks, timeout=CLOSE_TIMEOUT)
+            for task in done:
+                if not task.cancelled():
+                    task.exception()  # retrieved, so an ended task's failure never warns
         self._task = self._acker = None
         if self._control is not None:
-            await self._deregister()
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(self._deregister(), CLOSE_TIMEOUT)
         with contextlib.suppress(Exception):
             await self.pool.disconnect()
 

@@ -347,10 +347,12 @@ class Settler:
         task, self._waiter = self._waiter, None
         if task is not None:
             task.cancel()
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await task
+            done, _ = await asyncio.wait([task], timeout=5.0)  # bounded: closing never hangs
+            for ended in done:
+                if not ended.cancelled():
+                    ended.exception()
         with contextlib.suppress(Exception):
-            await self.client.aclose()
+            await asyncio.wait_for(self.client.aclose(), 5.0)
 
 
 __all__ = [
