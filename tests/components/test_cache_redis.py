@@ -661,6 +661,30 @@ async def test_fill_writes_what_set_descriptor_writes_unless_cleared_after_its_t
         await cache.close()
 
 
+async def test_a_write_back_read_before_redis_lost_its_fences_is_refused(redis_own: RedisProcess) -> None:
+    """A restarted Redis has lost every fence: a write-back (or SetDescriptor) whose token was
+    read before the restart may be of a blob a Clear deleted meanwhile, so it is refused, and
+    a read begun after the restart writes as usual."""
+    cache = from_config(redis_config([redis_own.addr]), fence_ttl=30.0)
+    desc = Descriptor(LAYER, B256, 7)
+    try:
+        token, _ = await cache.token([B256])
+        await cache.invalidate(C256)  # fence something: there is state to lose
+        redis_own.restart()  # no persistence: the epoch, the incarnation and the fences are gone
+        await cache.close()
+        cache = from_config(redis_config([redis_own.addr]), fence_ttl=30.0)
+        assert await cache.fill(B256, desc, REPO, token) is False  # before anything re-read the epoch
+        newer, _ = await cache.token([B256])  # the new incarnation starts
+        assert newer > token
+        assert await cache.fill(B256, desc, REPO, token) is False  # still older than the incarnation
+        with pytest.raises(BlobUnknownError):
+            await cache.stat(B256, REPO)
+        assert await cache.fill(B256, desc, REPO, newer) is True
+        assert await cache.stat(B256, REPO) == desc
+    finally:
+        await cache.close()
+
+
 async def test_the_epoch_keeps_growing_when_redis_loses_it(topology: tuple[list[RedisProcess], str]) -> None:
     """A token read before a flush (or the epoch key's eviction) never looks newer than a later Clear."""
     nodes, _ = topology

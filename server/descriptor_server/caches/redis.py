@@ -18,7 +18,11 @@ Two keys of this service's own carry the generation rule of :mod:`descriptor_ser
   invalidation);
 - ``descriptor::cleared::<digest>``: the epoch of the digest's last invalidation (the
   *fence*), standing ``fence_ttl`` seconds (longer than a backend read may take); absent
-  counts as never invalidated.
+  counts as never invalidated;
+- ``descriptor::epoch::since``: the epoch at which this Redis's generation state began.
+  A restart, a flush or an eviction loses it with the fences; the next token then starts
+  a new one, and a write-back or SetDescriptor holding a token from before it is refused
+  (single server and Sentinel; see docs/reliability.md for Cluster).
 
 On a single server or Sentinel the invalidation (bump, fence, removal), the
 compare-and-set write-back (:meth:`RedisCache.fill`) and the restore of a refused Clear
@@ -95,6 +99,9 @@ def blob_key(digest: str) -> str:
 FENCE_PREFIX = "descriptor::cleared::"
 #: The epoch (this service's key).
 EPOCH_KEY = "descriptor::epoch"
+#: The epoch at which this Redis's copy of the generation state began (this service's
+#: key): absent after a restart, a flush or an eviction, which lose the fences too.
+SINCE_KEY = "descriptor::epoch::since"
 #: The digests stored as aliases of a canonical digest (this service's key).
 ALIASES_PREFIX = "descriptor::aliases::"
 
@@ -140,21 +147,15 @@ return out
 """
 
 
-# The token and whether any of the digests is fenced. KEYS: the epoch, then the fences.
-_TOKEN = """
-local fenced = 0
-for i = 2, #KEYS do
-  if redis.call('EXISTS', KEYS[i]) == 1 then fenced = 1 end
-end
-return {redis.call('GET', KEYS[1]) or '0', fenced}
-"""
-
 # The epoch's next value: larger than the last and than Redis's clock (microseconds).
 # Lua numbers are doubles: exact below 2^53 (Redis's clock in microseconds is about 2^51).
 _NEXT_EPOCH = """
-local function next_epoch(key)
+local function now_us()
   local t = redis.call('TIME')
-  local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
+  return tonumber(t[1]) * 1000000 + tonumber(t[2])
+end
+local function next_epoch(key)
+  local now = now_us()
   local e = tonumber(redis.call('GET', key) or '0') + 1
   if e < now then e = now end
   local s = string.format('%d', e)
@@ -162,6 +163,30 @@ local function next_epoch(key)
   return s
 end
 """
+
+# The token and whether any of the digests is fenced. KEYS: the epoch, the incarnation
+# (SINCE_KEY), then the fences. A Redis that lost this service's state (restarted,
+# flushed, evicted: no epoch or no incarnation) begins a new incarnation at a new epoch:
+# every compare-and-set with a token read before it is refused (_FILL), as the fences it
+# was read under are gone.
+_TOKEN = (
+    _NEXT_EPOCH
+    + """
+if redis.replicate_commands then redis.replicate_commands() end
+local e = redis.call('GET', KEYS[1])
+local since = redis.call('GET', KEYS[2])
+if not e or not since then
+  e = next_epoch(KEYS[1])
+  redis.call('SET', KEYS[2], e)
+  since = e
+end
+local fenced = 0
+for i = 3, #KEYS do
+  if redis.call('EXISTS', KEYS[i]) == 1 then fenced = 1 end
+end
+return {e, fenced}
+"""
+)
 
 # Cluster: the bump alone (the epoch's slot). KEYS: the epoch.
 _BUMP = (
@@ -197,7 +222,9 @@ return {held, e}
 """
 )
 
-# The compare-and-set write-back. KEYS: the fences of the n digests written, then per
+# The compare-and-set write-back. KEYS: the incarnation (SINCE_KEY: absent, or newer
+# than the token, means Redis lost the fences the token was read under), the fences of
+# the n digests written, then per
 # digest its blob hash (and its repository hash when scoped), then the repository's set
 # when scoped, then (n = 2, an alias) the canonical digest's set of aliases. ARGV: n,
 # scoped (1/0), descriptor digest, size, media type, token, then the n digests (the key
@@ -205,13 +232,15 @@ return {held, e}
 _FILL = """
 local n = tonumber(ARGV[1])
 local token = tonumber(ARGV[6])
-for i = 1, n do
+local since = redis.call('GET', KEYS[1])
+if not since or tonumber(since) > token then return 0 end
+for i = 2, n + 1 do
   local cleared = redis.call('GET', KEYS[i])
   if cleared and tonumber(cleared) > token then return 0 end
 end
 local scoped = ARGV[2] == '1'
-local set = n + n * (scoped and 2 or 1) + 1
-local k = n + 1
+local set = 1 + n + n * (scoped and 2 or 1) + 1
+local k = 1 + n + 1
 for i = 1, n do
   local blob = KEYS[k]
   k = k + 1
@@ -494,10 +523,10 @@ class RedisCache:
 
     async def token(self, fenced: Sequence[str] = ()) -> tuple[int, bool]:
         """The epoch, and whether any of ``fenced`` is fenced: one round trip."""
-        if not fenced:
-            value = await self._run("token", self.read_timeout, lambda: self.client.get(EPOCH_KEY))
-            return int(value or 0), False
         if self.cluster:
+            if not fenced:
+                value = await self._run("token", self.read_timeout, lambda: self.client.get(EPOCH_KEY))
+                return int(value or 0), False
 
             async def call() -> list[Any]:
                 pipe = self._pipeline(atomic=False)
@@ -509,7 +538,7 @@ class RedisCache:
 
             replies = await self._run("token", self.read_timeout, call)
             return int(replies[0] or 0), any(replies[1:])
-        keys = [EPOCH_KEY, *(fence_key(d) for d in fenced)]
+        keys = [EPOCH_KEY, SINCE_KEY, *(fence_key(d) for d in fenced)]
         epoch, is_fenced = await self._run("token", self.read_timeout, lambda: self._token_script(keys=keys))
         return int(epoch), bool(is_fenced)
 
@@ -519,7 +548,7 @@ class RedisCache:
         keys = (digest, alias) if alias else (digest,)
         if self.cluster:
             return await self._fill_cluster(digest, descriptor, repository, keys, token)
-        script_keys = [fence_key(k) for k in keys]
+        script_keys = [SINCE_KEY, *(fence_key(k) for k in keys)]
         for key in keys:
             script_keys.append(blob_key(key))
             if repository:
