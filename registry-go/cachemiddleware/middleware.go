@@ -322,6 +322,18 @@ func (bs *blobStore) prime(ctx context.Context, provisional digest.Digest, desc 
 			bs.log(ctx).WithError(err).Warn("priming the descriptor service after a push failed")
 		}
 	}
+	// The push linked the blob, then primed the service; a DELETE of the same blob may
+	// have removed the link in between, its Clear returning before this SetDescriptor
+	// started (so the service wrote it, as its API says). Storage, read after the
+	// priming, tells: a link gone now was either deleted before the priming (then the
+	// entry is stale, and Revalidate removes it) or after it (then that DELETE's own
+	// Clear removed it). Either way nothing stale is left.
+	if _, err := bs.BlobStore.Stat(ctx, desc.Digest); errors.Is(err, distribution.ErrBlobUnknown) {
+		bs.heal(ctx, bs.service, bs.repo, desc.Digest, "push raced by a delete")
+		if provisional != "" && provisional != desc.Digest {
+			bs.heal(ctx, bs.service, bs.repo, provisional, "push raced by a delete")
+		}
+	}
 }
 
 func (bs *blobStore) Put(ctx context.Context, mediaType string, p []byte) (distribution.Descriptor, error) {

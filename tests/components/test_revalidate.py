@@ -36,15 +36,19 @@ class Clock:
 def test_revalidator_due_confirmed_bounded_and_rate_limited() -> None:
     clock = Clock()
     r = Revalidator(60.0, rate=2, capacity=2, clock=clock)
-    assert r.due(("a", ""))  # never confirmed by this process
+    assert not r.due(("a", ""))  # first seen: counts as confirmed now, due one interval later
+    clock.now += 59
+    assert not r.due(("a", ""))
+    clock.now += 1
+    assert r.due(("a", ""))
     r.confirmed(("a", ""))
     assert not r.due(("a", ""))
-    clock.now += 60
-    assert r.due(("a", ""))
     r.confirmed(("b", ""))
     r.confirmed(("c", ""))
     assert len(r) == 2  # the least recently confirmed was forgotten
-    assert r.due(("a", ""))
+    assert not r.due(("a", ""))  # seen again as new ...
+    clock.now += 60
+    assert r.due(("a", ""))  # ... and due one interval later
     assert [r.allow(), r.allow(), r.allow()] == [True, True, False]
     clock.now += 0.5
     assert r.allow()

@@ -672,6 +672,16 @@ class RedisCache:
         pipe.delete(aliases_key(digest))
         await pipe.execute()
 
+    async def lists(self, digest: str, repository: str) -> bool:
+        """Whether the repository's membership set lists ``digest`` (even without the
+        hashes a Stat needs, as distribution 2.8's Clear leaves it)."""
+        check_key(digest, repository)
+        return bool(
+            await self._run(
+                "stat", self.read_timeout, lambda: self.client.sismember(repository_set_key(repository), digest)
+            )
+        )
+
     async def clear(self, digest: str, repository: str = "") -> None:
         """:meth:`invalidate`; BlobUnknownError if the scope did not hold ``digest``."""
         held, _ = await self.invalidate(digest, repository)

@@ -4,14 +4,15 @@ A cache cannot see storage change behind its back: distribution's ``registry
 garbage-collect`` on shared storage, or a registry 2.8 delete that left its membership
 in a shared Redis. With ``storage.cache.revalidate`` set (one minute by default), an
 entry found on a hit that was last confirmed by the backend longer ago than the interval
-(or never, by this process) is checked again (the statter's ``revalidate``): the hit is
+(an entry first seen by this process counts as confirmed when first seen) is checked again
+(the statter's ``revalidate``): the hit is
 answered from the cache meanwhile (stale-while-revalidate), one check of a key runs at a
 time, at most ``storage.cache.revalidaterate`` revalidations start per second, and an entry
 the backend no longer holds is removed from the cache with Clear's semantics (so every
 registry sharing that Redis is healed too). The guarantee: a blob removed behind the
 cache's back stops being answered within the interval plus one backend round trip of
-its first hit after the interval (plus the rate limit's wait under a flood of stale
-entries).
+its first hit after the interval (two intervals for an entry this process first saw
+already stale; plus the rate limit's wait under a flood of stale entries).
 
 :class:`Revalidator` keeps when each key was last confirmed, bounded: past
 ``capacity`` keys the least recently confirmed is forgotten (it is then due again).
@@ -47,9 +48,19 @@ class Revalidator:
         self._filled = clock()
 
     def due(self, key: Key) -> bool:
-        """Whether the entry for ``key`` should be checked again (never confirmed, or too long ago)."""
+        """Whether the entry for ``key`` should be checked again: confirmed too long ago.
+
+        A key seen for the first time (written by another process, cached before this
+        one started, or forgotten past ``capacity``) counts as confirmed now: its check
+        comes one interval later. Checking it at once would send every first hit of a
+        shared cache to the backend, and would remove entries primed with SetDescriptor
+        the moment they are first read (a backend that does not hold them yet is not
+        a backend that lost them)."""
         at = self._confirmed.get(key)
-        return at is None or self.clock() - at >= self.interval
+        if at is None:
+            self.confirmed(key)
+            return False
+        return self.clock() - at >= self.interval
 
     def confirmed(self, key: Key) -> None:
         """The backend (or a SetDescriptor) has just vouched for ``key``."""

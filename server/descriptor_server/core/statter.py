@@ -389,21 +389,23 @@ class CachedBlobStatter:
     # -- SetDescriptor -------------------------------------------------------------
 
     async def set_descriptor(self, digest: str, descriptor: Descriptor, repository: str = "") -> None:
-        """Write to the cache by compare-and-set; checked against the backend while fenced.
+        """Write to the cache by compare-and-set on the token read when the call starts.
 
-        The token and whether the digest (or its alias) is fenced are read in one round
-        trip. Not fenced: written if no Clear bumped since. Fenced, or a Clear bumped
-        meanwhile: the backend is asked (with a token read before); the blob gone, or the
-        check failing, drops the write (the call still succeeds: the cache is best
-        effort; logged and counted in ``set_dropped``).
+        Written if no Clear of the digest (or its alias) bumped since: the call started
+        after any Clear that had returned, and a SetDescriptor that starts after a Clear
+        returned is written, as the API says. A Clear that bumped meanwhile overlapped
+        this call (a registry's upload commit racing its own DELETE): the backend is
+        asked (with a token read before); the blob gone, or the check failing, drops the
+        write (the call still succeeds: the cache is best effort; logged and counted in
+        ``set_dropped``).
         """
         validate_digest(digest)
         validate_repository(repository)
         validate_descriptor(digest, descriptor)
         digests = (digest, descriptor.digest) if descriptor.digest != digest else (digest,)
         try:
-            token, fenced = await self.cache.token(digests)
-            if not fenced and await self._fill(digest, descriptor, repository, token):
+            token, _ = await self.cache.token(digests)
+            if await self._fill(digest, descriptor, repository, token):
                 self._confirmed(digest, repository)
                 return
             token, _ = await self.cache.token()  # read before the backend is asked
@@ -417,7 +419,7 @@ class CachedBlobStatter:
         except Exception as err:
             self.metrics.set_dropped += 1
             log.info(
-                "SetDescriptor of %s%s dropped: %s was cleared lately and the backend %s",
+                "SetDescriptor of %s%s dropped: %s was cleared while it was written and the backend %s",
                 digest,
                 f" in {repository}" * bool(repository),
                 digest,
@@ -476,10 +478,20 @@ class CachedBlobStatter:
             self._clears += 1
 
     async def _cached(self, digest: str, repository: str) -> bool:
-        """Whether the cache lists ``digest`` in ``repository`` (a failure: maybe)."""
+        """Whether the cache lists ``digest`` in ``repository`` (a failure: maybe).
+
+        A cache shared with registries may hold a repository's membership of a digest
+        without the entries a Stat needs (distribution 2.8's Clear leaves it): that is
+        listed too, so a Clear answers OK and removes it (``lists``, where a cache has it)."""
         try:
             await self.cache.stat(digest, repository)
         except BlobUnknownError:
+            lists = getattr(self.cache, "lists", None)
+            if repository and lists is not None:
+                try:
+                    return bool(await lists(digest, repository))
+                except Exception:
+                    return True
             return False
         except Exception:
             return True  # cannot tell: invalidate first, as if it did

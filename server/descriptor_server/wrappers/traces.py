@@ -126,6 +126,11 @@ class TracedCache:
         )
         return restored
 
+    async def lists(self, digest: str, repository: str) -> bool:
+        """The inner cache's membership check, where it has one (a shared Redis)."""
+        lists = getattr(self.inner, "lists", None)
+        return False if lists is None else bool(await lists(digest, repository))
+
     async def settle(self, digest: str) -> None:
         await self._spans.run("settle", lambda: self.inner.settle(digest), **{"descriptor.digest": digest})
 

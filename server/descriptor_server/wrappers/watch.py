@@ -161,6 +161,11 @@ class WatchedCache:
         restored: bool = await self._watch(lambda: self.inner.restore(digest, taken, epoch))
         return restored
 
+    async def lists(self, digest: str, repository: str) -> bool:
+        """The inner cache's membership check, where it has one (a shared Redis)."""
+        lists = getattr(self.inner, "lists", None)
+        return False if lists is None else bool(await self._watch(lambda: lists(digest, repository)))
+
     async def settle(self, digest: str) -> None:
         await self._watch(lambda: self.inner.settle(digest))
 
