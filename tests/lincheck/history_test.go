@@ -248,10 +248,7 @@ func (h *history) push(client int, k *key, ri int, rnd *rand.Rand) {
 		text = fmt.Sprintf("k%d set via %s -> %s", k.i, r.name, reason(err))
 		h.failed(r)
 	}
-	e := h.now()
-	h.note(porcupine.Annotation{ClientId: client, Start: s, End: e, Description: text, BackgroundColor: "#e8f0ff"})
-	// A failed SetDescriptor may or may not have written.
-	h.add(client, s, e, Input{Key: k.i, Kind: Set, Maybe: err != nil}, Output{}, "set via "+r.name)
+	h.note(porcupine.Annotation{ClientId: client, Start: s, End: h.now(), Description: text, BackgroundColor: "#e8f0ff"})
 }
 
 // clear returns whether the Clear answered OK.

@@ -20,13 +20,10 @@
 // Operations (Input.Kind):
 //
 //   - Push: a push's linearization point, the write of the link to storage:
-//     Stored and Answerable become true.
-//   - Set: the push's SetDescriptor that follows (when it answered OK; one that
-//     failed may or may not have written): Answerable becomes true, as the API
-//     allows a SetDescriptor that starts after a Clear returned to be answered
-//     whatever storage holds. (The service is stricter for one that started before
-//     the Clear returned and lands after it: checked against storage, or dropped;
-//     the model does not tell the two apart, so it checks every other hole.)
+//     Stored and Answerable become true. The push's SetDescriptor that follows is
+//     no operation of the model: a SetDescriptor never makes the service answer a
+//     blob storage does not hold (one that started before a Clear returned and
+//     lands after it is checked against storage, or dropped).
 //   - ClearDelete: a Clear's effect on storage, somewhere inside the call: Stored
 //     becomes false. With Maybe (the Clear failed, its outcome is unknown) it may
 //     also have changed nothing.
@@ -55,7 +52,6 @@ type Kind int
 // The operations of the model (see the package documentation).
 const (
 	Push Kind = iota
-	Set
 	ClearDelete
 	ClearFinal
 	ClearNotFound
@@ -69,7 +65,7 @@ type Input struct {
 	Key   int
 	Kind  Kind
 	Clear int  // ClearDelete, ClearFinal, ClearNotFound: which Clear
-	Maybe bool // ClearDelete of a Clear, or a Set, whose outcome is unknown
+	Maybe bool // ClearDelete of a Clear whose outcome is unknown
 }
 
 // Output is what a Stat or a Read found: whether the blob is present.
@@ -87,12 +83,6 @@ func Step(s State, in Input, out Output) []State {
 	switch in.Kind {
 	case Push:
 		return []State{{Stored: true, Answerable: true}}
-	case Set:
-		set := State{Stored: s.Stored, Answerable: true}
-		if in.Maybe && set != s {
-			return []State{set, s}
-		}
-		return []State{set}
 	case ClearDelete:
 		deleted := State{Stored: false, Answerable: s.Answerable}
 		if in.Maybe && deleted != s {
@@ -194,8 +184,6 @@ func Describe(in Input, out Output) string {
 	switch in.Kind {
 	case Push:
 		return fmt.Sprintf("k%d push (link written)", in.Key)
-	case Set:
-		return fmt.Sprintf("k%d set", in.Key)
 	case ClearDelete:
 		if in.Maybe {
 			return fmt.Sprintf("k%d clear#%d may delete (outcome unknown)", in.Key, in.Clear)

@@ -433,30 +433,30 @@ async def test_a_repository_clear_answering_blob_unknown_changes_nothing(setup: 
 
 
 @pytest.mark.parametrize("scope", ["", REPO])
-async def test_a_setdescriptor_that_starts_after_the_clear_returned_is_written(
+async def test_a_setdescriptor_arriving_after_the_clear_of_a_deleted_blob_is_dropped(
     setup: Setup, layout: Layout, scope: str
 ) -> None:
-    """Clear is final until a SetDescriptor that starts after it returned: that one is
-    written as any other (the API's rule; the cache is primed by whoever calls it)."""
+    """A registry's upload commit raced its own DELETE: its SetDescriptor reaches the
+    service after the Clear returned. The blob is gone, so the write is dropped."""
     statter, _, _ = setup
-    content = f"cleared, then primed again {scope}".encode()
+    content = f"committed, deleted, then announced {scope}".encode()
     digest = layout.push(REPO, content)
     desc = Descriptor(OCT, digest, len(content))
     await statter.clear(digest, scope)
+    await statter.set_descriptor(digest, desc, scope)  # the late commit: OK, but dropped
+    assert statter.metrics.set_dropped == 1
     assert await unknown(statter, digest, scope)
-    await statter.set_descriptor(digest, desc, scope)
-    assert statter.metrics.set_dropped == 0
+    layout.push(REPO, content)  # pushed again for real
+    await statter.set_descriptor(digest, desc, scope)  # checked: present, written
     hits = statter.metrics.hits
     assert await statter.stat(digest, scope) == desc
     assert statter.metrics.hits == hits + 1
 
 
-async def test_a_setdescriptor_racing_a_clear_is_not_answered_after_it(
+async def test_a_setdescriptor_racing_a_clear_is_checked_against_the_backend(
     two_processes: tuple[CachedBlobStatter, GatedBackend, CachedBlobStatter], layout: Layout
 ) -> None:
-    """The SetDescriptor runs on A while B's Clear is deleting: written before the Clear's
-    second invalidation, it is removed by it; after it, its token is older than the fence
-    and it is checked against the backend, which no longer holds the blob."""
+    """The SetDescriptor starts on A while B's Clear is deleting, and writes after it returned."""
     first, gated, second = two_processes
     content = b"set during the delete"
     digest = layout.push(REPO, content)
@@ -465,8 +465,12 @@ async def test_a_setdescriptor_racing_a_clear_is_not_answered_after_it(
     clear = asyncio.ensure_future(first.clear(digest, REPO))
     gated.deletes.hold()
     await gated.deletes.reached()
-    await asyncio.wait_for(second.set_descriptor(digest, desc, REPO), 10)  # during the delete
+    gated.reads.hold()  # the SetDescriptor's backend check, held until the Clear returned
+    setting = asyncio.ensure_future(first.set_descriptor(digest, desc, REPO))
+    await gated.reads.reached()
     gated.deletes.open()
     await asyncio.wait_for(clear, 10)
+    gated.reads.open()
+    await asyncio.wait_for(setting, 10)
     assert await unknown(second, digest, REPO)
     assert await unknown(first, digest, REPO)

@@ -389,23 +389,21 @@ class CachedBlobStatter:
     # -- SetDescriptor -------------------------------------------------------------
 
     async def set_descriptor(self, digest: str, descriptor: Descriptor, repository: str = "") -> None:
-        """Write to the cache by compare-and-set on the token read when the call starts.
+        """Write to the cache by compare-and-set; checked against the backend while fenced.
 
-        Written if no Clear of the digest (or its alias) bumped since: the call started
-        after any Clear that had returned, and a SetDescriptor that starts after a Clear
-        returned is written, as the API says. A Clear that bumped meanwhile overlapped
-        this call (a registry's upload commit racing its own DELETE): the backend is
-        asked (with a token read before); the blob gone, or the check failing, drops the
-        write (the call still succeeds: the cache is best effort; logged and counted in
-        ``set_dropped``).
+        The token and whether the digest (or its alias) is fenced are read in one round
+        trip. Not fenced: written if no Clear bumped since. Fenced, or a Clear bumped
+        meanwhile: the backend is asked (with a token read before); the blob gone, or the
+        check failing, drops the write (the call still succeeds: the cache is best
+        effort; logged and counted in ``set_dropped``).
         """
         validate_digest(digest)
         validate_repository(repository)
         validate_descriptor(digest, descriptor)
         digests = (digest, descriptor.digest) if descriptor.digest != digest else (digest,)
         try:
-            token, _ = await self.cache.token(digests)
-            if await self._fill(digest, descriptor, repository, token):
+            token, fenced = await self.cache.token(digests)
+            if not fenced and await self._fill(digest, descriptor, repository, token):
                 self._confirmed(digest, repository)
                 return
             token, _ = await self.cache.token()  # read before the backend is asked
@@ -419,7 +417,7 @@ class CachedBlobStatter:
         except Exception as err:
             self.metrics.set_dropped += 1
             log.info(
-                "SetDescriptor of %s%s dropped: %s was cleared while it was written and the backend %s",
+                "SetDescriptor of %s%s dropped: %s was cleared lately and the backend %s",
                 digest,
                 f" in {repository}" * bool(repository),
                 digest,
