@@ -38,9 +38,13 @@ def stages() -> list[list[tuple[str, str]]]:
     return found
 
 
-def test_two_stages_the_last_copies_only_the_built_environment() -> None:
-    build, final = stages()
-    assert build[0][1].endswith(" AS build")
+def test_build_stages_then_a_last_that_copies_only_the_built_environment() -> None:
+    # deps (the locked dependencies: ./dev image keeps it tagged as the build cache), then
+    # build (the wheels of the sources over it), then the image itself.
+    deps, build_only, final = stages()
+    assert deps[0][1].endswith(" AS deps")
+    assert build_only[0][1] == "deps AS build"
+    build = deps + build_only
     copies = [args for word, args in final if word == "COPY"]
     assert "--from=build /opt/descriptor-service /opt/descriptor-service" in copies
     assert not [args for args in copies if args.split()[0] in {"client/", "server/", "."}]  # no source tree

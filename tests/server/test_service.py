@@ -17,7 +17,7 @@ from descriptor_server.backends.filesystem import FilesystemBackend
 from descriptor_server.caches.inmemory import InMemoryCache
 from descriptor_server.core.statter import CachedBlobStatter
 from descriptor_server.rpc.servicer import DescriptorServicer
-from helpers.support import A256
+from helpers.support import A256, until
 
 
 class BuggyStatter(CachedBlobStatter):
@@ -65,4 +65,9 @@ async def test_draining_refuses_new_calls(served: tuple[DescriptorServicer, str]
         with pytest.raises(ServerDrainingError) as info:
             await client.stat("sha256:" + "b" * 64)
         assert info.value.code == grpc.StatusCode.UNAVAILABLE
-    assert servicer.inflight == 0
+
+    async def inflight() -> int:
+        return servicer.inflight
+
+    # The refusal is sent before the handler's bookkeeping ends: wait for it, bounded.
+    assert await until(inflight, lambda n: n == 0, timeout=10) == 0
