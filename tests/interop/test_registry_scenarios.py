@@ -158,12 +158,6 @@ def default_revalidation(plugged: Plugged) -> float:
 
 @pytest.mark.slow
 @pytest.mark.timeout(900)
-@pytest.mark.xfail(
-    reason="open (issue 21): revalidation answers the first hit after the interval from the cache "
-    "(stale-while-revalidate), so the image's config blob, HEADed by the re-push only, is still "
-    "claimed once and the re-push's manifest PUT is refused; the second re-push works",
-    strict=False,
-)
 def test_garbage_collection_without_the_procedure_is_bounded_by_default(tmp_path: Path) -> None:
     """An operator who runs distribution's own ``registry garbage-collect`` (no service
     step): the service's default revalidation stops the collected layer being answered
