@@ -62,7 +62,7 @@ from .revalidate import CHECK_WAIT, Revalidator
 log = logging.getLogger(loggers.STATTER)
 
 DEFAULT_MAX_BATCH = 1000
-#: Digests remembered as valid by BatchStat (cleared when full).
+#: Digests (and, apart, repository names) remembered as valid (cleared when full).
 VALID_MEMO_MAX = 16384
 
 Key = tuple[str, str]  # (digest, repository)
@@ -127,15 +127,15 @@ class CachedBlobStatter:
         self._clears = 0
         #: Write-backs under way per digest written (a Clear returns after them).
         self._filling: dict[str, list[asyncio.Future[None]]] = {}
-        self._valid: set[str] = set()  # digests recently validated by BatchStat (bounded)
+        self._valid: set[str] = set()  # digests recently validated by Stat or BatchStat (bounded)
+        self._valid_repositories: set[str] = set()  # the same for repository names
         self._cache_log = RateLimitedLog(log)
         self._background: set[asyncio.Future[None]] = set()
 
     # -- Stat ------------------------------------------------------------------
 
     async def stat(self, digest: str, repository: str = "") -> Descriptor:
-        validate_digest(digest)
-        validate_repository(repository)
+        self._validate(digest, repository)
         metrics = self.metrics
         metrics.requests += 1
         try:
@@ -454,6 +454,23 @@ class CachedBlobStatter:
                 raise answer
         return checked
 
+    def _validate(self, digest: str, repository: str) -> None:
+        """validate_digest and validate_repository, remembered: a digest and a repository
+        seen valid before cost a set lookup each instead of a regular expression."""
+        valid = self._valid
+        if digest not in valid:
+            validate_digest(digest)
+            self._remember(valid, (digest,))
+        if repository and repository not in self._valid_repositories:
+            validate_repository(repository)
+            self._remember(self._valid_repositories, (repository,))
+
+    @staticmethod
+    def _remember(valid: set[str], names: Sequence[str]) -> None:
+        if len(valid) + len(names) > VALID_MEMO_MAX:
+            valid.clear()
+        valid.update(names)
+
     def _all_valid(self, digests: Sequence[str]) -> bool:
         """True if every digest is valid; digests seen valid before are found by one set call."""
         valid = self._valid
@@ -461,9 +478,7 @@ class CachedBlobStatter:
             return True
         if not all_valid(digests):
             return False
-        if len(valid) + len(digests) > VALID_MEMO_MAX:
-            valid.clear()
-        valid.update(digests)
+        self._remember(valid, digests)
         return True
 
     # -- SetDescriptor -------------------------------------------------------------
