@@ -248,8 +248,8 @@ async def _lease_cost(redis_addr: str, n: int, rounds: int) -> dict[str, float]:
     from descriptor_client.descriptor import Descriptor
     from descriptor_client.errors import BlobUnknownError
     from descriptor_server.caches.inmemory import InMemoryCache
-    from descriptor_server.caches.nearcache import NearCache
     from descriptor_server.caches.redis import from_config
+    from descriptor_server.caches.redis.near import NearCache
     from descriptor_server.config import RedisConfig
 
     class Unleased(NearCache):

@@ -22,9 +22,10 @@ import httpx
 import pytest
 import redis
 from descriptor_client import AsyncDescriptorClient, BlobUnknownError, Descriptor
-from descriptor_server.caches.nearcache import CLIENT_NAME, NearCacheCollector
 from descriptor_server.caches.redis import RedisCache, RedisCacheError, from_config
+from descriptor_server.caches.redis.near import CLIENT_NAME
 from descriptor_server.config import ConfigError, RedisConfig, RedisNearCacheConfig, from_dict, to_dict
+from descriptor_server.observability.nearcache import NearCacheCollector
 from helpers.redis_servers import RedisProcess, flush, server_binaries, start_sentinel, start_standalone
 from helpers.support import OCT, REPO, ServerProcess, free_port, until
 from helpers.targets_redis import redis_config, server_redis_config

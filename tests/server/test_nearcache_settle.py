@@ -23,10 +23,9 @@ from typing import Any
 import httpx
 import pytest
 from descriptor_client import AsyncDescriptorClient, BlobUnknownError, Descriptor
-from descriptor_server.caches import nearlease
-from descriptor_server.caches.nearcache import NearCacheCollector
-from descriptor_server.caches.redis import RedisCache, RedisCacheError, from_config
+from descriptor_server.caches.redis import RedisCache, RedisCacheError, from_config, nearlease
 from descriptor_server.config import RedisConfig, RedisNearCacheConfig
+from descriptor_server.observability.nearcache import NearCacheCollector
 from helpers.redis_servers import RedisProcess, SentinelSetUp, flush
 from helpers.support import OCT, REPO, Layout, ServerProcess, free_port, until
 from helpers.targets_redis import redis_config, server_redis_config
