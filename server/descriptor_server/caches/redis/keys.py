@@ -9,7 +9,7 @@ deployment can be shared with distribution registries):
 
 No TTLs are set on those (operators configure ``maxmemory-policy allkeys-lru``).
 
-Two keys of this service's own carry the generation rule of :mod:`descriptor_server.caches`
+Three keys of this service's own carry the generation rule of :mod:`descriptor_server.caches`
 (distribution registries neither set nor read them):
 
 - ``descriptor::epoch``: the epoch. Each invalidation sets it to the larger of its value
@@ -23,6 +23,11 @@ Two keys of this service's own carry the generation rule of :mod:`descriptor_ser
   A restart, a flush or an eviction loses it with the fences; the next token then starts
   a new one, and a write-back or SetDescriptor holding a token from before it is refused
   (single server and Sentinel; see docs/reliability.md for Cluster).
+
+Beside them, the set ``descriptor::aliases::<digest>`` lists the digests stored as
+aliases of a canonical digest (a global Clear of it removes theirs too), and the near
+caches' leases and barriers have keys of their own (``descriptor::nearcache::*``, in
+:mod:`.nearlease`).
 """
 
 from __future__ import annotations
