@@ -133,11 +133,14 @@ def measure(h2: str | None, ref: str, work: Path, *, n: int, rounds: int, batch_
 
         if h2:
             unary: dict[str, list[float]] = {name: [] for name in servers}
+            cpu: dict[str, list[float]] = {}
             for r in range(rounds):
                 ordered = {name: servers[name] for name in ["noop", *services(r)]}
-                for name, rates in unary_bench.rates(h2, ordered, body, n, 1).items():
+                for name, rates in unary_bench.rates(h2, ordered, body, n, 1, cpu=cpu).items():
                     unary[name] += rates
             out["unary"] = unary
+            if all(len(v) == rounds for v in cpu.values()) and len(cpu) == len(servers):
+                out["cpu"] = cpu  # µs of server CPU per Stat call, per round
         else:
             say("h2load missing: the unary Stat figures are skipped")
         for r in range(rounds):
@@ -153,11 +156,17 @@ def measure(h2: str | None, ref: str, work: Path, *, n: int, rounds: int, batch_
 #: The figures compared: (name, unit, what it is of one tree's values in one round).
 #: The values: ``noop``, ``peer`` (shared), ``inmemory`` / ``redis`` (unary Stat hits/s),
 #: ``batch-inmemory`` / ``batch-redis`` (BatchStat descriptors/s).
+#: ``cpu-<name>``: µs of the server's CPU per unary Stat call (steadier than the rate on a
+#: shared machine: the rate moves with what else runs, the CPU a call takes much less).
 FIGURES: tuple[tuple[str, str, Callable[[dict[str, float]], float]], ...] = (
     ("Stat hit, inmemory cache", "calls/s", lambda v: v["inmemory"]),
     ("  ÷ no-op servicer (goal ≥ 0.9x)", "x", lambda v: v["inmemory"] / v["noop"]),
+    ("  server CPU per call", "µs", lambda v: v["cpu-inmemory"]),
+    ("  no-op's CPU per call ÷ this", "x", lambda v: v["cpu-noop"] / v["cpu-inmemory"]),
     ("Stat hit, redis cache", "calls/s", lambda v: v["redis"]),
     ("  ÷ no-op servicer", "x", lambda v: v["redis"] / v["noop"]),
+    ("  server CPU per call", "µs", lambda v: v["cpu-redis"]),
+    ("  no-op's CPU per call ÷ this", "x", lambda v: v["cpu-noop"] / v["cpu-redis"]),
     ("BatchStat 1000 hits, inmemory cache", "descriptors/s", lambda v: v["batch-inmemory"]),
     ("  ÷ unary Stat hits (goal ≥ 100x)", "x", lambda v: v["batch-inmemory"] / v["inmemory"]),
     ("  ÷ redis-py pipelined HMGET (goal ≥ 2.5x)", "x", lambda v: v["batch-inmemory"] / v["peer"]),
@@ -179,6 +188,9 @@ def values(res: dict[str, Any], tree: str, r: int | None) -> dict[str, float]:
             out["batch-" + name.removesuffix(suffix)] = pick(v)
     if "noop" in res["unary"]:
         out["noop"] = pick(res["unary"]["noop"])
+    for name, v in res.get("cpu", {}).items():  # the best round of CPU per call is the least
+        if name.endswith(suffix) or name == "noop":
+            out["cpu-" + name.removesuffix(suffix)] = min(v) if r is None else v[r]
     if "redis_peer" in res:
         out["peer"] = res["redis_peer"]
     return out
@@ -198,6 +210,8 @@ def render(res: dict[str, Any]) -> str:
     def fmt(value: float | None, unit: str) -> str:
         if value is None:
             return "-"
+        if unit == "µs":
+            return f"{value:,.1f} {unit}"
         return f"{value:.2f}x" if unit == "x" else f"{value:,.0f} {unit}"
 
     lines = [
