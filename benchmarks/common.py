@@ -65,10 +65,11 @@ def digest_of(i: int, salt: str = "") -> str:
 
 class Server(ServerProcess):
     """``cmd`` (a server that logs ``listening on HOST:PORT``) as the tests' ServerProcess,
-    named, run with the checkout's client and server packages, pinned to the server CPU."""
+    named, run with the client and server packages of ``tree`` (this checkout unless
+    another tree's sources are named: ``--compare``), pinned to the server CPU."""
 
-    def __init__(self, name: str, cmd: list[str], cwd: Path) -> None:
-        super().__init__(None, cwd, env={"PYTHONPATH": f"{ROOT / 'client'}:{ROOT / 'server'}"}, command=cmd)
+    def __init__(self, name: str, cmd: list[str], cwd: Path, *, tree: Path = ROOT) -> None:
+        super().__init__(None, cwd, env={"PYTHONPATH": f"{tree / 'client'}:{tree / 'server'}"}, command=cmd)
         self.name = name
         self.cmd = cmd
 
@@ -83,6 +84,19 @@ class Server(ServerProcess):
     def stop(self, timeout: float = 15.0) -> None:
         with contextlib.suppress(subprocess.TimeoutExpired):  # killed after the timeout
             super().stop(timeout)
+
+    def cpu_seconds(self) -> float | None:
+        """The server process's CPU time so far (user + system), or None off Linux.
+
+        Its change across a load, per call, is what the call costs the server: on a
+        shared machine it holds within a few percent where the rate swings by half."""
+        if self.proc is None:
+            return None
+        try:
+            fields = Path(f"/proc/{self.proc.pid}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            return None
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def service_config(
@@ -112,11 +126,14 @@ def service_config(
     return config
 
 
-def service_server(name: str, workdir: Path, config: dict[str, Any], args: Sequence[str] = ()) -> Server:
-    """The service with ``config`` (written to ``workdir/<name>.yml``), not started."""
+def service_server(
+    name: str, workdir: Path, config: dict[str, Any], args: Sequence[str] = (), *, tree: Path = ROOT
+) -> Server:
+    """The service with ``config`` (written to ``workdir/<name>.yml``), not started; run
+    from ``tree``'s sources with this interpreter."""
     path = workdir / f"{name}.yml"
     path.write_text(yaml.safe_dump(config))
-    return Server(name, [sys.executable, "-m", "descriptor_server", "--config", str(path), *args], workdir)
+    return Server(name, [sys.executable, "-m", "descriptor_server", "--config", str(path), *args], workdir, tree=tree)
 
 
 def service(
@@ -127,12 +144,15 @@ def service(
     *,
     args: Sequence[str] = (),
     cache_settings: dict[str, Any] | None = None,
+    tree: Path = ROOT,
 ) -> Server:
-    """The service over ``workdir/registry`` with ``cache`` (and Redis at ``redis_addr``)."""
+    """The service over ``workdir/registry`` with ``cache`` (and Redis at ``redis_addr``),
+    from ``tree``'s sources."""
     root = workdir / "registry"
     root.mkdir(exist_ok=True)
     redis = {"addrs": [redis_addr]} if redis_addr else None
-    return service_server(name, workdir, service_config(root, cache, cache_settings=cache_settings, redis=redis), args)
+    config = service_config(root, cache, cache_settings=cache_settings, redis=redis)
+    return service_server(name, workdir, config, args, tree=tree)
 
 
 def redis_binary() -> str | None:

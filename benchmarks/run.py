@@ -20,6 +20,9 @@ figures, to ``benchmarks/results/``.
 
 On a machine with 2 or more cores the servers are pinned to CPU 0 and every load
 generator (h2load, the Python clients) to CPU 1 with ``taskset``/``sched_setaffinity``.
+
+``--compare REF`` instead measures the served figures of the git ref ``REF`` and of this
+tree side by side in one run (``benchmarks/compare_bench.py``).
 """
 
 from __future__ import annotations
@@ -104,6 +107,13 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         "--only", choices=("all", "near"), default="all", help="near: only the Redis near cache's rows (near_bench.py)"
     )
     parser.add_argument("--no-auth", action="store_true", help="skip the token-auth figures (auth_bench.py)")
+    parser.add_argument(
+        "--compare",
+        metavar="REF",
+        default="",
+        help="before/after in one run: the served figures of git ref REF's sources and of this tree,"
+        " interleaved, side by side (compare_bench.py; --rounds defaults to 5)",
+    )
     parser.add_argument(
         "--publish",
         type=Path,
@@ -276,6 +286,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     else:
         say("one CPU: servers and load generators share it (nothing pinned)")
     h2 = ensure_h2load()
+    if args.compare:
+        import compare_bench
+
+        with tempfile.TemporaryDirectory(prefix="descriptor-bench-") as tmp:
+            code: int = compare_bench.run(
+                h2, args.compare, Path(tmp), args.out, quick=sizes.quick, n=sizes.n_unary, rounds=args.rounds or 5
+            )
+        return code
     results: dict[str, Any] = {"machine": info, "quick": sizes.quick}
     with tempfile.TemporaryDirectory(prefix="descriptor-bench-") as tmp:
         results.update(measure_servers(args, sizes, h2, Path(tmp)))

@@ -57,18 +57,16 @@ def main() -> int:
     digests = [common.digest_of(i) for i in range(1000)]
     body = work / "stat.bin"
     body.write_bytes(common.framed(common.stat_request(digests[0])))
-    base_path = f"{args.baseline / 'client'}:{args.baseline / 'server'}"
     otel = {
         "OTEL_TRACES_EXPORTER": "otlp",
         "OTEL_EXPORTER_OTLP_ENDPOINT": f"http://127.0.0.1:{sink_port}",
         "OTEL_EXPORTER_OTLP_INSECURE": "true",
     }
     servers = {
-        "baseline": common.service("baseline", work, "inmemory"),
+        "baseline": common.service("baseline", work, "inmemory", tree=args.baseline),
         "off": common.service("off", work, "inmemory"),
         "on": common.service("on", work, "inmemory"),
     }
-    servers["baseline"].cmd = ["env", f"PYTHONPATH={base_path}", *servers["baseline"].cmd]
     servers["on"].cmd = ["env", *(f"{k}={v}" for k, v in otel.items()), *servers["on"].cmd]
     rates: dict[str, list[float]] = {name: [] for name in servers}
     try:

@@ -18,13 +18,26 @@ from typing import Any
 from common import H2Load, Server, metrics, percentiles_ms, prime, say, service
 
 
-def rates(h2: str, servers: Mapping[str, Server], body: Path, n: int, rounds: int) -> dict[str, list[float]]:
-    """Stat calls per second of each server in each round (the no-op servicer counts nothing)."""
+def rates(
+    h2: str,
+    servers: Mapping[str, Server],
+    body: Path,
+    n: int,
+    rounds: int,
+    *,
+    cpu: dict[str, list[float]] | None = None,
+) -> dict[str, list[float]]:
+    """Stat calls per second of each server in each round (the no-op servicer counts nothing);
+    with ``cpu``, each server's CPU time per call in µs in each round is appended to it too."""
     unary: dict[str, list[float]] = {name: [] for name in servers}
     for r in range(rounds):
         for name, srv in servers.items():
             before = asyncio.run(metrics(srv.target)) if name != "noop" else None
+            cpu_before = srv.cpu_seconds() if cpu is not None else None
             res = H2Load(h2, srv.port, body, n).run()
+            cpu_after = srv.cpu_seconds() if cpu is not None else None
+            if cpu is not None and cpu_before is not None and cpu_after is not None:
+                cpu.setdefault(name, []).append((cpu_after - cpu_before) / n * 1e6)
             if res["failed"]:
                 raise RuntimeError(f"{name}: {res['failed']} failed requests")
             if before is not None:

@@ -30,6 +30,13 @@ import (
 // its target. A missing binary skips the test, except in CI where it fails.
 func startServer(t *testing.T, grpcOptions ...map[string]any) string {
 	t.Helper()
+	return startServerOver(t, "", grpcOptions...)
+}
+
+// startServerOver is startServer with the filesystem backend over root (a registry's
+// storage root, shared with it); "" is an empty root of its own.
+func startServerOver(t *testing.T, root string, grpcOptions ...map[string]any) string {
+	t.Helper()
 	bin := os.Getenv("DESCRIPTOR_SERVER")
 	if bin == "" {
 		var err error
@@ -41,9 +48,11 @@ func startServer(t *testing.T, grpcOptions ...map[string]any) string {
 		}
 	}
 	dir := t.TempDir()
-	root := filepath.Join(dir, "root")
-	if err := os.Mkdir(root, 0o755); err != nil {
-		t.Fatal(err)
+	if root == "" {
+		root = filepath.Join(dir, "root")
+		if err := os.Mkdir(root, 0o755); err != nil {
+			t.Fatal(err)
+		}
 	}
 	grpcSection := map[string]any{"addr": "127.0.0.1:0"}
 	for _, extra := range grpcOptions {

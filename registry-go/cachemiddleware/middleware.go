@@ -287,8 +287,16 @@ func (bs *blobStore) ServeBlob(ctx context.Context, w http.ResponseWriter, r *ht
 	return nil
 }
 
-// Delete clears the service's entry, then deletes from storage. distribution's
-// handler compares the result with its sentinels, so they are returned as they are.
+// Delete clears the service's entry, then deletes from storage, then clears the
+// service again if the storage delete removed a link. distribution's handler compares
+// the result with its sentinels, so they are returned as they are.
+//
+// The second Clear is the plug-in's half of the service's rule that a blob leaves
+// storage only between two invalidations (docs/registry-go.md): a push may link the
+// blob again and prime the service after the first Clear has returned (its
+// SetDescriptor, checked against the backend, finds the link and is written), and the
+// storage delete then removes that link. Nothing else would remove the entry: the
+// service would answer HEAD 200 for a blob whose link is gone.
 func (bs *blobStore) Delete(ctx context.Context, dgst digest.Digest) error {
 	cleared := true
 	if err := bs.service.Clear(ctx, dgst); err != nil {
@@ -303,12 +311,25 @@ func (bs *blobStore) Delete(ctx context.Context, dgst digest.Digest) error {
 	}
 	err := bs.BlobStore.Delete(ctx, dgst)
 	if errors.Is(err, distribution.ErrBlobUnknown) {
+		// Storage found no link: this DELETE removed nothing outside the service's Clear.
 		if cleared {
 			// The service's own backend may be this very storage and has already
 			// removed the link: the blob is deleted.
 			return nil
 		}
 		return distribution.ErrBlobUnknown
+	}
+	// Storage removed a link (or may have, on an error): whatever a push primed since
+	// the first Clear goes now. Run to the end even if the client has gone, as the
+	// service's Clear does.
+	if again := bs.service.Clear(context.WithoutCancel(ctx), dgst); again != nil && !errors.Is(again, distribution.ErrBlobUnknown) {
+		bs.log(ctx).WithError(again).WithField("digest", dgst).Warn(
+			"storage deleted the blob's link but the descriptor service could not clear it again: retry the DELETE")
+		if err == nil {
+			// The deletion is done but the service may still answer the blob: not OK,
+			// so the client retries (a retry's Clear removes the entry).
+			return again
+		}
 	}
 	return err
 }

@@ -10,12 +10,14 @@ package             what it holds                                               
 ``config``          the YAML + environment configuration, validated             (nothing of the server)
 ``core``            the cached statter, revalidation, the Cache and Backend     (nothing of the server; no grpc,
                     protocols, logging helpers and the logger-name table        prometheus_client or config)
-``caches``          one module per cache (inmemory, redis, none)                core, config
+``caches``          one module per cache (inmemory, none), the ``redis``        core, config
+                    package (keys, scripts, cache, connection, near cache)
 ``backends``        one module per backend (filesystem, registry, s3, ...)      core, config
 ``wrappers``        bounds, health watch, traces around a cache or backend,     core, config
                     and ``stack``, the one place that puts them on
-``observability``   metrics, worker metrics, the debug HTTP endpoint, tracing   core, config, wrappers
-                    set-up, log set-up and the call log
+``observability``   metrics, worker metrics, the debug HTTP endpoint, tracing   core, config, caches, wrappers
+                    set-up, log set-up and the call log, the near cache's
+                    counters
 ``rpc``             the servicer, response encoding, the interceptor, the       core, config, observability
                     per-call context, health, gRPC limits
 ``security``        TLS, static tokens, registry tokens, the authorizer and     core, config, rpc

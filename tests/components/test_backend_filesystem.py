@@ -101,7 +101,10 @@ async def test_repository_clear_deletes_the_link_only(fs: FilesystemBackend, lay
     digest = layout.push(REPO, b"soft")
     await fs.clear(digest, REPO)
     assert not layout.link(REPO, digest).exists()
-    assert not layout.link(REPO, digest).parent.exists()  # the empty directory too
+    # Its directory stays, as distribution's own link delete leaves it: removing it
+    # failed a registry push writing the same link meanwhile (500 where the registry
+    # alone answers 201: the push racing a delete, tests/interop).
+    assert layout.link(REPO, digest).parent.is_dir()
     assert layout.blob_data(digest).read_bytes() == b"soft"
     assert await fs.stat(digest) == Descriptor(OCT, digest, 4)
     with pytest.raises(BlobUnknownError):

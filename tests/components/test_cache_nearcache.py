@@ -22,9 +22,11 @@ import httpx
 import pytest
 import redis
 from descriptor_client import AsyncDescriptorClient, BlobUnknownError, Descriptor
-from descriptor_server.caches.nearcache import CLIENT_NAME, NearCacheCollector
 from descriptor_server.caches.redis import RedisCache, RedisCacheError, from_config
+from descriptor_server.caches.redis.near import CLIENT_NAME
 from descriptor_server.config import ConfigError, RedisConfig, RedisNearCacheConfig, from_dict, to_dict
+from descriptor_server.observability.nearcache import NearCacheCollector
+from helpers.nearcache import answer, held, live, until_near
 from helpers.redis_servers import RedisProcess, flush, server_binaries, start_sentinel, start_standalone
 from helpers.support import OCT, REPO, ServerProcess, free_port, until
 from helpers.targets_redis import redis_config, server_redis_config
@@ -35,54 +37,6 @@ JSON = "application/json"
 LAYER = "application/vnd.oci.image.layer.v1.tar+gzip"
 B256 = "sha256:" + "b" * 64
 C256 = "sha256:" + "c" * 64
-#: Bound on waits for a change to show (against hangs on a loaded machine; the
-#: benchmark measures the delay).
-BOUND = 30.0
-
-
-async def live(cache: RedisCache) -> None:
-    """Make the first call (which starts tracking) and wait until tracking is set up."""
-    assert cache.near is not None
-
-    async def first() -> bool:
-        try:
-            await cache.stat("sha256:" + "0" * 64)
-        except RedisCacheError:  # the first connection (via Sentinel) may outlast a short readtimeout
-            return False
-        except BlobUnknownError:
-            return True
-        raise AssertionError("an empty Redis answered")
-
-    await until(first, bool)
-
-    async def is_live() -> bool:
-        assert cache.near is not None
-        return cache.near.live
-
-    await until(is_live, bool)
-
-
-async def answer(cache: RedisCache, digest: str, repository: str = "") -> Descriptor | None:
-    try:
-        return await cache.stat(digest, repository)
-    except BlobUnknownError:
-        return None
-
-
-async def held_hit(cache: RedisCache, digest: str, repository: str = "") -> Descriptor | None:
-    """Stat until the answer comes from the near cache (a read that raced the
-    invalidations of the writes just made is rightly not held), and return it."""
-    near = cache.near
-    assert near is not None
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + BOUND
-    while True:
-        before = near.hits
-        got = await answer(cache, digest, repository)
-        if near.hits == before + 1:
-            return got
-        assert loop.time() < deadline, "never answered from the near cache"
-        await asyncio.sleep(0.01)
 
 
 def distribution_push(raw: Any, digest: str, size: int, repository: str = REPO, media: str = LAYER) -> None:
@@ -115,29 +69,29 @@ async def test_writes_and_deletes_by_another_client_evict(binary: str, tmp_path:
         await live(cache)
         with server.client() as raw:
             distribution_push(raw, B256, 42)
-            assert await held_hit(cache, B256) == Descriptor(LAYER, B256, 42)
-            assert await held_hit(cache, B256, REPO) == Descriptor(LAYER, B256, 42)
+            assert await held(cache, B256) == Descriptor(LAYER, B256, 42)
+            assert await held(cache, B256, REPO) == Descriptor(LAYER, B256, 42)
 
             raw.hset(f"blobs::{B256}", "size", "43")  # the global hash rewritten
             want = Descriptor(LAYER, B256, 43)
             await until(lambda: answer(cache, B256), lambda d: d == want)
             await until(lambda: answer(cache, B256, REPO), lambda d: d == want)
 
-            assert await held_hit(cache, B256, REPO) == want
+            assert await held(cache, B256, REPO) == want
             raw.hset(f"repository::{REPO}::blobs::{B256}", "mediatype", JSON)  # the repository's media type
             await until(lambda: answer(cache, B256, REPO), lambda d: d == Descriptor(JSON, B256, 43))
-            assert await held_hit(cache, B256) == want  # the global answer is another key's
+            assert await held(cache, B256) == want  # the global answer is another key's
 
-            assert await held_hit(cache, B256, REPO) == Descriptor(JSON, B256, 43)
+            assert await held(cache, B256, REPO) == Descriptor(JSON, B256, 43)
             raw.srem(f"repository::{REPO}::blobs", B256)  # membership removed (a repository delete)
             await until(lambda: answer(cache, B256, REPO), lambda d: d is None)
 
-            assert await held_hit(cache, B256) == want
+            assert await held(cache, B256) == want
             raw.delete(f"blobs::{B256}")
             await until(lambda: answer(cache, B256), lambda d: d is None)
 
             distribution_push(raw, C256, 7)
-            assert await held_hit(cache, C256) == Descriptor(LAYER, C256, 7)
+            assert await held(cache, C256) == Descriptor(LAYER, C256, 7)
             raw.flushall()
             await until(lambda: answer(cache, C256), lambda d: d is None)
         assert cache.near is not None
@@ -156,10 +110,10 @@ async def test_redis_cli_writes_are_reflected(cache: RedisCache, redis_standalon
         subprocess.run([cli, "-p", str(redis_standalone.port), *args], check=True, capture_output=True, timeout=30)
 
     run("HSET", f"blobs::{B256}", "digest", B256, "size", "5", "mediatype", OCT)
-    assert await held_hit(cache, B256) == Descriptor(OCT, B256, 5)
+    assert await held(cache, B256) == Descriptor(OCT, B256, 5)
     run("HSET", f"blobs::{B256}", "size", "6")
     await until(lambda: answer(cache, B256), lambda d: d == Descriptor(OCT, B256, 6))
-    assert await held_hit(cache, B256) == Descriptor(OCT, B256, 6)
+    assert await held(cache, B256) == Descriptor(OCT, B256, 6)
     run("DEL", f"blobs::{B256}")
     await until(lambda: answer(cache, B256), lambda d: d is None)
 
@@ -170,7 +124,7 @@ async def test_another_service_writes_and_clears_are_reflected(
     other = from_config(redis_config([redis_standalone.addr], nearcache=RedisNearCacheConfig(size=0)))
     try:
         await other.set_descriptor(B256, Descriptor(OCT, B256, 1), REPO)
-        assert await held_hit(cache, B256, REPO) == Descriptor(OCT, B256, 1)
+        assert await held(cache, B256, REPO) == Descriptor(OCT, B256, 1)
         await other.clear(B256, REPO)
         await until(lambda: answer(cache, B256, REPO), lambda d: d is None)
         await until(lambda: answer(cache, B256), lambda d: d is None)
@@ -183,20 +137,20 @@ async def test_another_service_writes_and_clears_are_reflected(
 
 async def test_own_set_descriptor_and_clear_hold_before_they_return(cache: RedisCache) -> None:
     await cache.set_descriptor(B256, Descriptor(OCT, B256, 1), REPO)
-    assert await held_hit(cache, B256) == Descriptor(OCT, B256, 1)
-    assert await held_hit(cache, B256, REPO) == Descriptor(OCT, B256, 1)
+    assert await held(cache, B256) == Descriptor(OCT, B256, 1)
+    assert await held(cache, B256, REPO) == Descriptor(OCT, B256, 1)
     # No waiting: the next call already sees the change (no invalidation round trip needed).
     await cache.set_descriptor(B256, Descriptor(JSON, B256, 2), REPO)
     assert await cache.stat(B256, REPO) == Descriptor(JSON, B256, 2)
     assert await cache.stat(B256) == Descriptor(OCT, B256, 2)  # global media type: first write wins
-    assert await held_hit(cache, B256, REPO) == Descriptor(JSON, B256, 2)
+    assert await held(cache, B256, REPO) == Descriptor(JSON, B256, 2)
     await cache.clear(B256, REPO)
     for repository in (REPO, ""):
         with pytest.raises(BlobUnknownError):
             await cache.stat(B256, repository)
 
     await cache.set_descriptor(C256, Descriptor(OCT, C256, 3))
-    assert await held_hit(cache, C256) == Descriptor(OCT, C256, 3)
+    assert await held(cache, C256) == Descriptor(OCT, C256, 3)
     await cache.clear(C256)
     with pytest.raises(BlobUnknownError):
         await cache.stat(C256)
@@ -225,8 +179,8 @@ async def invalidations_held(cache: RedisCache) -> AsyncIterator[None]:
 
 async def test_own_writes_evict_without_waiting_for_redis_to_say_so(cache: RedisCache) -> None:
     await cache.set_descriptor(B256, Descriptor(OCT, B256, 1), REPO)
-    assert await held_hit(cache, B256) == Descriptor(OCT, B256, 1)
-    assert await held_hit(cache, B256, REPO) == Descriptor(OCT, B256, 1)
+    assert await held(cache, B256) == Descriptor(OCT, B256, 1)
+    assert await held(cache, B256, REPO) == Descriptor(OCT, B256, 1)
     near = cache.near
     assert near is not None
     async with invalidations_held(cache):
@@ -278,24 +232,21 @@ async def test_a_read_begun_before_an_invalidation_is_not_held(
     assert near is not None
     with redis_standalone.client() as raw:
         raw.hset(f"blobs::{B256}", mapping={"digest": B256, "size": "1", "mediatype": LAYER})
-        stale = await held_hit(cache, B256)  # held: the write's invalidation was processed
+        stale = await held(cache, B256)  # held: the write's invalidation was processed
         seq = near.seq  # what a read sent now takes; it would read ``stale``
         invalidations = near.invalidations
         raw.hset(f"blobs::{B256}", "size", "2")  # changed while that read's answer is in flight
 
-        async def seen() -> int:
-            return near.invalidations
-
-        await until(seen, lambda n: n > invalidations)
+        await until_near(cache, lambda n: n.invalidations > invalidations)
         await near.put(seq, B256, "", stale)  # the late answer arrives after the invalidation
         assert await cache.stat(B256) == Descriptor(LAYER, B256, 2)
         # Another digest's invalidation does not refuse a read of this one.
         seq = near.seq
         fresh = await cache.stat(B256)
         raw.hset(f"blobs::{C256}", "size", "1")
-        await until(seen, lambda n: n > invalidations + 1)
+        await until_near(cache, lambda n: n.invalidations > invalidations + 1)
         await near.put(seq, B256, "", fresh)
-        assert await held_hit(cache, B256) == fresh
+        assert await held(cache, B256) == fresh
 
 
 # -- the invalidation connection --------------------------------------------------------
@@ -329,16 +280,13 @@ async def _kill_and_recover(cache: RedisCache, server: RedisProcess, caplog: pyt
     caplog.set_level(logging.INFO)
     with server.client() as raw:
         distribution_push(raw, B256, 1)
-        assert await held_hit(cache, B256) == Descriptor(LAYER, B256, 1)
+        assert await held(cache, B256) == Descriptor(LAYER, B256, 1)
         flushes, setups = near.flushes, near.setups
         old_id = kill_tracking(raw)
         # Written while no invalidation can reach us: must not be missed.
         raw.hset(f"blobs::{B256}", "size", "2")
 
-        async def losses() -> int:
-            return near.losses
-
-        await until(losses, lambda n: n == 1)
+        await until_near(cache, lambda n: n.losses == 1)
         assert near.flushes > flushes
         assert len(near) == 0
         # Every answer from now on is the new one, whether tracking is back yet or not.
@@ -346,11 +294,8 @@ async def _kill_and_recover(cache: RedisCache, server: RedisProcess, caplog: pyt
             assert await cache.stat(B256) == Descriptor(LAYER, B256, 2)
         hits = near.hits
 
-        async def setups_now() -> int:
-            return near.setups
-
-        await until(setups_now, lambda n: n > setups)
-        assert await held_hit(cache, B256) == Descriptor(LAYER, B256, 2)
+        await until_near(cache, lambda n: n.setups > setups)
+        assert await held(cache, B256) == Descriptor(LAYER, B256, 2)
         assert near.hits > hits
         new_ids = [int(c["id"]) for c in raw.client_list() if c.get("name") == CLIENT_NAME]
         assert len(new_ids) == 1
@@ -373,14 +318,10 @@ async def test_hung_redis_is_a_loss(redis_own: RedisProcess) -> None:
         await live(cache)
         with redis_own.client() as raw:
             distribution_push(raw, B256, 1)
-        assert await held_hit(cache, B256) == Descriptor(LAYER, B256, 1)
+        assert await held(cache, B256) == Descriptor(LAYER, B256, 1)
         redis_own.pause()
         try:
-
-            async def losses() -> int:
-                return near.losses
-
-            await until(losses, lambda n: n >= 1)
+            await until_near(cache, lambda n: n.losses >= 1)
             assert not near.live
             assert len(near) == 0
             with pytest.raises(RedisCacheError):  # from Redis, which hangs, not from the near cache
@@ -388,11 +329,8 @@ async def test_hung_redis_is_a_loss(redis_own: RedisProcess) -> None:
         finally:
             redis_own.resume()
 
-        async def is_live() -> bool:
-            return near.live
-
-        await until(is_live, bool)
-        assert await held_hit(cache, B256) == Descriptor(LAYER, B256, 1)
+        await until_near(cache, lambda n: n.live)
+        assert await held(cache, B256) == Descriptor(LAYER, B256, 1)
     finally:
         await cache.close()
 
@@ -405,22 +343,16 @@ async def test_stopped_redis_restarted_empty_answers_nothing_stale(redis_own: Re
     try:
         await live(cache)
         await cache.set_descriptor(B256, Descriptor(OCT, B256, 1))
-        assert await held_hit(cache, B256) == Descriptor(OCT, B256, 1)
+        assert await held(cache, B256) == Descriptor(OCT, B256, 1)
         redis_own.stop()
 
-        async def losses() -> int:
-            return near.losses
-
-        await until(losses, lambda n: n >= 1)
+        await until_near(cache, lambda n: n.losses >= 1)
         redis_own.start()  # empty: no persistence
         for _ in range(10):
             with pytest.raises((BlobUnknownError, RedisCacheError)):
                 await cache.stat(B256)
 
-        async def is_live() -> bool:
-            return near.live
-
-        await until(is_live, bool)
+        await until_near(cache, lambda n: n.live)
         with pytest.raises(BlobUnknownError):
             await cache.stat(B256)
     finally:
@@ -438,15 +370,12 @@ async def test_sentinel_failover_answers_nothing_stale(binary: str, tmp_path: Pa
     try:
         await live(cache)
         await cache.set_descriptor(B256, Descriptor(OCT, B256, 1))
-        assert await held_hit(cache, B256) == Descriptor(OCT, B256, 1)
+        assert await held(cache, B256) == Descriptor(OCT, B256, 1)
         with setup.master.client() as master:
             master.execute_command("WAIT", 1, 5000)
         setup.master.stop()
 
-        async def losses() -> int:
-            return near.losses
-
-        await until(losses, lambda n: n >= 1)
+        await until_near(cache, lambda n: n.losses >= 1)
         with setup.replica.client() as promoted:
 
             def is_master() -> bool:
@@ -470,11 +399,8 @@ async def test_sentinel_failover_answers_nothing_stale(binary: str, tmp_path: Pa
                 assert got in (None, Descriptor(OCT, B256, 2)), (i, got, near.stats())
             await until(stat, lambda d: d == Descriptor(OCT, B256, 2))
 
-            async def is_live() -> bool:
-                return near.live
-
-            await until(is_live, bool)
-            assert await held_hit(cache, B256) == Descriptor(OCT, B256, 2)
+            await until_near(cache, lambda n: n.live)
+            assert await held(cache, B256) == Descriptor(OCT, B256, 2)
             promoted.hset(f"blobs::{B256}", "size", "3")  # tracking is set up on the new master
             await until(lambda: answer(cache, B256), lambda d: d == Descriptor(OCT, B256, 3))
     finally:
@@ -539,7 +465,7 @@ def test_config_key_default_and_checks(tmp_path: Path) -> None:
 
 async def test_collector_reports_the_counters(cache: RedisCache) -> None:
     await cache.set_descriptor(B256, Descriptor(OCT, B256, 1))
-    await held_hit(cache, B256)
+    await held(cache, B256)
     assert cache.near is not None
     families = {m.name: m.samples[0].value for m in NearCacheCollector(cache.near.stats).collect()}
     assert families["descriptor_cache_near_hits"] == cache.near.hits >= 1

@@ -10,19 +10,36 @@ from __future__ import annotations
 import asyncio
 import time
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
 from descriptor_client import BlobUnknownError, Descriptor, DescriptorClient
+from descriptor_server.backends import Backend
 from descriptor_server.backends.filesystem import FilesystemBackend
 from descriptor_server.caches.inmemory import InMemoryCache
+from descriptor_server.core import statter as statter_module
 from descriptor_server.core.revalidate import Revalidator
 from descriptor_server.core.statter import CachedBlobStatter
 from helpers.backend_support import RegistryProcess, push_blob, registry_available
+from helpers.gates import GatedBackend
 from helpers.redis_servers import RedisProcess, flush
 from helpers.support import OCT, REPO, Layout, base_config, running_server, wait_for
 
 INTERVAL = 0.2
+
+
+class FailingBackend:
+    """``inner`` whose reads fail as a storage briefly down does (the fault injected)."""
+
+    def __init__(self, inner: Backend) -> None:
+        self.inner = inner
+
+    async def stat(self, digest: str, repository: str = "") -> Descriptor:
+        raise OSError("storage unreachable")
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.inner, name)
 
 
 class Clock:
@@ -56,63 +73,194 @@ def test_revalidator_due_confirmed_bounded_and_rate_limited() -> None:
 
 
 async def settle(statter: CachedBlobStatter) -> None:
-    for _ in range(50):
-        if not statter._background and not statter._inflight:
-            return
-        await asyncio.sleep(0.01)
+    """Until no flight (miss or check) and no background task of the statter is under way."""
+    async with asyncio.timeout(10):
+        while statter._background or statter._inflight or statter._checks:
+            await asyncio.gather(
+                *statter._background, *(f.task for f in statter._checks.values() if f.task), return_exceptions=True
+            )
+            await asyncio.sleep(0)
+
+
+def revalidating(
+    layout: Layout, clock: Clock, rate: int = 100
+) -> tuple[CachedBlobStatter, InMemoryCache, GatedBackend]:
+    """A statter over the real layout whose revalidation clock the test moves; the
+    backend's reads are counted (and held when the test says)."""
+    cache = InMemoryCache(1000)
+    backend = GatedBackend(FilesystemBackend(str(layout.root)))
+    revalidator = Revalidator(INTERVAL, rate, clock=clock)
+    return CachedBlobStatter(cache, backend, delete_enabled=True, revalidator=revalidator), cache, backend
+
+
+def collect_behind_the_cache(layout: Layout, digest: str) -> None:
+    """What distribution's ``registry garbage-collect`` on shared storage does to the blob."""
+    layout.blob_data(digest).unlink()
+    layout.link(REPO, digest).unlink()
 
 
 @pytest.mark.parametrize("scope", ["", REPO])
-async def test_an_entry_gone_behind_the_cache_is_removed_after_the_interval(layout: Layout, scope: str) -> None:
-    cache = InMemoryCache(100)
-    statter = CachedBlobStatter(cache, FilesystemBackend(str(layout.root)), revalidator=Revalidator(INTERVAL, rate=100))
+async def test_a_due_entry_whose_blob_is_gone_answers_blob_unknown_on_its_first_hit(layout: Layout, scope: str) -> None:
+    clock = Clock()
+    statter, cache, backend = revalidating(layout, clock)
     digest = layout.push(REPO, b"collected behind the cache")
-    assert await statter.stat(digest, scope) == Descriptor(OCT, digest, 26)  # a miss, written back
-    layout.blob_data(digest).unlink()  # garbage collection on shared storage
-    layout.link(REPO, digest).unlink()
+    assert await statter.stat(digest, scope) == Descriptor(OCT, digest, 26)  # a miss, written back: confirmed
+    collect_behind_the_cache(layout, digest)
+    clock.now += INTERVAL - 0.01
     assert await statter.stat(digest, scope) == Descriptor(OCT, digest, 26)  # within the interval: cached
-    await settle(statter)
-    assert statter.metrics.revalidations == 0
-    await asyncio.sleep(INTERVAL)
-    assert (await statter.stat(digest, scope)).digest == digest  # stale-while-revalidate: answered...
-    await settle(statter)  # ...and checked against the backend
-    assert statter.metrics.revalidations == 1
-    assert statter.metrics.revalidation_removed == 1
+    assert (backend.reads.arrived, statter.metrics.revalidations) == (1, 0)
+    clock.now += 0.01
     with pytest.raises(BlobUnknownError):
-        await cache.stat(digest, scope)
+        await statter.stat(digest, scope)  # the first hit past the interval is checked before it is answered
+    m = statter.metrics
+    assert (m.revalidations, m.revalidation_removed, backend.reads.arrived) == (1, 1, 2)
+    with pytest.raises(BlobUnknownError):
+        await cache.stat(digest, scope)  # removed, with Clear's semantics
     with pytest.raises(BlobUnknownError):
         await statter.stat(digest, scope)
     await statter.close()
 
 
-async def test_revalidation_keeps_a_blob_still_stored_and_is_coalesced(layout: Layout) -> None:
-    cache = InMemoryCache(100)
-    statter = CachedBlobStatter(cache, FilesystemBackend(str(layout.root)), revalidator=Revalidator(INTERVAL, 100))
+async def test_a_due_entry_still_stored_answers_present_and_is_confirmed(layout: Layout) -> None:
+    clock = Clock()
+    statter, cache, backend = revalidating(layout, clock)
     digest = layout.put_blob(b"still here")
     await statter.stat(digest)
-    await asyncio.sleep(INTERVAL)
-    await asyncio.gather(*(statter.stat(digest) for _ in range(20)))
-    await settle(statter)
-    assert statter.metrics.revalidations == 1  # twenty hits, one backend check
-    assert statter.metrics.revalidation_removed == 0
+    clock.now += INTERVAL
+    assert await statter.stat(digest) == Descriptor(OCT, digest, 10)
+    assert (statter.metrics.revalidations, backend.reads.arrived) == (1, 2)
     assert await cache.stat(digest) == Descriptor(OCT, digest, 10)
+    clock.now += INTERVAL - 0.01
     await statter.stat(digest)
+    assert backend.reads.arrived == 2  # confirmed by the check: not due again within the interval
+    await statter.close()
+
+
+async def test_concurrent_due_hits_make_one_backend_read(layout: Layout) -> None:
+    clock = Clock()
+    statter, _, backend = revalidating(layout, clock)
+    kept, gone = layout.put_blob(b"kept"), layout.push(REPO, b"gone")
+    await statter.batch_stat([kept, gone])
+    collect_behind_the_cache(layout, gone)
+    clock.now += INTERVAL
+    backend.reads.hold()
+    hits = asyncio.gather(*(statter.stat(d) for _ in range(20) for d in (kept, gone)), return_exceptions=True)
+    await backend.reads.reached(4)  # 2 misses before, then one check per key ...
+    backend.reads.open()
+    answers = await hits
+    assert backend.reads.arrived == 4  # ... shared by the 20 hits of each
+    assert statter.metrics.revalidations == 2
+    assert answers[0::2] == [Descriptor(OCT, kept, 4)] * 20
+    assert all(isinstance(a, BlobUnknownError) for a in answers[1::2])
+    await statter.close()
+
+
+async def test_a_clear_during_the_check_wins(layout: Layout) -> None:
+    """The check read "present" just before a Clear deleted the blob; the Clear returns
+    OK while the check is held. The hit (which began before the Clear returned) may answer
+    what was read, but the check's write-back fails its compare-and-set: the Clear stands."""
+    clock = Clock()
+    statter, cache, backend = revalidating(layout, clock)
+    digest = layout.push(REPO, b"cleared while checked")
+    await statter.stat(digest, REPO)
+    clock.now += INTERVAL
+    backend.reads.hold()
+    hit = asyncio.ensure_future(statter.stat(digest, REPO))
+    await backend.reads.reached(2)  # the check has read the backend
+    await statter.clear(digest, REPO)
+    assert not layout.link(REPO, digest).exists()
+    backend.reads.open()
+    assert await hit == Descriptor(OCT, digest, 21)
     await settle(statter)
-    assert statter.metrics.revalidations == 1  # confirmed: not due again within the interval
+    for scope in (REPO, ""):
+        with pytest.raises(BlobUnknownError):
+            await cache.stat(digest, scope)
+    with pytest.raises(BlobUnknownError):
+        await statter.stat(digest, REPO)
+    await statter.close()
+
+
+async def test_an_entry_first_seen_is_not_checked_on_its_first_hit(layout: Layout) -> None:
+    """Primed by another process (here written to the cache directly) for a blob this
+    backend does not hold: answered, not checked, until one interval after it was first seen."""
+    clock = Clock()
+    statter, cache, backend = revalidating(layout, clock)
+    digest = layout.put_blob(b"primed elsewhere")
+    layout.blob_data(digest).unlink()
+    await cache.set_descriptor(digest, Descriptor(OCT, digest, 16))
+    clock.now += 10 * INTERVAL
+    assert await statter.stat(digest) == Descriptor(OCT, digest, 16)
+    assert backend.reads.arrived == 0
+    clock.now += INTERVAL
+    with pytest.raises(BlobUnknownError):
+        await statter.stat(digest)
+    assert backend.reads.arrived == 1
+    await statter.close()
+
+
+async def test_a_check_the_backend_fails_answers_from_the_cache_and_stays_due(layout: Layout) -> None:
+    clock = Clock()
+    statter, _, backend = revalidating(layout, clock)
+    digest = layout.put_blob(b"storage briefly down")
+    await statter.stat(digest)
+    clock.now += INTERVAL
+    backend.inner = FailingBackend(backend.inner)
+    assert await statter.stat(digest) == Descriptor(OCT, digest, 20)  # not known gone: answered
+    assert statter.metrics.revalidation_failed == 1
+    assert await statter.stat(digest) == Descriptor(OCT, digest, 20)
+    assert statter.metrics.revalidation_failed == 2  # still due: checked again on the next hit
+    backend.inner = backend.inner.inner
+    layout.blob_data(digest).unlink()
+    with pytest.raises(BlobUnknownError):
+        await statter.stat(digest)
+    await statter.close()
+
+
+async def test_a_check_slower_than_the_wait_answers_from_the_cache_and_still_removes(
+    layout: Layout, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(statter_module, "CHECK_WAIT", 0.05)
+    clock = Clock()
+    statter, cache, backend = revalidating(layout, clock)
+    digest = layout.put_blob(b"a hung storage")
+    await statter.stat(digest)
+    layout.blob_data(digest).unlink()
+    clock.now += INTERVAL
+    backend.reads.hold()
+    assert await statter.stat(digest) == Descriptor(OCT, digest, 14)  # answered after the wait
+    assert await statter.stat(digest) == Descriptor(OCT, digest, 14)  # joins the late check: at once
+    assert backend.reads.arrived == 2
+    backend.reads.open()
+    await settle(statter)
+    with pytest.raises(BlobUnknownError):
+        await cache.stat(digest)  # what the check found removes the entry all the same
+    await statter.close()
+
+
+async def test_batch_stat_checks_its_due_entries_before_answering(layout: Layout) -> None:
+    clock = Clock()
+    statter, _, backend = revalidating(layout, clock)
+    kept, gone = layout.put_blob(b"kept"), layout.put_blob(b"gone")
+    await statter.batch_stat([kept, gone])
+    layout.blob_data(gone).unlink()
+    clock.now += INTERVAL
+    answers = await statter.batch_stat([kept, gone])
+    assert answers[0] == Descriptor(OCT, kept, 4)
+    assert isinstance(answers[1], BlobUnknownError)
+    assert backend.reads.arrived == 4
     await statter.close()
 
 
 async def test_revalidations_are_rate_limited(layout: Layout) -> None:
-    cache = InMemoryCache(1000)
-    statter = CachedBlobStatter(cache, FilesystemBackend(str(layout.root)), revalidator=Revalidator(INTERVAL, 5))
+    clock = Clock()
+    statter, _, _ = revalidating(layout, clock, rate=5)
     digests = [layout.put_blob(f"blob {i}".encode()) for i in range(20)]
     await statter.batch_stat(digests)
-    await asyncio.sleep(INTERVAL)
-    await statter.batch_stat(digests)  # 20 entries due at once
-    await settle(statter)
+    clock.now += INTERVAL
+    answers = await statter.batch_stat(digests)  # 20 entries due at once
+    assert all(isinstance(a, Descriptor) for a in answers)
     m = statter.metrics
-    assert m.revalidations <= 6
-    assert m.revalidation_skipped >= 14
+    assert (m.revalidations, m.revalidation_skipped) == (5, 15)  # over the limit: answered from the cache
     await statter.close()
 
 

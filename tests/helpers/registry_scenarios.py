@@ -264,6 +264,11 @@ class RaceResult:
     errors: list[str]
     seconds: float
 
+    @property
+    def failed_pushes(self) -> int:
+        """Racing pushes the registry answered 5xx (or that got no answer)."""
+        return sum(n for status, n in self.statuses.items() if status == "push error" or status.startswith("push 5"))
+
     def summary(self) -> str:
         return (
             f"{self.rounds} rounds in {self.seconds:.1f}s: link gone in {self.link_gone}, "

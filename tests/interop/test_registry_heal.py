@@ -231,24 +231,33 @@ def test_a_mount_from_a_repository_that_lost_the_blob_uploads_and_heals_the_sour
 # -- garbage collection -----------------------------------------------------------------
 
 
-def collect_then_check(shared: Shared, gc: list[str]) -> tuple[str, str, str, subprocess.CompletedProcess[str]]:
-    """Push ns/gc:1, delete its manifest, stop the registry, run ``gc``, start it again."""
+def push_then_untag(shared: Shared) -> tuple[str, bytes, str]:
+    """Push gc-<n>:1 and delete its manifest, which leaves its blobs to the collector:
+    the repository, the layer, the manifest's digest."""
     repo = new_repo("gc")
     config, layer = image(repo)
     resp = push_image(shared.url, repo, "1", config, layer)
     assert resp.status_code == 201, resp.text
     manifest = resp.headers["Docker-Content-Digest"]
     assert httpx.delete(f"{shared.url}/v2/{repo}/manifests/{manifest}", timeout=10).status_code == 202
+    return repo, layer, manifest
+
+
+def garbage_collect(binary: str, *args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    """``<binary> garbage-collect <args>``, its output captured."""
+    return subprocess.run(
+        [binary, "garbage-collect", *args], capture_output=True, text=True, timeout=120, check=False, env=env
+    )
+
+
+def collect_then_check(shared: Shared, binary: str) -> tuple[str, str, str, subprocess.CompletedProcess[str]]:
+    """Push gc-<n>:1, delete its manifest, stop the registry, collect with ``binary``, start it again."""
+    repo, layer, manifest = push_then_untag(shared)
     layer_url = f"{shared.url}/v2/{repo}/blobs/{sha(layer)}"
     assert httpx.head(layer_url, timeout=10).status_code == 200
     config_path = shared.stop_registry()
-    done = subprocess.run(
-        [*gc, str(config_path)],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-        env={k: v for k, v in os.environ.items() if not k.startswith("REGISTRY_")},
+    done = garbage_collect(
+        binary, str(config_path), env={k: v for k, v in os.environ.items() if not k.startswith("REGISTRY_")}
     )
     assert not shared.layout.blob_data(sha(layer)).exists(), done.stdout + done.stderr  # collected
     shared.start_registry()
@@ -256,7 +265,7 @@ def collect_then_check(shared: Shared, gc: list[str]) -> tuple[str, str, str, su
 
 
 def test_garbage_collect_revalidates_what_it_removed(shared: Shared) -> None:
-    repo, layer, _, done = collect_then_check(shared, [REGISTRY_DESCRIPTOR.binary, "garbage-collect"])
+    repo, layer, _, done = collect_then_check(shared, REGISTRY_DESCRIPTOR.binary)
     assert done.returncode == 0, done.stdout + done.stderr
     assert "descriptor service: 3 blobs and 2 links removed from storage; 5 entries revalidated and removed" in (
         done.stdout
@@ -277,7 +286,7 @@ def test_plain_garbage_collect_leaves_the_service_stale(shared: Shared) -> None:
     """The control: distribution's own command, same configuration, no revalidation."""
     if not REGISTRY_31.available():
         pytest.skip(f"{REGISTRY_31.binary} is not built (./dev tools)")
-    repo, layer, _, done = collect_then_check(shared, [REGISTRY_31.binary, "garbage-collect"])
+    repo, layer, _, done = collect_then_check(shared, REGISTRY_31.binary)
     assert done.returncode == 0, done.stdout + done.stderr
     url = f"{shared.url}/v2/{repo}/blobs/{layer}"
     assert httpx.head(url, timeout=10).status_code == 200  # stale: the collected layer is advertised
@@ -285,37 +294,19 @@ def test_plain_garbage_collect_leaves_the_service_stale(shared: Shared) -> None:
 
 
 def test_garbage_collect_refuses_to_collect_when_the_service_is_down(shared: Shared) -> None:
-    repo = new_repo("gc")
-    config, layer = image(repo)
-    resp = push_image(shared.url, repo, "1", config, layer)
-    assert httpx.delete(f"{shared.url}/v2/{repo}/manifests/{resp.headers['Docker-Content-Digest']}").status_code == 202
+    _, layer, _ = push_then_untag(shared)
     config_path = shared.stop_registry()
     shared.service.stop()
-    done = subprocess.run(
-        [REGISTRY_DESCRIPTOR.binary, "garbage-collect", str(config_path)],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
+    done = garbage_collect(REGISTRY_DESCRIPTOR.binary, str(config_path))
     assert done.returncode == 1, done.stdout + done.stderr
     assert "the descriptor service is not serving, nothing was collected" in done.stderr
     assert shared.layout.blob_data(sha(layer)).exists()  # nothing removed
 
 
 def test_garbage_collect_dry_run_removes_and_revalidates_nothing(shared: Shared) -> None:
-    repo = new_repo("gc")
-    config, layer = image(repo)
-    resp = push_image(shared.url, repo, "1", config, layer)
-    assert httpx.delete(f"{shared.url}/v2/{repo}/manifests/{resp.headers['Docker-Content-Digest']}").status_code == 202
+    repo, layer, _ = push_then_untag(shared)
     config_path = shared.stop_registry()
-    done = subprocess.run(
-        [REGISTRY_DESCRIPTOR.binary, "garbage-collect", "--dry-run", str(config_path)],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
+    done = garbage_collect(REGISTRY_DESCRIPTOR.binary, "--dry-run", str(config_path))
     assert done.returncode == 0, done.stdout + done.stderr
     assert f"blob eligible for deletion: {sha(layer)}" in done.stdout
     assert shared.layout.blob_data(sha(layer)).exists()
@@ -333,13 +324,7 @@ def test_garbage_collect_with_delete_untagged_revalidates_the_untagged_manifest_
     with httpx.Client(timeout=10) as http:
         assert http.head(f"{shared.url}/v2/{repo}/blobs/{sha(old_layer)}").status_code == 200
     config_path = shared.stop_registry()
-    done = subprocess.run(
-        [REGISTRY_DESCRIPTOR.binary, "garbage-collect", "--delete-untagged", str(config_path)],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
+    done = garbage_collect(REGISTRY_DESCRIPTOR.binary, "--delete-untagged", str(config_path))
     assert done.returncode == 0, done.stdout + done.stderr
     assert not shared.layout.blob_data(sha(old_layer)).exists()
     shared.start_registry()
@@ -354,23 +339,12 @@ def test_garbage_collect_that_cannot_tell_the_service_exits_1_and_says_what_to_d
     token = "registry-middleware-token"
     shared = Shared(tmp_path, token=token)
     try:
-        repo = new_repo("gc")
-        config, layer = image(repo)
-        resp = push_image(shared.url, repo, "1", config, layer)
-        assert resp.status_code == 201, resp.text
-        manifest = resp.headers["Docker-Content-Digest"]
-        assert httpx.delete(f"{shared.url}/v2/{repo}/manifests/{manifest}", timeout=10).status_code == 202
+        repo, layer, _ = push_then_untag(shared)
         config_path = shared.stop_registry()
         # The collection runs with a token the service refuses (its health check is open).
         wrong = config_path.with_name("registry-wrong-token.yml")
         wrong.write_text(config_path.read_text().replace(token, "a-revoked-token"))
-        done = subprocess.run(
-            [REGISTRY_DESCRIPTOR.binary, "garbage-collect", "--quiet", str(wrong)],
-            capture_output=True,
-            text=True,
-            timeout=120,
-            check=False,
-        )
+        done = garbage_collect(REGISTRY_DESCRIPTOR.binary, "--quiet", str(wrong))
         assert done.returncode == 1, done.stdout + done.stderr
         assert "5 failed" in done.stdout
         assert "5 of 5 revalidations failed" in done.stderr

@@ -8,29 +8,34 @@
 // SetDescriptor). A Stat answers only what storage held at some point of the call,
 // or what storage held before a Clear that has not returned yet.
 //
-// Model is that guarantee as a sequential specification. Its state per key is two
-// bits:
+// Model is that guarantee as a sequential specification. Its state per key:
 //
 //   - Stored: the repository's link to the blob is in storage (the ground truth);
-//   - Answerable: the service may answer the blob. It is true whenever Stored is,
-//     and stays true after a Clear has deleted the link only until that Clear is
-//     final (it has returned, or, when its outcome is unknown, the test has let
-//     every process settle).
+//   - Holders: the Clears that deleted the link (it was stored) and are not final
+//     yet (they have not returned, or, when their outcome is unknown, the test has
+//     not yet let every process settle). While one is pending, the service may
+//     still answer what storage held before it: its second invalidation has not
+//     run. The blob is Answerable when it is Stored or some Clear holds it.
+//
+// One Clear's return ends only its own hold: with two Clears overlapping, a push
+// landing between them and the second Clear deleting it, the first Clear's return
+// does not forbid an answer the second one still allows (it has not returned).
 //
 // Operations (Input.Kind):
 //
 //   - Push: a push's linearization point, the write of the link to storage:
-//     Stored and Answerable become true. The push's SetDescriptor that follows is
-//     no operation of the model: a SetDescriptor never makes the service answer a
-//     blob storage does not hold (one that started before a Clear returned and
-//     lands after it is checked against storage, or dropped).
-//   - ClearDelete: a Clear's effect on storage, somewhere inside the call: Stored
-//     becomes false. With Maybe (the Clear failed, its outcome is unknown) it may
-//     also have changed nothing.
+//     Stored becomes true. The push's SetDescriptor that follows is no operation
+//     of the model: a SetDescriptor never makes the service answer a blob storage
+//     does not hold (one that started before a Clear returned and lands after it
+//     is checked against storage, or dropped).
+//   - ClearDelete: a Clear's effect on storage, somewhere inside the call: a
+//     stored link is removed and the Clear holds the blob until it is final. With
+//     Maybe (the Clear failed, its outcome is unknown) it may also have changed
+//     nothing.
 //   - ClearFinal: the point from which a Clear is final, at its return (an OK
 //     Clear) or when the history settled (an unknown outcome whose process lived
-//     on): Answerable becomes Stored. A Clear whose process was killed has none:
-//     nothing is left to vouch for it.
+//     on): its hold ends. A Clear whose process was killed has none: nothing is
+//     left to vouch for it, and its hold never ends.
 //   - ClearNotFound: a Clear answered BLOB_UNKNOWN: nothing changes.
 //   - Stat: answering the blob needs Answerable. Answering BLOB_UNKNOWN is always
 //     allowed: the guarantee is about answering a cleared blob, and a Stat may join
@@ -42,6 +47,10 @@ package lincheck
 
 import (
 	"fmt"
+	"hash/fnv"
+	"slices"
+	"strconv"
+	"strings"
 
 	"github.com/anishathalye/porcupine"
 )
@@ -71,10 +80,40 @@ type Input struct {
 // Output is what a Stat or a Read found: whether the blob is present.
 type Output struct{ Present bool }
 
-// State is the model's state for one key.
+// State is the model's state for one key (comparable, as Porcupine needs).
 type State struct {
-	Stored     bool // the link is in storage
-	Answerable bool // the service may answer the blob
+	Stored  bool   // the link is in storage
+	Holders string // the pending Clears that deleted the link: their numbers, sorted, comma-separated
+}
+
+// Answerable says whether the service may answer the blob.
+func (s State) Answerable() bool { return s.Stored || s.Holders != "" }
+
+// holders returns the Clear numbers of s.Holders.
+func (s State) holders() []int {
+	if s.Holders == "" {
+		return nil
+	}
+	var ns []int
+	for _, f := range strings.Split(s.Holders, ",") {
+		n, err := strconv.Atoi(f)
+		if err != nil {
+			panic(fmt.Sprintf("lincheck: bad holders %q", s.Holders))
+		}
+		ns = append(ns, n)
+	}
+	return ns
+}
+
+// withHolders returns s with the holders ns (any order, no duplicates kept).
+func (s State) withHolders(ns []int) State {
+	ns = slices.Compact(slices.Sorted(slices.Values(ns)))
+	fs := make([]string, len(ns))
+	for i, n := range ns {
+		fs[i] = strconv.Itoa(n)
+	}
+	s.Holders = strings.Join(fs, ",")
+	return s
 }
 
 // Step returns every state the operation can lead to from s (none: the operation
@@ -82,19 +121,24 @@ type State struct {
 func Step(s State, in Input, out Output) []State {
 	switch in.Kind {
 	case Push:
-		return []State{{Stored: true, Answerable: true}}
+		s.Stored = true
+		return []State{s}
 	case ClearDelete:
-		deleted := State{Stored: false, Answerable: s.Answerable}
-		if in.Maybe && deleted != s {
+		if !s.Stored { // nothing to delete here (another Clear did, or none was pushed)
+			return []State{s}
+		}
+		deleted := s.withHolders(append(s.holders(), in.Clear))
+		deleted.Stored = false
+		if in.Maybe {
 			return []State{deleted, s}
 		}
 		return []State{deleted}
 	case ClearFinal:
-		return []State{{Stored: s.Stored, Answerable: s.Stored}}
+		return []State{s.withHolders(slices.DeleteFunc(s.holders(), func(n int) bool { return n == in.Clear }))}
 	case ClearNotFound:
 		return []State{s}
 	case Stat:
-		if out.Present && !s.Answerable {
+		if out.Present && !s.Answerable() {
 			return nil
 		}
 		return []State{s}
@@ -142,14 +186,9 @@ func Model() porcupine.Model {
 		},
 		Hash: func(state any) uint64 {
 			s := state.(State)
-			var h uint64 = 1
-			if s.Stored {
-				h |= 2
-			}
-			if s.Answerable {
-				h |= 4
-			}
-			return h
+			h := fnv.New64a()
+			_, _ = fmt.Fprintf(h, "%t/%s", s.Stored, s.Holders)
+			return h.Sum64()
 		},
 		DescribeOperation: func(input, output any) string {
 			in := input.(Input)
@@ -161,7 +200,7 @@ func Model() porcupine.Model {
 		},
 		DescribeState: func(state any) string {
 			s := state.(State)
-			return fmt.Sprintf("stored=%t answerable=%t", s.Stored, s.Answerable)
+			return fmt.Sprintf("stored=%t answerable=%t held by clears [%s]", s.Stored, s.Answerable(), s.Holders)
 		},
 		DescribeOperationMetadata: func(info any) string {
 			if info == nil {

@@ -1,4 +1,4 @@
-"""Clear is final across near caches: leases and barriers (``caches/nearlease.py``), on real servers.
+"""Clear is final across near caches: leases and barriers (``caches/redis/nearlease.py``), on real servers.
 
 Two replicas sharing one Redis, no fault: a Stat on one replica right after a Clear on
 the other returned never answers the cleared blob from its near cache. A replica that
@@ -12,7 +12,6 @@ has run out) and not for a dead one for longer than its lease.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import os
 import signal
@@ -23,10 +22,11 @@ from typing import Any
 import httpx
 import pytest
 from descriptor_client import AsyncDescriptorClient, BlobUnknownError, Descriptor
-from descriptor_server.caches import nearlease
-from descriptor_server.caches.nearcache import NearCacheCollector
-from descriptor_server.caches.redis import RedisCache, RedisCacheError, from_config
+from descriptor_server.caches.redis import RedisCache, RedisCacheError, from_config, nearlease
+from descriptor_server.caches.redis.near import NearCache
 from descriptor_server.config import RedisConfig, RedisNearCacheConfig
+from descriptor_server.observability.nearcache import NearCacheCollector
+from helpers.nearcache import answer, held, live, until_near
 from helpers.redis_servers import RedisProcess, SentinelSetUp, flush
 from helpers.support import OCT, REPO, Layout, ServerProcess, free_port, until
 from helpers.targets_redis import redis_config, server_redis_config
@@ -36,37 +36,9 @@ pytestmark = pytest.mark.redis
 B256 = "sha256:" + "b" * 64
 
 
-async def answer(cache: RedisCache, digest: str, repository: str = "") -> Descriptor | None:
-    try:
-        return await cache.stat(digest, repository)
-    except BlobUnknownError:
-        return None
-
-
-async def held(cache: RedisCache, digest: str, repository: str = "") -> Descriptor | None:
-    """Stat until the near cache answers (its hit counter moves)."""
-    near = cache.near
-    assert near is not None
-
-    async def hit() -> tuple[int, Descriptor | None]:
-        before = near.hits
-        got = await answer(cache, digest, repository)
-        return near.hits - before, got
-
-    return (await until(hit, lambda r: r[0] == 1))[1]
-
-
 async def near_cache(addr: str, lease: float = 3.0, **kwargs: Any) -> RedisCache:
     cache = from_config(redis_config([addr], nearcache=RedisNearCacheConfig(lease=lease), **kwargs))
-    near = cache.near
-    assert near is not None
-
-    async def ready() -> bool:
-        with contextlib.suppress(BlobUnknownError, RedisCacheError):
-            await cache.stat("sha256:" + "0" * 64)
-        return near.live and near.leased
-
-    await until(ready, bool)
+    await live(cache, leased=True)
     return cache
 
 
@@ -319,10 +291,7 @@ async def test_near_cache_whose_redis_hangs_stops_answering_when_its_lease_runs_
         finally:
             redis_own.resume()
 
-        async def leased() -> bool:
-            return near.leased
-
-        await until(leased, bool)
+        await until_near(cache, lambda n: n.leased)
         assert await held(cache, B256) == Descriptor(OCT, B256, 1)
     finally:
         await cache.close()
@@ -353,29 +322,47 @@ async def test_members_register_and_leave(redis_own: RedisProcess) -> None:
 # -- the barrier ------------------------------------------------------------------------------
 
 
+class HeldBack:
+    """A near cache's invalidations held back from :meth:`hold` until :meth:`release` (a
+    member that lags: alive, but Redis's invalidations reach it late)."""
+
+    def __init__(self, near: NearCache) -> None:
+        self.near = near
+        self.real = near.invalidate
+        self.gate = asyncio.Event()
+
+    async def _invalidate(self, keys: Any) -> None:
+        await self.gate.wait()
+        await self.real(keys)
+
+    def hold(self) -> None:
+        self.near.invalidate = self._invalidate  # type: ignore[method-assign]
+
+    def release(self) -> None:
+        self.gate.set()
+
+    def restore(self) -> None:
+        self.gate.set()
+        self.near.invalidate = self.real  # type: ignore[method-assign]
+
+
 async def test_barrier_waits_for_a_slow_member_until_it_acks(redis_own: RedisProcess) -> None:
     slow = await near_cache(redis_own.addr, lease=3.0)
     clearer = from_config(redis_config([redis_own.addr], nearcache=RedisNearCacheConfig(size=0)))
     near = slow.near
     assert near is not None
-    gate = asyncio.Event()
-    real = near.invalidate
-
-    async def delayed(keys: Any) -> None:
-        await gate.wait()
-        await real(keys)
-
+    lag = HeldBack(near)
     try:
         await clearer.set_descriptor(B256, Descriptor(OCT, B256, 1))
         assert await held(slow, B256) == Descriptor(OCT, B256, 1)
-        near.invalidate = delayed  # type: ignore[method-assign]
+        lag.hold()
         await clearer.clear(B256)
         settle = asyncio.create_task(clearer.settle(B256))
         await asyncio.sleep(0.3)
         assert not settle.done()  # the slow member has not applied the Clear yet
         assert await answer(slow, B256) == Descriptor(OCT, B256, 1)  # (and still answers it)
         released = time.monotonic()
-        gate.set()
+        lag.release()
         await asyncio.wait_for(settle, 2.0)
         assert time.monotonic() - released < 1.0
         assert await answer(slow, B256) is None
@@ -383,8 +370,7 @@ async def test_barrier_waits_for_a_slow_member_until_it_acks(redis_own: RedisPro
         assert clearer.settler.acks == 1
         assert clearer.settler.waited_out == 0
     finally:
-        gate.set()
-        near.invalidate = real  # type: ignore[method-assign]
+        lag.restore()
         await clearer.close()
         await slow.close()
 
@@ -396,17 +382,11 @@ async def test_barrier_evicts_a_member_that_renews_without_acking(redis_own: Red
     clearer = from_config(redis_config([redis_own.addr], nearcache=RedisNearCacheConfig(size=0)))
     near = lagging.near
     assert near is not None
-    gate = asyncio.Event()
-    real = near.invalidate
-
-    async def held_back(keys: Any) -> None:
-        await gate.wait()
-        await real(keys)
-
+    lag = HeldBack(near)
     try:
         await clearer.set_descriptor(B256, Descriptor(OCT, B256, 1))
         assert await held(lagging, B256) == Descriptor(OCT, B256, 1)
-        near.invalidate = held_back  # type: ignore[method-assign]
+        lag.hold()
         await clearer.clear(B256)
         start = time.monotonic()
         await asyncio.wait_for(clearer.settle(B256), 5.0)
@@ -415,13 +395,9 @@ async def test_barrier_evicts_a_member_that_renews_without_acking(redis_own: Red
         assert clearer.settler is not None
         assert clearer.settler.evictions == 1, clearer.settler.stats()
 
-        async def noticed() -> int:
-            return near.evicted
-
-        await until(noticed, lambda n: n == 1)  # its next renewal was refused
+        await until_near(lagging, lambda n: n.evicted == 1)  # its next renewal was refused
     finally:
-        gate.set()
-        near.invalidate = real  # type: ignore[method-assign]
+        lag.restore()
         await clearer.close()
         await lagging.close()
 

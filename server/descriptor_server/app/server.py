@@ -130,7 +130,7 @@ class DescriptorServer:
             self.metrics.register(BackendBoundsCollector(self.statter.backend))
         near = getattr(innermost(self.statter.cache), "near", None) if kind == "redis" else None
         if near is not None:  # the Redis cache's near cache: its counters, read at scrape time
-            from ..caches.nearcache import NearCacheCollector
+            from ..observability.nearcache import NearCacheCollector
 
             self.metrics.register(NearCacheCollector(near.stats))
         cache = self.statter.cache

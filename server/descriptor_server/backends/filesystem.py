@@ -5,8 +5,8 @@
 - repository Stat: the link file
   ``docker/registry/v2/repositories/<name>/_layers/<alg>/<hex>/link`` holds the
   canonical digest; that blob is then stat'ed.
-- repository Clear deletes the link (distribution's soft delete); global Clear
-  deletes the blob's data.
+- repository Clear deletes the link (distribution's soft delete), leaving its
+  directory as distribution does; global Clear deletes the blob's data.
 
 Every path is built from a validated digest and repository name, and resolved
 against the real root before use: nothing outside the root is read or deleted,
@@ -101,7 +101,13 @@ class FilesystemBackend(layout.LayoutBackend):
             os.unlink(os.path.join(parent, os.path.basename(path)))
         except (FileNotFoundError, NotADirectoryError, PathEscapeError):
             raise BlobUnknownError.of(digest, repository) from None
-        # Remove the now-empty directory, as distribution's driver does.
+        if repository:
+            # A link's directory stays, as distribution's own link delete leaves it: a
+            # registry writing the same link meanwhile (its directory made, the link's
+            # temporary file not yet created in it) would fail the push if it went.
+            return
+        # The blob's now-empty directory goes, as distribution's garbage collector
+        # removes it.
         with contextlib.suppress(OSError):
             os.rmdir(parent)
 

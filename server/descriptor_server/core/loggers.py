@@ -26,7 +26,8 @@ STATTER = "descriptor_server.statter"
 CACHE = "descriptor_server.cache"
 #: The Redis cache.
 REDIS = "descriptor_server.caches.redis"
-#: The Redis cache's near cache (client-side caching).
+#: The Redis cache's near cache (client-side caching; its module is now caches/redis/near.py,
+#: the name is the one operators already filter on).
 NEAR_CACHE = "descriptor_server.caches.nearcache"
 #: The backend bounds (timeout, in-flight limit).
 BOUNDS = "descriptor_server.backends.bounded"

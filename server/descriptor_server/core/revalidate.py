@@ -2,17 +2,20 @@
 
 A cache cannot see storage change behind its back: distribution's ``registry
 garbage-collect`` on shared storage, or a registry 2.8 delete that left its membership
-in a shared Redis. With ``storage.cache.revalidate`` set (one minute by default), an
-entry found on a hit that was last confirmed by the backend longer ago than the interval
-(an entry first seen by this process counts as confirmed when first seen) is checked again
-(the statter's ``revalidate``): the hit is
-answered from the cache meanwhile (stale-while-revalidate), one check of a key runs at a
-time, at most ``storage.cache.revalidaterate`` revalidations start per second, and an entry
-the backend no longer holds is removed from the cache with Clear's semantics (so every
-registry sharing that Redis is healed too). The guarantee: a blob removed behind the
-cache's back stops being answered within the interval plus one backend round trip of
-its first hit after the interval (two intervals for an entry this process first saw
-already stale; plus the rate limit's wait under a flood of stale entries).
+in a shared Redis. With ``storage.cache.revalidate`` set (one minute by default), a hit
+on an entry last confirmed by the backend longer ago than the interval (an entry first
+seen by this process counts as confirmed when first seen) is checked against the backend
+*before* it is answered (the statter's ``_check``): concurrent hits of the key share one
+check, at most ``storage.cache.revalidaterate`` checks start per second (a hit over the
+limit is answered from the cache and checked on a later hit), and an entry the backend
+no longer holds is removed from the cache with Clear's semantics (so every registry
+sharing that Redis is healed too) and the hit answers BLOB_UNKNOWN. A backend that fails,
+or has not answered within :data:`CHECK_WAIT`, leaves the hit answered from the cache
+(not known gone: a cache stays available while storage is briefly down). The guarantee:
+once the interval has passed since an entry was last confirmed, its next hit is answered
+as the backend answers (for an entry this process first saw already stale, the first hit
+one interval after it was first seen; under a flood of due entries, after the rate limit's
+wait; with a backend slower than ``CHECK_WAIT``, once the check has ended).
 
 :class:`Revalidator` keeps when each key was last confirmed, bounded: past
 ``capacity`` keys the least recently confirmed is forgotten (it is then due again).
@@ -27,6 +30,13 @@ Key = tuple[str, str]  # (digest, repository)
 
 #: Keys tracked when the cache itself has no bound (or is not the in-memory cache).
 DEFAULT_CAPACITY = 100_000
+
+#: Seconds a due hit waits for its check before it is answered from the cache. A backend
+#: Stat takes well under a millisecond to a few (a registry backend over the network):
+#: one second is far beyond a healthy check, and well inside the clients' default
+#: deadline (10 s), so a hung storage (``storage.backendtimeout`` 30 s) never turns hits
+#: into timeouts.
+CHECK_WAIT = 1.0
 
 
 class Revalidator:
@@ -89,4 +99,4 @@ class Revalidator:
         return len(self._confirmed)
 
 
-__all__ = ["DEFAULT_CAPACITY", "Key", "Revalidator"]
+__all__ = ["CHECK_WAIT", "DEFAULT_CAPACITY", "Key", "Revalidator"]

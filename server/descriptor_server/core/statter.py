@@ -28,14 +28,17 @@ Clear is final, by one rule the cache keeps where it is shared (see
   says so, and invalidates again when the abandoned backend delete ends.
 
 :meth:`CachedBlobStatter.revalidate` checks one entry against the backend, bypassing
-the cache; background revalidation (``storage.cache.revalidate``) uses it.
+the cache. Revalidation (``storage.cache.revalidate``) checks a hit on an entry due for it
+before the hit is answered (:meth:`CachedBlobStatter._check`): a flight of its own per key
+and token, so concurrent due hits share one backend read and a Clear that bumps the token
+during the check wins (the check's write-back fails its compare-and-set).
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Coroutine, Sequence
+from collections.abc import Awaitable, Coroutine, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -54,12 +57,12 @@ from . import loggers
 from .backend import Backend
 from .cache import Cache, Taken
 from .logutil import RateLimitedLog, describe
-from .revalidate import Revalidator
+from .revalidate import CHECK_WAIT, Revalidator
 
 log = logging.getLogger(loggers.STATTER)
 
 DEFAULT_MAX_BATCH = 1000
-#: Digests remembered as valid by BatchStat (cleared when full).
+#: Digests (and, apart, repository names) remembered as valid (cleared when full).
 VALID_MEMO_MAX = 16384
 
 Key = tuple[str, str]  # (digest, repository)
@@ -88,10 +91,14 @@ class StatterMetrics:
 
 @dataclass(eq=False)
 class _Flight:
-    """A backend Stat in flight, shared by every concurrent miss on the same key and token."""
+    """A backend Stat in flight, shared by every concurrent miss (or due hit: a check) on
+    the same key and token."""
 
     token: int | None
     task: asyncio.Future[Descriptor] | None = None
+    #: A check's deadline (loop time) for the hits waiting on it: past it they answer
+    #: from the cache while the check goes on.
+    answer_by: float = 0.0
 
 
 class CachedBlobStatter:
@@ -113,21 +120,22 @@ class CachedBlobStatter:
         self.revalidator = revalidator
         self.metrics = StatterMetrics()
         self._inflight: dict[FlightKey, _Flight] = {}
+        #: Checks of entries due for revalidation, as ``_inflight`` for misses.
+        self._checks: dict[FlightKey, _Flight] = {}
         #: Clears begun and ended in this process: the flight key of a read with no
         #: token (the cache failed), so a Stat after a Clear never joins one from before.
         self._clears = 0
         #: Write-backs under way per digest written (a Clear returns after them).
         self._filling: dict[str, list[asyncio.Future[None]]] = {}
-        self._revalidating: set[Key] = set()
-        self._valid: set[str] = set()  # digests recently validated by BatchStat (bounded)
+        self._valid: set[str] = set()  # digests recently validated by Stat or BatchStat (bounded)
+        self._valid_repositories: set[str] = set()  # the same for repository names
         self._cache_log = RateLimitedLog(log)
         self._background: set[asyncio.Future[None]] = set()
 
     # -- Stat ------------------------------------------------------------------
 
     async def stat(self, digest: str, repository: str = "") -> Descriptor:
-        validate_digest(digest)
-        validate_repository(repository)
+        self._validate(digest, repository)
         metrics = self.metrics
         metrics.requests += 1
         try:
@@ -140,8 +148,9 @@ class CachedBlobStatter:
             cache_ok = False
         else:
             metrics.hits += 1
-            if self.revalidator is not None and self.revalidator.due((digest, repository)):
-                self._revalidate(digest, repository)
+            revalidator = self.revalidator
+            if revalidator is not None and revalidator.due((digest, repository)):
+                return await self._check(digest, repository, desc)
             return desc
         metrics.misses += 1
         token = await self._token() if cache_ok else None
@@ -160,20 +169,33 @@ class CachedBlobStatter:
     def _miss(self, digest: str, repository: str, token: int | None) -> asyncio.Future[Descriptor]:
         """The backend answer for a miss, shared by every concurrent miss on the key with
         the same token (a newer token never joins an older read)."""
-        key = (digest, repository, token if token is not None else -1 - self._clears)
+        key = self._flight_key(digest, repository, token)
         flight = self._inflight.get(key)
         if flight is None:
-            flight = self._inflight[key] = _Flight(token)
-            # The fetch runs as its own task so that a caller that gives up (deadline,
-            # cancellation) does not fail the other callers waiting on it.
-            flight.task = task = asyncio.ensure_future(self._fetch(token, digest, repository))
-            task.add_done_callback(lambda done: self._landed(key, flight, done))
+            flight = self._fly(self._inflight, key, token, self._fetch(token, digest, repository))
         assert flight.task is not None
         return asyncio.shield(flight.task)
 
-    def _landed(self, key: FlightKey, flight: _Flight, task: asyncio.Future[Descriptor]) -> None:
-        if self._inflight.get(key) is flight:
-            del self._inflight[key]
+    def _flight_key(self, digest: str, repository: str, token: int | None) -> FlightKey:
+        return (digest, repository, token if token is not None else -1 - self._clears)
+
+    def _fly(
+        self, flights: dict[FlightKey, _Flight], key: FlightKey, token: int | None, read: Awaitable[Descriptor]
+    ) -> _Flight:
+        """Start ``read`` as the flight of ``key`` in ``flights`` (gone from it when it lands)."""
+        flight = flights[key] = _Flight(token)
+        # The read runs as its own task so that a caller that gives up (deadline,
+        # cancellation) does not fail the other callers waiting on it.
+        flight.task = task = asyncio.ensure_future(read)
+        task.add_done_callback(lambda done: self._landed(flights, key, flight, done))
+        return flight
+
+    @staticmethod
+    def _landed(
+        flights: dict[FlightKey, _Flight], key: FlightKey, flight: _Flight, task: asyncio.Future[Descriptor]
+    ) -> None:
+        if flights.get(key) is flight:
+            del flights[key]
         if not task.cancelled():
             task.exception()  # retrieved here, so an unawaited failure never warns
 
@@ -188,14 +210,22 @@ class CachedBlobStatter:
 
     async def _fetch(self, token: int | None, digest: str, repository: str) -> Descriptor:
         desc = await self._backend_stat(digest, repository)
-        if token is not None:
-            try:
-                if await self._fill(digest, desc, repository, token):
-                    self._confirmed(digest, repository)
-            except Exception as err:  # best effort: logged, never returned
-                self.metrics.errors += 1
-                self._cache_log.warning("cache write after a miss failed: %s", describe(err))
+        await self._write_back(digest, desc, repository, token, "a miss")
         return desc
+
+    async def _write_back(self, digest: str, desc: Descriptor, repository: str, token: int | None, after: str) -> None:
+        """What the backend answered, written to the cache by compare-and-set against
+        ``token`` (none: nothing), and confirmed if written. Best effort: logged, never raised."""
+        if token is None:
+            return
+        try:
+            written = await self._fill(digest, desc, repository, token)
+        except Exception as err:
+            self.metrics.errors += 1
+            self._cache_log.warning("cache write after %s failed: %s", after, describe(err))
+            return
+        if written:
+            self._confirmed(digest, repository)
 
     async def _fill(self, digest: str, desc: Descriptor, repository: str, token: int) -> bool:
         """``cache.fill``, registered under the digests it writes while it runs (a Clear of
@@ -233,7 +263,8 @@ class CachedBlobStatter:
         pull access. As a repository Clear answering BLOB_UNKNOWN, a repository
         Revalidate of a digest the cache does not list there changes nothing anywhere:
         a caller with pull access to one repository cannot drop (or fence) the global
-        entry other repositories are answered from.
+        entry other repositories are answered from. Never joins a read that began
+        before the call (its caller has just seen storage change).
         """
         validate_digest(digest)
         validate_repository(repository)
@@ -241,61 +272,91 @@ class CachedBlobStatter:
         try:
             desc = await self._backend_stat(digest, repository)
         except BlobUnknownError:
-            if self.revalidator is not None:
-                self.revalidator.forget((digest, repository))
-            if repository and not await self._cached(digest, repository):
-                raise  # nothing of it cached in this repository: nothing to remove
+            await self._remove_gone(digest, repository)
+            raise
+        await self._write_back(digest, desc, repository, token, "a revalidation")
+        return desc
+
+    async def _remove_gone(self, digest: str, repository: str) -> bool:
+        """The backend no longer holds ``digest`` in this scope: its entries go, with Clear's
+        cache-side semantics. False if the cache does not list it in this repository
+        (nothing anywhere changes); BackendUnavailableError if the cache fails."""
+        cached = not repository or await self._cached(digest, repository)
+        if cached:
             try:
                 await self.cache.invalidate(digest, repository)
                 await self.cache.settle(digest)
-            except Exception as err:
+            except Exception as err:  # the key stays due (if it was): checked again
                 self.metrics.errors += 1
                 self._cache_log.warning("cache invalidation after a revalidation failed: %s", describe(err))
                 raise BackendUnavailableError(
                     f"{digest} is gone from the backend, but the cache could not drop it: {describe(err)}"
                 ) from err
-            raise
-        if token is not None:
-            try:
-                written = await self._fill(digest, desc, repository, token)
-            except Exception as err:  # best effort: logged, never returned
-                self.metrics.errors += 1
-                self._cache_log.warning("cache write after a revalidation failed: %s", describe(err))
-            else:
-                if written:
-                    self._confirmed(digest, repository)
-        return desc
+        if self.revalidator is not None:
+            self.revalidator.forget((digest, repository))
+        return cached
 
-    def _revalidate(self, digest: str, repository: str) -> None:
-        """Check a cached entry against the backend in the background (the hit is answered)."""
-        key = (digest, repository)
-        if key in self._revalidating:  # coalesced: a check of this key is already under way
-            return
-        assert self.revalidator is not None
-        if not self.revalidator.allow():
-            self.metrics.revalidation_skipped += 1
-            return
-        self.metrics.revalidations += 1
-        self._revalidating.add(key)
-        self._background_task(self._revalidated(digest, repository))
+    async def _check(self, digest: str, repository: str, cached: Descriptor) -> Descriptor:
+        """A hit on an entry due for revalidation, checked against the backend before it
+        is answered.
+
+        Concurrent due hits of the key share one check (a flight, keyed by the token read
+        here, before the backend: a hit that reads a newer token never joins a check that
+        began before a Clear). Gone: BlobUnknownError, and the entry is removed. Present:
+        the backend's answer, written back by compare-and-set (a Clear during the check
+        wins). The backend failing, or not answering within ``CHECK_WAIT`` (the check
+        goes on; what it finds still removes the entry), or over the rate limit: the
+        cached answer, as a cache answers when storage is briefly down; the entry stays
+        due, so the next hit checks again.
+        """
+        token = await self._token()
+        key = self._flight_key(digest, repository, token)
+        flight = self._checks.get(key)
+        loop = asyncio.get_running_loop()
+        if flight is None:
+            assert self.revalidator is not None
+            if not self.revalidator.allow():
+                self.metrics.revalidation_skipped += 1
+                return cached
+            flight = self._fly(self._checks, key, token, self._recheck(token, digest, repository))
+            flight.answer_by = loop.time() + CHECK_WAIT
+        assert flight.task is not None
+        try:
+            return await asyncio.wait_for(asyncio.shield(flight.task), max(0.0, flight.answer_by - loop.time()))
+        except BlobUnknownError:
+            raise
+        except Exception:  # failed, or not yet answered: not known gone
+            return cached
+
+    async def _recheck(self, token: int | None, digest: str, repository: str) -> Descriptor:
+        """The check behind :meth:`_check` (one per flight)."""
+        metrics = self.metrics
+        metrics.revalidations += 1
+        try:
+            desc = await self._backend_stat(digest, repository)
+        except BlobUnknownError:
+            try:
+                removed = await self._remove_gone(digest, repository)
+            except BackendUnavailableError:  # known gone all the same; still due: checked again
+                removed = False
+            if removed:
+                metrics.revalidation_removed += 1
+                log.info(
+                    "revalidation: %s is gone%s; removed from the cache",
+                    digest,
+                    f" from {repository}" * bool(repository),
+                )
+            raise
+        except Exception:
+            metrics.revalidation_failed += 1
+            raise
+        await self._write_back(digest, desc, repository, token, "a revalidation")
+        return desc
 
     def _background_task(self, coro: Coroutine[Any, Any, None]) -> None:
         task = asyncio.ensure_future(coro)
         self._background.add(task)  # held until done: the loop keeps only weak references
         task.add_done_callback(self._background.discard)
-
-    async def _revalidated(self, digest: str, repository: str) -> None:
-        try:
-            await self.revalidate(digest, repository)
-        except BlobUnknownError:
-            self.metrics.revalidation_removed += 1
-            log.info(
-                "revalidation: %s is gone%s; removed from the cache", digest, f" from {repository}" * bool(repository)
-            )
-        except Exception:
-            self.metrics.revalidation_failed += 1
-        finally:
-            self._revalidating.discard((digest, repository))
 
     async def batch_stat(self, digests: Sequence[str], repository: str = "") -> list[Descriptor | DescriptorError]:
         """Stat each digest: a bad or unknown digest fails its item, not the call.
@@ -324,7 +385,7 @@ class CachedBlobStatter:
                     keys.append(digest)
         metrics = self.metrics
         metrics.requests += len(keys)
-        found: list[Descriptor | None]
+        found: Sequence[Descriptor | DescriptorError | None]
         cache_ok = True
         try:
             found = await self.cache.stat_many(keys, repository) if keys else []
@@ -332,12 +393,9 @@ class CachedBlobStatter:
             metrics.errors += len(keys)
             self._cache_log.warning("cache stat_many failed, answering from the backend: %s", describe(err))
             found, cache_ok = [None] * len(keys), False
-        # all(): a Descriptor is always true, and all() never calls its Python __eq__.
         if self.revalidator is not None:
-            due = self.revalidator.due
-            for digest, desc in zip(keys, found, strict=True):
-                if desc is not None and due((digest, repository)):
-                    self._revalidate(digest, repository)
+            found = await self._check_due(keys, found, repository)
+        # all(): a Descriptor (or an error) is always true, and all() never calls its Python __eq__.
         if len(keys) == n and all(found):  # the common case: all valid, all cached
             metrics.hits += n
             return found  # type: ignore[return-value]  # no None in it
@@ -374,6 +432,45 @@ class CachedBlobStatter:
         metrics.misses += len(keys) - hits
         return out  # type: ignore[return-value]  # every slot is filled above
 
+    async def _check_due(
+        self, keys: Sequence[str], found: Sequence[Descriptor | DescriptorError | None], repository: str
+    ) -> Sequence[Descriptor | DescriptorError | None]:
+        """BatchStat's hits due for revalidation, checked before they are answered (as
+        Stat's); an entry found gone answers its item BLOB_UNKNOWN."""
+        assert self.revalidator is not None
+        due = self.revalidator.due
+        checks = {
+            j: self._check(digest, repository, desc)
+            for j, (digest, desc) in enumerate(zip(keys, found, strict=True))
+            if isinstance(desc, Descriptor) and due((digest, repository))
+        }
+        if not checks:
+            return found
+        checked = list(found)
+        for j, answer in zip(checks, await asyncio.gather(*checks.values(), return_exceptions=True), strict=True):
+            if isinstance(answer, Descriptor | DescriptorError):
+                checked[j] = answer
+            else:
+                raise answer
+        return checked
+
+    def _validate(self, digest: str, repository: str) -> None:
+        """validate_digest and validate_repository, remembered: a digest and a repository
+        seen valid before cost a set lookup each instead of a regular expression."""
+        valid = self._valid
+        if digest not in valid:
+            validate_digest(digest)
+            self._remember(valid, (digest,))
+        if repository and repository not in self._valid_repositories:
+            validate_repository(repository)
+            self._remember(self._valid_repositories, (repository,))
+
+    @staticmethod
+    def _remember(valid: set[str], names: Sequence[str]) -> None:
+        if len(valid) + len(names) > VALID_MEMO_MAX:
+            valid.clear()
+        valid.update(names)
+
     def _all_valid(self, digests: Sequence[str]) -> bool:
         """True if every digest is valid; digests seen valid before are found by one set call."""
         valid = self._valid
@@ -381,9 +478,7 @@ class CachedBlobStatter:
             return True
         if not all_valid(digests):
             return False
-        if len(valid) + len(digests) > VALID_MEMO_MAX:
-            valid.clear()
-        valid.update(digests)
+        self._remember(valid, digests)
         return True
 
     # -- SetDescriptor -------------------------------------------------------------

@@ -87,7 +87,8 @@ class CallLogger:
     def __call__(
         self, method: str, code: grpc.StatusCode, seconds: float, request: Any, *, context: Any = None, reason: str = ""
     ) -> None:
-        level = logging.DEBUG if code in ANSWERS else logging.INFO
+        # ``is OK`` first: a StatusCode hashes in Python, and nearly every call ends OK.
+        level = logging.DEBUG if code is grpc.StatusCode.OK or code in ANSWERS else logging.INFO
         if not self.logger.isEnabledFor(level):
             return
         fields = call_fields(method, code, seconds, request, context=context, reason=reason, principal=self.principal())

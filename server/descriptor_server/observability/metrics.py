@@ -216,6 +216,9 @@ class RpcCollector(Collector):
         self._labels: dict[str, tuple[str, str, str]] = {}
         self._started: dict[str, list[int]] = {}
         self._handled: dict[tuple[str, grpc.StatusCode], list[int]] = {}
+        #: key -> its OK counter (the same list as in ``_handled``): most calls end OK,
+        #: and a StatusCode hashes in Python, so the common case looks up a str.
+        self._ok: dict[str, list[int]] = {}
         # key -> [bucket counts..., +Inf count], and the sum of seconds
         self._buckets: dict[str, list[int]] = {}
         self._sums: dict[str, float] = {}
@@ -227,6 +230,7 @@ class RpcCollector(Collector):
         self._started[key] = [0]
         for code in HANDLER_CODES:
             self._handled[key, code] = [0]
+        self._ok[key] = self._handled[key, grpc.StatusCode.OK]
         self._buckets[key] = [0] * (len(RPC_BUCKETS) + 1)
         self._sums[key] = 0.0
 
@@ -248,7 +252,7 @@ class RpcCollector(Collector):
         if buckets is None:
             self._add(method, (SERVICE, method, "unary"))
             buckets = self._buckets[method]
-        handled = self._handled.get((method, code))
+        handled = self._ok[method] if code is grpc.StatusCode.OK else self._handled.get((method, code))
         if handled is None:
             handled = self._handled[method, code] = [0]
         handled[0] += 1

@@ -58,34 +58,94 @@ async def read_request(context: Context, timeout: float) -> bytes:
     headers arrive (grpcio runs a unary handler only once the message has come, and
     nothing bounds that wait): a call that never sends its request ends here with
     INVALID_ARGUMENT / ``REQUEST_INVALID`` instead of holding its memory for good.
+    One timer for this call: the servicer's handlers use :class:`RequestWait` instead.
     """
     if timeout <= 0:
+        return _body(await context.read())
+    task = asyncio.current_task()
+    expired = False
+
+    def expire() -> None:
+        nonlocal expired
+        expired = True
+        if task is not None:
+            task.cancel()
+
+    timer = asyncio.get_running_loop().call_later(timeout, expire)
+    try:
         body = await context.read()
-    else:
-        task = asyncio.current_task()
-        expired = False
+    except asyncio.CancelledError:
+        if not expired:
+            raise
+        raise _no_request(timeout) from None
+    finally:
+        timer.cancel()
+    return _body(body)
 
-        def expire() -> None:
-            nonlocal expired
-            expired = True
-            if task is not None:
-                task.cancel()
 
-        timer = asyncio.get_running_loop().call_later(timeout, expire)
-        try:
-            body = await context.read()
-        except asyncio.CancelledError:
-            if not expired:
-                raise
-            raise RequestInvalidError(
-                f"no request message within {timeout:g}s of the call's start (grpc.requesttimeout)"
-            ) from None
-        finally:
-            timer.cancel()
+def _body(body: Any) -> bytes:
     if body is grpc.aio.EOF:
         raise RequestInvalidError("the call ended without a request message")
     data: bytes = body
     return data
+
+
+def _no_request(timeout: float) -> RequestInvalidError:
+    return RequestInvalidError(f"no request message within {timeout:g}s of the call's start (grpc.requesttimeout)")
+
+
+class RequestWait:
+    """:func:`read_request` for every call of the servicer, with one timer for them all.
+
+    A timer per call (``call_later``, then ``cancel``) costs each call a push into the
+    event loop's heap of timers, compared in Python, and its removal later: about 10 µs
+    of server CPU a call, 5% of a Stat hit, where a call's request almost always comes
+    with its headers. Instead each waiting call is noted with its start, and one sweep
+    every tenth of ``timeout`` (only while calls wait) ends those waiting longer: a call
+    that never sends its request ends between ``timeout`` and 1.1 times it.
+    """
+
+    def __init__(self, timeout: float) -> None:
+        self.timeout = timeout
+        self.period = timeout / 10
+        #: Calls waiting for their request -> when they began to wait; in that order.
+        self._waiting: dict[asyncio.Task[Any], float] = {}
+        #: Calls the sweep has cancelled, until their read sees it.
+        self._expired: set[asyncio.Task[Any]] = set()
+        self._sweep_at: asyncio.TimerHandle | None = None
+
+    async def read(self, context: Context) -> bytes:
+        if self.timeout <= 0:
+            return _body(await context.read())
+        task = asyncio.current_task()
+        assert task is not None
+        self._waiting[task] = time.monotonic()
+        if self._sweep_at is None:
+            self._sweep_at = asyncio.get_running_loop().call_later(self.period, self._sweep)
+        try:
+            body = await context.read()
+        except asyncio.CancelledError:
+            if task not in self._expired:
+                raise
+            raise _no_request(self.timeout) from None
+        finally:
+            if self._waiting.pop(task, None) is None:
+                self._expired.discard(task)
+        return _body(body)
+
+    def _sweep(self) -> None:
+        self._sweep_at = None
+        waiting = self._waiting
+        cutoff = time.monotonic() - self.timeout
+        while waiting:
+            task, since = next(iter(waiting.items()))  # the longest waiting
+            if since > cutoff:
+                break
+            del waiting[task]
+            self._expired.add(task)
+            task.cancel()
+        if waiting:
+            self._sweep_at = asyncio.get_running_loop().call_later(self.period, self._sweep)
 
 
 class Observer(Protocol):
@@ -138,6 +198,7 @@ class DescriptorServicer:
         self.authenticator = authenticator
         #: grpc.requesttimeout: how long a call may wait for its request message.
         self.request_timeout = request_timeout
+        self._request = RequestWait(request_timeout)
         #: grpc.maxconcurrentcalls: calls handled at once (their request received); 0 = no limit.
         self.max_calls = max_calls
         self.draining = False
@@ -214,7 +275,7 @@ class DescriptorServicer:
                     raise ServerDrainingError("server is draining; retry another replica")
                 if self.authenticator is not None:
                     await self.authenticator(name, context)
-                body = await read_request(context, self.request_timeout)
+                body = await self._request.read(context)
                 if self.draining:  # began draining while the request was on its way
                     raise ServerDrainingError("server is draining; retry another replica")
                 if self.max_calls and self.handling >= self.max_calls:

@@ -1,277 +1,72 @@
-"""The ``redis`` cache: distribution's Redis layout, shared with registries and replicas.
-
-Keys (exactly distribution's ``registry/storage/cache/redis``, so one Redis or Valkey
-deployment can be shared with distribution registries):
-
-- hash ``blobs::<digest>`` with fields ``digest``, ``size`` (decimal) and ``mediatype``;
-- set ``repository::<name>::blobs`` of the digests the repository holds;
-- hash ``repository::<name>::blobs::<digest>`` with field ``mediatype``.
-
-No TTLs are set on those (operators configure ``maxmemory-policy allkeys-lru``).
-
-Two keys of this service's own carry the generation rule of :mod:`descriptor_server.caches`
-(distribution registries neither set nor read them):
-
-- ``descriptor::epoch``: the epoch. Each invalidation sets it to the larger of its value
-  plus one and Redis's clock in microseconds, so it keeps growing even when the key is
-  evicted or the data flushed (a token read before cannot look newer than a later
-  invalidation);
-- ``descriptor::cleared::<digest>``: the epoch of the digest's last invalidation (the
-  *fence*), standing ``fence_ttl`` seconds (longer than a backend read may take); absent
-  counts as never invalidated;
-- ``descriptor::epoch::since``: the epoch at which this Redis's generation state began.
-  A restart, a flush or an eviction loses it with the fences; the next token then starts
-  a new one, and a write-back or SetDescriptor holding a token from before it is refused
-  (single server and Sentinel; see docs/reliability.md for Cluster).
+"""The ``redis`` cache: distribution's Redis layout (:mod:`.keys`), shared with registries and replicas.
 
 On a single server or Sentinel the invalidation (bump, fence, removal), the
 compare-and-set write-back (:meth:`RedisCache.fill`) and the restore of a refused Clear
-are each one Lua script, so atomic. On Cluster, where the keys live in different slots,
-an invalidation sets the fence, then removes; a write-back checks the fences, writes,
-checks again and takes back what it wrote if a Clear's fence appeared meanwhile.
+are each one Lua script (:mod:`.scripts`), so atomic. On Cluster, where the keys live in
+different slots, an invalidation sets the fence, then removes; a write-back checks the
+fences, writes, checks again and takes back what it wrote if a Clear's fence appeared
+meanwhile.
 
-Topology follows go-redis's universal rule: ``mastername`` means Sentinel, several
-``addrs`` mean Cluster, one means a single server. Every call to Redis is bounded as a
-whole (Stat by ``readtimeout``, SetDescriptor and Clear by ``writetimeout``), is never
-retried, and after a connection failure or timeout the cache fails fast for
-``RETRY_AFTER`` seconds before one call probes Redis again, so a stopped or hung Redis
-costs callers at most one timeout per probe. Failures raise :class:`RedisCacheError`;
-the statter counts and logs them and answers from the backend.
+Every call to Redis is bounded as a whole (Stat by ``readtimeout``, SetDescriptor and
+Clear by ``writetimeout``), is never retried, and after a connection failure or timeout
+the cache fails fast for ``RETRY_AFTER`` seconds before one call probes Redis again, so
+a stopped or hung Redis costs callers at most one timeout per probe. Failures raise
+:class:`RedisCacheError`; the statter counts and logs them and answers from the backend.
 
-In front of Redis sits a near cache (``redis.nearcache.size``, :mod:`.nearcache`) kept
+In front of Redis sits a near cache (``redis.nearcache.size``, :mod:`.near`) kept
 coherent by Redis client-side caching; it is off on Cluster. :meth:`RedisCache.settle`
 (the end of every Clear) returns once no near cache of any process can answer what was
 invalidated (:mod:`.nearlease`; also with this process's near cache off).
+
+The client, its pools and the near cache are built from the ``redis:`` section by
+:func:`.connection.from_config`.
 """
 
 from __future__ import annotations
 
 import asyncio
-import logging
 import time
 from collections.abc import Awaitable, Callable, Sequence
-from pathlib import Path
 from typing import Any, TypeVar
 
 from descriptor_client.descriptor import OCTET_STREAM, Descriptor
 from descriptor_client.digest import validate_digest
 from descriptor_client.errors import BackendUnavailableError, BlobUnknownError, DescriptorError
 from redis.asyncio import Redis, RedisCluster
-from redis.asyncio.cluster import ClusterNode
-from redis.asyncio.connection import ConnectionPool
-from redis.asyncio.retry import Retry
-from redis.asyncio.sentinel import Sentinel
-from redis.backoff import NoBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from ..config import ConfigError, RedisConfig, validate_redis
-from ..core import loggers
-from ..core.cache import Taken
-from ..core.logutil import describe
-from .nearcache import NearCache, NearStats
+from ...core.cache import Taken
+from ...core.logutil import describe
+from ..validation import check_key, check_set
+from . import scripts
+from .keys import (
+    EPOCH_KEY,
+    SINCE_KEY,
+    aliases_key,
+    blob_key,
+    fence_key,
+    repository_blob_key,
+    repository_set_key,
+)
+from .near import NearCache, NearStats
 from .nearlease import Settler
-from .redispool import IdleLimitedPool, IdleLimitedSentinelPool
-from .validation import check_key, check_set
-
-log = logging.getLogger(loggers.REDIS)
 
 T = TypeVar("T")
 
 #: Seconds the cache fails fast after Redis was unreachable or timed out.
 RETRY_AFTER = 1.0
+#: Seconds a fence stands when the caller does not say (longer than a backend read may take).
+DEFAULT_FENCE_TTL = 600.0
 
 Observer = Callable[[str, float], None]
 Closer = Callable[[], Awaitable[None]]
-_Client = Redis | RedisCluster
+Client = Redis | RedisCluster
 
 
 class RedisCacheError(BackendUnavailableError):
     """Redis could not answer (unreachable, timed out, or failing)."""
-
-
-def blob_key(digest: str) -> str:
-    return f"blobs::{digest}"
-
-
-#: The fence a Clear leaves (this service's key; distribution registries neither set nor read it).
-FENCE_PREFIX = "descriptor::cleared::"
-#: The epoch (this service's key).
-EPOCH_KEY = "descriptor::epoch"
-#: The epoch at which this Redis's copy of the generation state began (this service's
-#: key): absent after a restart, a flush or an eviction, which lose the fences too.
-SINCE_KEY = "descriptor::epoch::since"
-#: The digests stored as aliases of a canonical digest (this service's key).
-ALIASES_PREFIX = "descriptor::aliases::"
-
-
-def aliases_key(canonical: str) -> str:
-    return f"{ALIASES_PREFIX}{canonical}"
-
-
-#: Seconds a fence stands when the caller does not say (longer than a backend read may take).
-DEFAULT_FENCE_TTL = 600.0
-
-
-def fence_key(digest: str) -> str:
-    return f"{FENCE_PREFIX}{digest}"
-
-
-def repository_set_key(repository: str) -> str:
-    return f"repository::{repository}::blobs"
-
-
-def repository_blob_key(repository: str, digest: str) -> str:
-    return f"repository::{repository}::blobs::{digest}"
-
-
-# Read-only scripts for stat_many (KEYS declared, so they are replica- and ACL-friendly).
-# HMGET/HGET of an absent field is false in Lua, which Redis returns as nil.
-_GLOBAL_STAT_MANY = """
-local out = {}
-for i = 1, #KEYS do
-  out[i] = redis.call('HMGET', KEYS[i], 'digest', 'size', 'mediatype')
-end
-return out
-"""
-# KEYS: the repository's set, then per digest its blob hash and repository hash; ARGV: digests.
-_SCOPED_STAT_MANY = """
-local out = {}
-for i = 1, #ARGV do
-  local h = redis.call('HMGET', KEYS[2 * i], 'digest', 'size', 'mediatype')
-  out[i] = {redis.call('SISMEMBER', KEYS[1], ARGV[i]), h[1], h[2], h[3],
-            redis.call('HGET', KEYS[2 * i + 1], 'mediatype')}
-end
-return out
-"""
-
-
-# The epoch's next value: larger than the last and than Redis's clock (microseconds).
-# Lua numbers are doubles: exact below 2^53 (Redis's clock in microseconds is about 2^51).
-_NEXT_EPOCH = """
-local function now_us()
-  local t = redis.call('TIME')
-  return tonumber(t[1]) * 1000000 + tonumber(t[2])
-end
-local function next_epoch(key)
-  local now = now_us()
-  local e = tonumber(redis.call('GET', key) or '0') + 1
-  if e < now then e = now end
-  local s = string.format('%d', e)
-  redis.call('SET', key, s)
-  return s
-end
-"""
-
-# The token and whether any of the digests is fenced. KEYS: the epoch, the incarnation
-# (SINCE_KEY), then the fences. A Redis that lost this service's state (restarted,
-# flushed, evicted: no epoch or no incarnation) begins a new incarnation at a new epoch:
-# every compare-and-set with a token read before it is refused (_FILL), as the fences it
-# was read under are gone.
-_TOKEN = (
-    _NEXT_EPOCH
-    + """
-if redis.replicate_commands then redis.replicate_commands() end
-local e = redis.call('GET', KEYS[1])
-local since = redis.call('GET', KEYS[2])
-if not e or not since then
-  e = next_epoch(KEYS[1])
-  redis.call('SET', KEYS[2], e)
-  since = e
-end
-local fenced = 0
-for i = 3, #KEYS do
-  if redis.call('EXISTS', KEYS[i]) == 1 then fenced = 1 end
-end
-return {e, fenced}
-"""
-)
-
-# Cluster: the bump alone (the epoch's slot). KEYS: the epoch.
-_BUMP = (
-    _NEXT_EPOCH
-    + """
-if redis.replicate_commands then redis.replicate_commands() end
-return next_epoch(KEYS[1])
-"""
-)
-
-# An invalidation, atomically. KEYS: the epoch, the fence, then (repository scope) the
-# repository's set and hash, then the blob hash. ARGV: fence ms, scoped (1/0), digest.
-_INVALIDATE = (
-    _NEXT_EPOCH
-    + """
-if redis.replicate_commands then redis.replicate_commands() end
-local e = next_epoch(KEYS[1])
-redis.call('SET', KEYS[2], e, 'PX', ARGV[1])
-local held
-if ARGV[2] == '1' then
-  held = redis.call('SREM', KEYS[3], ARGV[3])
-  redis.call('DEL', KEYS[4])
-  redis.call('DEL', KEYS[5])
-else
-  held = redis.call('DEL', KEYS[3])
-  -- the aliases whose answer is this blob go too (their keys are derived, so undeclared)
-  for _, alias in ipairs(redis.call('SMEMBERS', KEYS[4])) do
-    redis.call('DEL', 'blobs::' .. alias)
-  end
-  redis.call('DEL', KEYS[4])
-end
-return {held, e}
-"""
-)
-
-# The compare-and-set write-back. KEYS: the incarnation (SINCE_KEY: absent, or newer
-# than the token, means Redis lost the fences the token was read under), the fences of
-# the n digests written, then per
-# digest its blob hash (and its repository hash when scoped), then the repository's set
-# when scoped, then (n = 2, an alias) the canonical digest's set of aliases. ARGV: n,
-# scoped (1/0), descriptor digest, size, media type, token, then the n digests (the key
-# digest first). Written only if no fence is newer than the token.
-_FILL = """
-local n = tonumber(ARGV[1])
-local token = tonumber(ARGV[6])
-local since = redis.call('GET', KEYS[1])
-if not since or tonumber(since) > token then return 0 end
-for i = 2, n + 1 do
-  local cleared = redis.call('GET', KEYS[i])
-  if cleared and tonumber(cleared) > token then return 0 end
-end
-local scoped = ARGV[2] == '1'
-local set = 1 + n + n * (scoped and 2 or 1) + 1
-local k = 1 + n + 1
-for i = 1, n do
-  local blob = KEYS[k]
-  k = k + 1
-  if scoped then redis.call('SADD', KEYS[set], ARGV[6 + i]) end
-  redis.call('HSET', blob, 'digest', ARGV[3], 'size', ARGV[4])
-  redis.call('HSETNX', blob, 'mediatype', ARGV[5])
-  if scoped then
-    redis.call('HSET', KEYS[k], 'mediatype', ARGV[5])
-    k = k + 1
-  end
-end
-if n == 2 then redis.call('SADD', KEYS[#KEYS], ARGV[7]) end
-return 1
-"""
-
-# The restore of a refused Clear. KEYS: the fence, the blob hash, then per repository
-# entry its set and hash. ARGV: the epoch, digest, then the global entry (descriptor
-# digest, size, media type), then per repository entry its media type.
-# Only if the digest was not invalidated since (its fence is still ours) and no entry of
-# it was written since (the blob hash every write sets is still absent).
-_RESTORE = """
-if redis.call('GET', KEYS[1]) ~= ARGV[1] or redis.call('EXISTS', KEYS[2]) == 1 then return 0 end
-redis.call('HSET', KEYS[2], 'digest', ARGV[3], 'size', ARGV[4], 'mediatype', ARGV[5])
-local a = 6
-for k = 3, #KEYS, 2 do
-  redis.call('SADD', KEYS[k], ARGV[2])
-  redis.call('HSET', KEYS[k + 1], 'mediatype', ARGV[a])
-  a = a + 1
-end
-return 1
-"""
 
 
 def _descriptor(reply: Sequence[Any]) -> Descriptor | None:
@@ -317,7 +112,7 @@ class RedisCache:
 
     def __init__(
         self,
-        client: _Client,
+        client: Client,
         *,
         cluster: bool = False,
         read_timeout: float = 0.5,
@@ -339,13 +134,13 @@ class RedisCache:
         self.retry_after = retry_after
         self.observe = observe
         self._slots = asyncio.Semaphore(pool_size)
-        self._global_script = client.register_script(_GLOBAL_STAT_MANY)
-        self._scoped_script = client.register_script(_SCOPED_STAT_MANY)
-        self._fill_script = client.register_script(_FILL)
-        self._token_script = client.register_script(_TOKEN)
-        self._invalidate_script = client.register_script(_INVALIDATE)
-        self._bump_script = client.register_script(_BUMP)
-        self._restore_script = client.register_script(_RESTORE)
+        self._global_script = client.register_script(scripts.GLOBAL_STAT_MANY)
+        self._scoped_script = client.register_script(scripts.SCOPED_STAT_MANY)
+        self._fill_script = client.register_script(scripts.FILL)
+        self._token_script = client.register_script(scripts.TOKEN)
+        self._invalidate_script = client.register_script(scripts.INVALIDATE)
+        self._bump_script = client.register_script(scripts.BUMP)
+        self._restore_script = client.register_script(scripts.RESTORE)
         self._closers = tuple(closers)
         self._down = False
         self._retry_at = 0.0
@@ -772,155 +567,3 @@ def _describe(err: BaseException, budget: float) -> str:
     if isinstance(err, TimeoutError) and not str(err):
         return f"no answer within {budget:g}s"
     return describe(err)
-
-
-# -- configuration --------------------------------------------------------------------
-
-
-def _host_port(addr: str, key: str) -> tuple[str, int]:
-    host, sep, port = addr.rpartition(":")
-    if not sep or not port.isdigit() or not 0 < int(port) < 65536:
-        raise ConfigError(key, f"invalid address {addr!r} (want host:port)")
-    if host.startswith("[") and host.endswith("]"):
-        host = host[1:-1]
-    return host or "127.0.0.1", int(port)
-
-
-def _tls_kwargs(cfg: RedisConfig) -> dict[str, Any]:
-    tls = cfg.tls
-    if not tls.enabled:
-        return {}
-    out: dict[str, Any] = {"ssl": True}
-    for name, path in (("certificate", tls.certificate), ("key", tls.key)):
-        if path and not Path(path).is_file():
-            raise ConfigError(f"redis.tls.{name}", f"no such file: {path}")
-    if tls.certificate:
-        out["ssl_certfile"] = tls.certificate
-        out["ssl_keyfile"] = tls.key
-    if tls.rootcas:
-        pems = []
-        for i, path in enumerate(tls.rootcas):
-            try:
-                pems.append(Path(path).read_text())
-            except OSError as err:
-                raise ConfigError(f"redis.tls.rootcas[{i}]", f"cannot read {path}: {err.strerror}") from None
-        out["ssl_ca_data"] = "\n".join(pems)
-    return out
-
-
-def from_config(
-    cfg: RedisConfig, observe: Observer | None = None, *, fence_ttl: float = DEFAULT_FENCE_TTL
-) -> RedisCache:
-    """A :class:`RedisCache` for the ``redis:`` section (docs/api.md, Caches and backends; README, Configuration).
-
-    ``fence_ttl``: how long a Clear's fence stands (the app passes ``storage.backendtimeout``
-    plus a margin: longer than any backend read).
-    """
-    if not cfg.addrs:
-        raise ConfigError("redis.addrs", "at least one address is required for the redis cache")
-    nodes = [_host_port(addr, f"redis.addrs[{i}]") for i, addr in enumerate(cfg.addrs)]
-    validate_redis(cfg)
-    common: dict[str, Any] = {
-        "username": cfg.username or None,
-        "password": cfg.password or None,
-        "socket_connect_timeout": cfg.dialtimeout,
-        "socket_timeout": max(cfg.readtimeout, cfg.writetimeout),
-        "decode_responses": True,
-        "retry": Retry(NoBackoff(), 0),
-        **_tls_kwargs(cfg),
-    }
-
-    def make(
-        client: _Client,
-        *,
-        cluster: bool = False,
-        closers: Sequence[Closer] = (),
-        near: NearCache | None = None,
-        settler: Settler | None = None,
-    ) -> RedisCache:
-        return RedisCache(
-            client,
-            cluster=cluster,
-            read_timeout=cfg.readtimeout,
-            write_timeout=cfg.writetimeout,
-            pool_size=cfg.poolsize,
-            observe=observe,
-            closers=closers,
-            near=near,
-            fence_ttl=fence_ttl,
-            settler=settler,
-        )
-
-    # Idle limits on the data connections only: the near cache's one connection is meant to stay.
-    idle: dict[str, Any] = {"max_idle": cfg.maxidleconns, "max_idle_time": cfg.connmaxidletime}
-    size = cfg.nearcache.size
-    lease = cfg.nearcache.lease
-    # The invalidation connection speaks RESP2 (invalidations as Pub/Sub messages); the
-    # other one carries the lease and the acks. The settler's: its scripts, and the BLPOP.
-    near_kwargs: dict[str, Any] = {"max_connections": 2, "protocol": 2}
-
-    if cfg.mastername:
-        sentinel_kwargs = {k: v for k, v in common.items() if k not in ("username", "password", "decode_responses")}
-        sentinel = Sentinel(nodes, sentinel_kwargs=sentinel_kwargs, db=cfg.db, **common)
-        master = sentinel.master_for(
-            cfg.mastername, connection_pool_class=IdleLimitedSentinelPool, max_connections=cfg.poolsize, **idle
-        )
-        near = None
-        closers: list[Closer] = []
-        if size:
-            # Its own client and pool: a Sentinel-managed connection to the current master.
-            near_client = sentinel.master_for(cfg.mastername, **near_kwargs)
-            near_pool = near_client.connection_pool
-            near = NearCache(
-                size,
-                near_pool,
-                master_address=near_pool.get_master_address,
-                setup_timeout=cfg.dialtimeout,
-                lease=lease,
-            )
-            closers.append(near_client.aclose)
-        settler = Settler(sentinel.master_for(cfg.mastername, **near_kwargs), fallback=lease, timeout=cfg.dialtimeout)
-
-        async def close_sentinels() -> None:
-            for s in sentinel.sentinels:
-                await s.aclose()
-
-        closers.append(close_sentinels)
-        return make(master, closers=closers, near=near, settler=settler)
-    if len(nodes) > 1:
-        client = RedisCluster(
-            startup_nodes=[ClusterNode(host, port) for host, port in nodes],
-            max_connections=cfg.poolsize,
-            **common,
-        )
-        if cfg.maxidleconns or cfg.connmaxidletime != RedisConfig.connmaxidletime:
-            log.info(
-                "redis.maxidleconns and redis.connmaxidletime: not applied on Redis Cluster (redis-py's own pools)"
-            )
-        if size:
-            log.info(
-                "redis.nearcache: off on Redis Cluster (invalidation tracking is per node and "
-                "not followed across slot moves here); every Stat asks Redis"
-            )
-        return make(client, cluster=True)
-    host, port = nodes[0]
-    pool = IdleLimitedPool(
-        host=host, port=port, db=cfg.db, max_connections=cfg.poolsize, **idle, **_pool_kwargs(common)
-    )
-    near = None
-    if size:
-        near_pool = ConnectionPool(host=host, port=port, db=cfg.db, **near_kwargs, **_pool_kwargs(common))
-        near = NearCache(size, near_pool, setup_timeout=cfg.dialtimeout, lease=lease)
-    settle_pool = ConnectionPool(host=host, port=port, db=cfg.db, **near_kwargs, **_pool_kwargs(common))
-    settler = Settler(Redis(connection_pool=settle_pool), fallback=lease, timeout=cfg.dialtimeout)
-    return make(Redis(connection_pool=pool), near=near, settler=settler)
-
-
-def _pool_kwargs(common: dict[str, Any]) -> dict[str, Any]:
-    """Connection-pool keyword arguments: TLS is a connection class, not a flag, there."""
-    kwargs = dict(common)
-    if kwargs.pop("ssl", False):
-        from redis.asyncio.connection import SSLConnection
-
-        kwargs["connection_class"] = SSLConnection
-    return kwargs

@@ -1,6 +1,6 @@
 """Leases and barriers: a Clear returns only once no near cache of any process can answer it.
 
-Every process's near cache (:mod:`.nearcache`) is a *member*: it holds a lease in the
+Every process's near cache (:mod:`.near`) is a *member*: it holds a lease in the
 sorted set :data:`MEMBERS_KEY` (member id, score = the lease's deadline in Redis time,
 milliseconds) and renews it every third of the lease. It answers from its memory only
 while its own lease is held by its own clock: ``time.monotonic()`` before the start of
@@ -37,8 +37,8 @@ from typing import Any
 
 from redis.exceptions import NoPermissionError
 
-from ..core import loggers
-from ..core.logutil import describe
+from ...core import loggers
+from ...core.logutil import describe
 
 log = logging.getLogger(loggers.NEAR_CACHE)
 

@@ -1,6 +1,6 @@
 """The Redis cache's near cache: answers kept in this process, kept coherent by Redis.
 
-What it holds: the hits Redis answered, in two :class:`~.inmemory.InMemoryCache`
+What it holds: the hits Redis answered, in two :class:`~..inmemory.InMemoryCache`
 tables (the in-memory cache's compact layout and S3-FIFO eviction, by composition):
 global answers, and repository answers under a per-repository alias (``r<n>``), so
 that a change to a repository's set can retire all of that repository's answers at
@@ -49,22 +49,20 @@ import math
 import os
 import time
 from collections import OrderedDict
-from collections.abc import Awaitable, Callable, Iterable, Iterator, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from descriptor_client.descriptor import Descriptor
 from descriptor_client.errors import BlobUnknownError, DescriptorError
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
-from prometheus_client.registry import Collector
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from ..core import loggers
-from ..core.logutil import describe
+from ...core import loggers
+from ...core.logutil import describe
+from ..inmemory import InMemoryCache
 from . import nearlease
-from .inmemory import InMemoryCache
 
 #: Seconds closing waits for the near cache's tasks and its deregistration.
 CLOSE_TIMEOUT = 5.0
@@ -616,46 +614,4 @@ class NearCache:
             await self.pool.disconnect()
 
 
-class NearCacheCollector(Collector):
-    """The near cache's counters as Prometheus families, read at scrape time."""
-
-    def __init__(self, source: Callable[[], NearStats]) -> None:
-        self.source = source
-
-    def describe(self) -> Iterable[Metric]:
-        return list(self.collect())
-
-    def collect(self) -> Iterator[Metric]:
-        s = self.source()
-        for name, value, doc in (
-            ("hits", s.hits, "Lookups the Redis cache answered from its near cache (also counted in hits)."),
-            ("invalidations", s.invalidations, "Keys Redis reported changed (each evicts what depends on it)."),
-            ("flushes", s.flushes, "Times the near cache was emptied (connection lost or set up, server flush)."),
-            ("losses", s.losses, "Times the invalidation connection was lost."),
-            ("lease_lapses", s.lapses, "Times the lease ran out here (stopped, cut off from Redis) and was flushed."),
-            ("lease_evictions", s.evicted, "Times a Clear took the lease away (barriers not acked in time)."),
-            ("barrier_acks_sent", s.acks, "Barriers of Clears (any process's) acked by this near cache."),
-        ):
-            yield CounterMetricFamily(f"descriptor_cache_near_{name}", doc, value=value)
-        settle = s.settle or nearlease.SettleStats()
-        for name, value, doc in (
-            ("barriers", settle.barriers, "Barriers this process's Clears set (some near cache was live)."),
-            ("barrier_acks", settle.acks, "Acks this process's barriers received."),
-            (
-                "barrier_waited_out",
-                settle.waited_out,
-                "Near caches a barrier stopped waiting for when their lease ran out (no ack).",
-            ),
-            ("barrier_evictions", settle.evictions, "Near caches a barrier evicted (renewed without acking)."),
-            ("barrier_failures", settle.failures, "Barriers Redis could not run (the lease was waited instead)."),
-        ):
-            yield CounterMetricFamily(f"descriptor_cache_near_{name}", doc, value=value)
-        yield GaugeMetricFamily("descriptor_cache_near_entries", "Entries held in the near cache.", s.entries)
-        yield GaugeMetricFamily(
-            "descriptor_cache_near_live",
-            "1 while invalidation tracking is set up (near cache in use).",
-            float(s.live),
-        )
-
-
-__all__ = ["DEFAULT_SIZE", "NearCache", "NearCacheCollector", "NearStats"]
+__all__ = ["DEFAULT_SIZE", "NearCache", "NearStats"]
