@@ -290,10 +290,7 @@ def test_sigterm_exits_even_with_a_backend_call_stuck_for_good(tmp_path: Path, l
     proc = ServerProcess(base_config(layout.root, drain="1s"), tmp_path).start()
     pool = ThreadPoolExecutor(1)
     try:
-        # A client that does not watch health, so that its new calls reach the draining
-        # server (ours fail them UNAVAILABLE in the client once it turns NOT_SERVING).
-        no_health = [("grpc.inhibit_health_checking", 1)]
-        with DescriptorClient(proc.target, timeout=30, options=no_health) as client:
+        with DescriptorClient(proc.target, timeout=30) as client:
             held: Future[Descriptor] = pool.submit(client.stat, digest, REPO)
             writer = open_writer(fifo, timeout=20)  # the server's read is now blocked for good
             assert writer is not None
