@@ -67,7 +67,7 @@ func New(target string, opts ...Option) (*Client, error) {
 		return nil, err
 	}
 	dial := []grpc.DialOption{
-		grpc.WithDefaultServiceConfig(serviceConfig(!o.noRetry)),
+		grpc.WithDefaultServiceConfig(serviceConfig(!o.noRetry, res != nil)),
 		grpc.WithDefaultCallOptions(grpc.MaxCallRecvMsgSize(64 << 20)),
 	}
 	if tlsConfig != nil {

@@ -34,12 +34,17 @@ var idempotent = []string{"Stat", "BatchStat", "GetMetrics", "Revalidate"}
 // watch: each address's grpc.health.v1 status of the server ("") is watched, and
 // an address whose server turns NOT_SERVING (draining) leaves the rotation at once,
 // so a draining replica stops being sent calls and can stop without losing one.
-func serviceConfig(retry bool) string {
+// The health watch is for a list of addresses only: with one there is nowhere else
+// to go, and the server's own answer (UNAVAILABLE SERVER_DRAINING, health
+// NOT_SERVING) says more than a local UNAVAILABLE.
+func serviceConfig(retry, list bool) string {
 	lb := `"loadBalancingConfig": [{"round_robin": {}}]`
 	if !retry {
 		return "{" + lb + "}"
 	}
-	lb += `, "healthCheckConfig": {"serviceName": ""}`
+	if list {
+		lb += `, "healthCheckConfig": {"serviceName": ""}`
+	}
 	names := make([]string, len(idempotent))
 	for i, m := range idempotent {
 		names[i] = fmt.Sprintf(`{"service": %q, "method": %q}`, descriptorv1.BlobDescriptorService_ServiceDesc.ServiceName, m)

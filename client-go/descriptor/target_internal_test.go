@@ -8,8 +8,8 @@ import (
 
 func TestServiceConfig(t *testing.T) {
 	var got map[string]any
-	if err := json.Unmarshal([]byte(serviceConfig(true)), &got); err != nil {
-		t.Fatalf("service config is not JSON: %v\n%s", err, serviceConfig(true))
+	if err := json.Unmarshal([]byte(serviceConfig(true, true)), &got); err != nil {
+		t.Fatalf("service config is not JSON: %v\n%s", err, serviceConfig(true, true))
 	}
 	// The service config docs/go.md shows.
 	var want map[string]any
@@ -25,10 +25,15 @@ func TestServiceConfig(t *testing.T) {
 		t.Fatal(err)
 	}
 	if !reflect.DeepEqual(got, want) {
-		t.Fatalf("service config\n%s\nwant\n%s", serviceConfig(true), doc)
+		t.Fatalf("service config\n%s\nwant\n%s", serviceConfig(true, true), doc)
+	}
+	// One address: no health watch (the server's own SERVER_DRAINING and NOT_SERVING).
+	var single map[string]any
+	if err := json.Unmarshal([]byte(serviceConfig(true, false)), &single); err != nil || single["healthCheckConfig"] != nil || single["methodConfig"] == nil {
+		t.Fatalf("one address: %v %v", err, single)
 	}
 	var bare map[string]any
-	if err := json.Unmarshal([]byte(serviceConfig(false)), &bare); err != nil || bare["methodConfig"] != nil || bare["healthCheckConfig"] != nil || bare["loadBalancingConfig"] == nil {
+	if err := json.Unmarshal([]byte(serviceConfig(false, true)), &bare); err != nil || bare["methodConfig"] != nil || bare["healthCheckConfig"] != nil || bare["loadBalancingConfig"] == nil {
 		t.Fatalf("without retries: %v %v", err, bare)
 	}
 }

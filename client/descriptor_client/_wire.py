@@ -133,12 +133,20 @@ def resolve_target(target: str) -> str:
     return "ipv6:" + ",".join([f"[::ffff:{a.rpartition(':')[0]}]:{a.rpartition(':')[2]}" for a in v4] + v6)
 
 
-def channel_options(tls: ClientTLS | None, extra: Sequence[tuple[str, Any]] = ()) -> list[tuple[str, Any]]:
+def channel_options(
+    tls: ClientTLS | None, extra: Sequence[tuple[str, Any]] = (), *, health_watch: bool = True
+) -> list[tuple[str, Any]]:
+    """The channel's options. ``health_watch``: round robin leaves an address whose
+    server turns NOT_SERVING (a draining replica) at once; off for a single address,
+    where there is nowhere else to go and the server's own answer (UNAVAILABLE
+    ``SERVER_DRAINING``, health NOT_SERVING) says more than a local UNAVAILABLE."""
     opts: list[tuple[str, Any]] = [
         ("grpc.service_config", SERVICE_CONFIG),
         ("grpc.enable_retries", 1),
         ("grpc.max_receive_message_length", 64 * 1024 * 1024),
     ]
+    if not health_watch:
+        opts.append(("grpc.inhibit_health_checking", 1))
     if tls is not None and tls.server_name:
         opts.append(("grpc.ssl_target_name_override", tls.server_name))
     # gRPC honours the first occurrence of a key, so a caller's option replaces ours.
@@ -326,7 +334,8 @@ class ClientBase:
         self.timeout = timeout
         self._metadata = call_metadata(token)
         self._tls = tls
-        self._options = channel_options(tls, options)
+        # The health watch for a list of replicas only (channel_options).
+        self._options = channel_options(tls, options, health_watch="," in self.target)
         if tls is not None and not tls.server_name and self.dial_target != self.target:
             # The certificates are checked against the first host name of the list,
             # not against the IP addresses it resolved to (ClientTLS.server_name overrides).

@@ -246,10 +246,9 @@ def test_sigterm_drains(tmp_path: Path, layout: Layout) -> None:
     writer: int | None = None
     pool = ThreadPoolExecutor(1)
     try:
-        # A client that does not watch health, so that its new calls reach the draining
-        # server (ours fail them UNAVAILABLE in the client once it turns NOT_SERVING).
-        no_health = [("grpc.inhibit_health_checking", 1)]
-        with DescriptorClient(proc.target, timeout=30, options=no_health) as client:
+        # A client of one address (no health watch: it has nowhere else to go), so its
+        # new calls reach the draining server and get the server's own answer.
+        with DescriptorClient(proc.target, timeout=30) as client:
             held: Future[Descriptor] = pool.submit(client.stat, digest, REPO)
             # The server has the FIFO open for reading once a writer can open it; the
             # writer holds it open without writing, so the server's read blocks.
@@ -270,6 +269,7 @@ def test_sigterm_drains(tmp_path: Path, layout: Layout) -> None:
             with pytest.raises(ServerDrainingError) as info:
                 client.stat(A256, timeout=5)
             assert info.value.code == grpc.StatusCode.UNAVAILABLE
+            assert client.health() == "NOT_SERVING"
             assert not held.done()
             os.write(writer, digest.encode())
             os.close(writer)

@@ -186,8 +186,9 @@ def test_a_draining_replica_is_retried_on_the_other(
             held.start()
             two.signal()  # SIGTERM: two drains, with the held call in flight
             wait_for(lambda: "draining" in two.output, timeout=15)
-            # A client that does not watch health (ours leave a NOT_SERVING replica) is refused.
-            direct = DescriptorClient(two.target, timeout=10, options=[("grpc.inhibit_health_checking", 1)])
+            # A client of that one address (no health watch: ours leave a NOT_SERVING
+            # replica of a list) is refused by the server itself.
+            direct = DescriptorClient(two.target, timeout=10)
             with direct, pytest.raises(ServerDrainingError):
                 direct.stat(digest)
 
