@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import errno
+import functools
 import logging
 import os
 import signal
@@ -35,7 +36,8 @@ from ..rpc.context import current_principal
 from ..rpc.health import Health
 from ..rpc.interceptor import ObservingInterceptor
 from ..rpc.limits import server_options
-from ..rpc.servicer import Context, DescriptorServicer
+from ..rpc.servicer import Context, DescriptorServicer, Observer
+from ..security.authorizer import AUDITED, Authorizer
 from ..wrappers.bounds import BoundedBackend
 from ..wrappers.traces import innermost
 from ..wrappers.watch import WatchedCache, check_cache_at_start, combined_probe
@@ -113,7 +115,7 @@ class DescriptorServer:
         self.servicer = DescriptorServicer(
             self.statter,
             authorizer=authorizer,
-            observer=security.audited(self.observe, authorizer),
+            observer=self._observer(authorizer),
             # Credentials are checked from the metadata before any request is read.
             authenticator=getattr(authorizer, "authenticate", None) if authorizer.enabled else None,
             request_timeout=g.requesttimeout,
@@ -164,9 +166,32 @@ class DescriptorServer:
     def observe(
         self, method: str, code: grpc.StatusCode, seconds: float, request: Any, *, context: Context, reason: str
     ) -> None:
-        """The servicer's ``observer`` hook: per-RPC metrics and the call log."""
+        """Per-RPC metrics and the call log of one call (the servicer's hook adds the audit)."""
         self.metrics.observe_call(method, code, seconds)
         self.call_logger(method, code, seconds, request, context=context, reason=reason)
+
+    def _observer(self, authorizer: Any) -> Observer:
+        """The servicer's ``observer`` hook: :meth:`observe`, then the authorizer's audit.
+
+        One function, run after every call: an OK call costs the metrics and one
+        level check of the call log (its line is built only when debug is on); the
+        audit is called only for the methods it audits.
+        """
+        observe_call, call_logger = self.metrics.observe_call, self.call_logger
+        debug_on = functools.partial(call_logger.logger.isEnabledFor, logging.DEBUG)
+        audit = authorizer.observe if isinstance(authorizer, Authorizer) else None
+        ok = grpc.StatusCode.OK
+
+        def observe(
+            method: str, code: grpc.StatusCode, seconds: float, request: Any, *, context: Context, reason: str
+        ) -> None:
+            observe_call(method, code, seconds)
+            if code is not ok or debug_on():  # an OK call's line is at debug (CallLogger)
+                call_logger(method, code, seconds, request, context=context, reason=reason)
+            if audit is not None and method in AUDITED:
+                audit(method, code, seconds, request)
+
+        return observe
 
     async def start(self) -> int:
         g = self.config.grpc
