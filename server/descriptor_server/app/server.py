@@ -21,7 +21,7 @@ from typing import Any
 import grpc
 from descriptor_client.rpcs import SERVICE
 from grpc_health.v1 import health_pb2
-from grpc_reflection.v1alpha import reflection
+from grpc_reflection.v1alpha import reflection, reflection_pb2_grpc
 
 from .. import security
 from ..config import Config, ConfigError
@@ -34,7 +34,7 @@ from ..observability.tracing import Tracing, setup_tracing
 from ..observability.worker_metrics import SiblingListener, totals_registry
 from ..rpc.context import current_principal
 from ..rpc.health import Health
-from ..rpc.interceptor import ObservingInterceptor
+from ..rpc.interceptor import MeasuringRegistrar, ObservingInterceptor
 from ..rpc.limits import server_options
 from ..rpc.servicer import Context, DescriptorServicer, Observer
 from ..security.authorizer import AUDITED, Authorizer
@@ -120,6 +120,7 @@ class DescriptorServer:
             authenticator=getattr(authorizer, "authenticate", None) if authorizer.enabled else None,
             request_timeout=g.requesttimeout,
             max_calls=g.maxconcurrentcalls,
+            started=self.metrics.rpcs.started_by_method(),
         )
         self.metrics.track_inflight(lambda: self.servicer.inflight)
         if isinstance(self.statter.backend, BoundedBackend):
@@ -199,19 +200,23 @@ class DescriptorServer:
             # grpc.maxconcurrentcalls is the servicer's (calls it refuses are counted and
             # logged; grpcio's maximum_concurrent_rpcs would refuse them unseen).
             options=server_options(g),
+            # Spans and the token's metadata only: left out when neither is on.
             interceptors=(
-                ObservingInterceptor(
-                    self.metrics.rpcs,
-                    self.tracing.tracer,
-                    hand_metadata=self.reads_tokens,
-                ),
+                (ObservingInterceptor(self.metrics.rpcs, self.tracing.tracer, hand_metadata=self.reads_tokens),)
+                if ObservingInterceptor.needed(self.tracing.tracer, self.reads_tokens)
+                else ()
             ),
         )
         server.add_generic_rpc_handlers((self.servicer.generic_handler(),))
-        self.health.add_to(server)
-        reflection.enable_server_reflection(
-            (SERVICE, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME),
-            server,
+        # Health and reflection register through the registrar, which measures their calls
+        # (the service's own methods are measured by the servicer).
+        others = MeasuringRegistrar(server, self.metrics.rpcs)
+        self.health.add_to(others)
+        reflection_pb2_grpc.add_ServerReflectionServicer_to_server(
+            reflection.aio.ReflectionServicer(
+                (SERVICE, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME)
+            ),
+            others,
         )
         check_bindable(g.addr, "grpc.addr", reuseport=g.workers > 1)
         try:

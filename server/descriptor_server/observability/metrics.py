@@ -238,9 +238,10 @@ class RpcCollector(Collector):
         self._sums[key] = [0.0]
         self._hot[key] = (self._handled[key, grpc.StatusCode.OK], self._buckets[key], self._sums[key])
 
-    def started_by_path(self) -> dict[str, list[int]]:
-        """``/service/method`` -> the started counter of each of the service's own methods."""
-        return {f"/{SERVICE}/{method}": self._started[method] for method in RPCS}
+    def started_by_method(self) -> dict[str, list[int]]:
+        """Method name (``Stat``) -> the started counter of each of the service's own methods
+        (the servicer counts their calls: ``counter[0] += 1``)."""
+        return {method: self._started[method] for method in RPCS}
 
     def add_series(self, path: str, kind: str) -> None:
         """Declare the series of another service's method (``/service/method``) once."""

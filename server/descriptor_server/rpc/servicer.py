@@ -15,7 +15,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from typing import Any, Protocol, TypeAlias
 
 import grpc
@@ -197,10 +197,13 @@ class DescriptorServicer:
         authenticator: Authenticator | None = None,
         request_timeout: float = 0.0,
         max_calls: int = 0,
+        started: Mapping[str, list[int]] | None = None,
     ) -> None:
         self.statter = statter
         self.authorizer = authorizer
         self.observer = observer
+        #: Method name -> its ``grpc_server_started_total`` counter, counted as a call starts.
+        self.started: Mapping[str, list[int]] = started if started is not None else {}
         #: Refuses, from the metadata alone, calls without acceptable credentials.
         self.authenticator = authenticator
         #: grpc.requesttimeout: how long a call may wait for its request message.
@@ -271,6 +274,7 @@ class DescriptorServicer:
         timeout, waiting, expired = wait.timeout, wait._waiting, wait._expired
         observer, authenticator, authorizer = self.observer, self.authenticator, self.authorizer
         ok, monotonic, current_task = grpc.StatusCode.OK, time.monotonic, asyncio.current_task
+        started = self.started.get(name, [0])
 
         async def handler(_requests: Any, context: Context) -> bytes:
             # Runs when the call's headers arrive: refusals that need no request
@@ -278,6 +282,7 @@ class DescriptorServicer:
             # flat for the hit path (one clock read, RequestWait.read inlined): every
             # call, attribute look-up and try block here is paid by every call.
             start = self.last_arrival = monotonic()
+            started[0] += 1
             code = ok
             reason = ""
             request: Any = None
