@@ -43,6 +43,7 @@ Handler = Callable[[Any, Context], Awaitable[bytes]]
 
 #: Called once the request is decoded, before the handler: (method name, request,
 #: context); raises UnauthenticatedError / PermissionDeniedError to refuse the call.
+#: One with a ``needed(method) -> bool`` method is called only for the methods it needs.
 Authorizer = Callable[[str, Any, Context], None]
 
 #: Called when a call starts, before its request message is read: (method name,
@@ -268,11 +269,17 @@ class DescriptorServicer:
 
     def _wrap(self, rpc: Rpc) -> Handler:
         name, message, fn = rpc.name, rpc.request, self._handler_of(rpc)
+        # Stat (the hit path) calls the statter itself: one coroutine less than self.stat.
+        stat = self.statter.stat if rpc.verb == "stat" else None
+        encode = self.encoder.stat_response
         parse = message.FromString
 
         wait = self._request
         timeout, waiting, expired = wait.timeout, wait._waiting, wait._expired
         observer, authenticator, authorizer = self.observer, self.authenticator, self.authorizer
+        needed = getattr(authorizer, "needed", None)
+        if needed is not None and not needed(name):
+            authorizer = None
         ok, monotonic, current_task = grpc.StatusCode.OK, time.monotonic, asyncio.current_task
         started = self.started.get(name, [0])
 
@@ -329,6 +336,8 @@ class DescriptorServicer:
                     ) from None
                 if authorizer is not None:
                     authorizer(name, request, context)
+                if stat is not None:
+                    return encode(await stat(request.digest, request.repository))
                 return await fn(request)
             except DescriptorError as err:
                 code, reason = err.code, err.reason
