@@ -99,7 +99,6 @@ class MeasuringRegistrar:
         )
 
     def measured(self, path: str, handler: grpc.RpcMethodHandler) -> grpc.RpcMethodHandler:
-        self.rpcs.add_series(path, _kind(handler))
         return wrap_handler(handler, path, None, self.rpcs, None, measure=True)
 
 
@@ -118,7 +117,6 @@ class _MeasuredGeneric(grpc.GenericRpcHandler):  # type: ignore[misc]
         path = handler_call_details.method
         wrapped = self._wrapped.get(path)
         if wrapped is None:  # only the inner handler's methods: bounded
-            self.rpcs.add_series(path, _kind(handler))
             wrapped = self._wrapped[path] = wrap_handler(handler, path, None, self.rpcs, None, measure=True)
         return wrapped
 
@@ -165,9 +163,11 @@ def wrap_handler(
 ) -> grpc.RpcMethodHandler:
     """``handler`` with its calls measured (``measure``) and/or in a span (``tracer``)."""
     behavior = _behavior(handler)
+    kind = _kind(handler)
 
     def begin() -> tuple[float, tuple[Span, object] | None]:
-        if measure:
+        if measure:  # the method's series appear at its first call
+            rpcs.add_series(path, kind)
             rpcs.start(path)
         span = _start_span(tracer, path, metadata) if tracer is not None else None
         return time.perf_counter(), span
