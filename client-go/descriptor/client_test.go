@@ -518,7 +518,8 @@ func TestRetryOnDraining(t *testing.T) {
 		t.Fatal(err)
 	}
 	two.WaitOutput(t, "draining", 15*time.Second)
-	direct := dial(t, two.Target)
+	// Without the health watch (WithoutRetry), so that the call reaches the server.
+	direct := dial(t, two.Target, descriptor.WithoutRetry())
 	if _, err := direct.Metrics(ctx); !errors.Is(err, descriptor.ErrServerDraining) {
 		t.Fatalf("direct call to the draining server: %v", err)
 	}

@@ -25,7 +25,9 @@
 // Stat, BatchStat and GetMetrics are retried on UNAVAILABLE (three attempts,
 // backoff from 50ms doubling to 1s, honouring the server's retry pushback);
 // SetDescriptor and Clear only when the answer is SERVER_DRAINING, which
-// promises the draining server did nothing. WithoutRetry turns both off.
+// promises the draining server did nothing. Each address's server health
+// (grpc.health.v1, service "") is watched, so a replica that starts draining
+// (NOT_SERVING) leaves the rotation at once. WithoutRetry turns all three off.
 //
 // Trace context: a call whose context carries an OpenTelemetry span context
 // (go.opentelemetry.io/otel/trace.SpanContextFromContext is valid) sends it in

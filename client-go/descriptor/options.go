@@ -134,7 +134,8 @@ func WithDialOptions(opts ...grpc.DialOption) Option {
 	}
 }
 
-// WithoutRetry turns off the retry policy (see the package documentation).
+// WithoutRetry turns off the retry policy and the health watch (see the package
+// documentation): calls are balanced over every connected address, draining or not.
 func WithoutRetry() Option {
 	return func(o *options) error {
 		o.noRetry = true

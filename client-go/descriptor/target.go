@@ -30,11 +30,16 @@ const (
 // SERVER_DRAINING (see drainingRetry), which promises the server did nothing.
 var idempotent = []string{"Stat", "BatchStat", "GetMetrics", "Revalidate"}
 
+// serviceConfig is round robin; with retry, also the retry policy and the health
+// watch: each address's grpc.health.v1 status of the server ("") is watched, and
+// an address whose server turns NOT_SERVING (draining) leaves the rotation at once,
+// so a draining replica stops being sent calls and can stop without losing one.
 func serviceConfig(retry bool) string {
 	lb := `"loadBalancingConfig": [{"round_robin": {}}]`
 	if !retry {
 		return "{" + lb + "}"
 	}
+	lb += `, "healthCheckConfig": {"serviceName": ""}`
 	names := make([]string, len(idempotent))
 	for i, m := range idempotent {
 		names[i] = fmt.Sprintf(`{"service": %q, "method": %q}`, descriptorv1.BlobDescriptorService_ServiceDesc.ServiceName, m)

@@ -14,6 +14,7 @@ func TestServiceConfig(t *testing.T) {
 	// The service config docs/go.md shows.
 	var want map[string]any
 	doc := `{"loadBalancingConfig": [{"round_robin": {}}],
+	 "healthCheckConfig": {"serviceName": ""},
 	 "methodConfig": [{"name": [{"service": "descriptor.v1.BlobDescriptorService", "method": "Stat"},
 	                            {"service": "descriptor.v1.BlobDescriptorService", "method": "BatchStat"},
 	                            {"service": "descriptor.v1.BlobDescriptorService", "method": "GetMetrics"},
@@ -27,7 +28,7 @@ func TestServiceConfig(t *testing.T) {
 		t.Fatalf("service config\n%s\nwant\n%s", serviceConfig(true), doc)
 	}
 	var bare map[string]any
-	if err := json.Unmarshal([]byte(serviceConfig(false)), &bare); err != nil || bare["methodConfig"] != nil || bare["loadBalancingConfig"] == nil {
+	if err := json.Unmarshal([]byte(serviceConfig(false)), &bare); err != nil || bare["methodConfig"] != nil || bare["healthCheckConfig"] != nil || bare["loadBalancingConfig"] == nil {
 		t.Fatalf("without retries: %v %v", err, bare)
 	}
 }

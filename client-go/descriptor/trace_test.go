@@ -404,7 +404,8 @@ func TestTraceContextOnEveryResend(t *testing.T) {
 	}
 	srv.WaitOutput(t, "draining", 15*time.Second)
 	var w wire
-	c := dial(t, srv.Target, w.option())
+	// Without the health watch, so that the calls reach the draining server.
+	c := dial(t, srv.Target, w.option(), descriptor.WithDialOptions(grpc.WithDisableHealthCheck()))
 	sc := spanContext(0xd0, 1)
 	ctx := trace.ContextWithSpanContext(context.Background(), sc)
 	if err := c.SetDescriptor(ctx, a256, desc(oct, a256, 1)); !errors.Is(err, descriptor.ErrServerDraining) {

@@ -411,7 +411,12 @@ def make_client(args: argparse.Namespace) -> DescriptorClient:
             tls = ClientTLS.from_files(args.tls_ca, args.tls_cert, args.tls_key, args.tls_servername)
         except OSError as err:
             raise UsageError(f"cannot read {err.filename}: {err.strerror}") from None
-    return DescriptorClient(normalize_target(args.target), timeout=args.timeout, token=args.token, tls=tls)
+    # health asks the server itself: without the channel's health watch, which leaves a
+    # draining server (NOT_SERVING) and would answer UNAVAILABLE in its place.
+    options = [("grpc.inhibit_health_checking", 1)] if args.verb == "health" else []
+    return DescriptorClient(
+        normalize_target(args.target), timeout=args.timeout, token=args.token, tls=tls, options=options
+    )
 
 
 def report(err: DescriptorError, as_json: bool) -> None:

@@ -227,6 +227,13 @@ func (h *history) failed(r *replica) {
 }
 
 func (h *history) push(client int, k *key, ri int, rnd *rand.Rand) {
+	incarnations := make([]int64, len(h.e.servers))
+	for i, r := range h.e.servers {
+		incarnations[i] = r.incarnation.Load()
+		if r.down.Load() {
+			incarnations[i] = -1
+		}
+	}
 	call := h.now()
 	writeAtomic(h.t, h.tmp, k.link, []byte(k.digest))
 	ret := h.now()
@@ -248,7 +255,14 @@ func (h *history) push(client int, k *key, ri int, rnd *rand.Rand) {
 		text = fmt.Sprintf("k%d set via %s -> %s", k.i, r.name, reason(err))
 		h.failed(r)
 	}
-	h.note(porcupine.Annotation{ClientId: client, Start: s, End: h.now(), Description: text, BackgroundColor: "#e8f0ff"})
+	e := h.now()
+	h.note(porcupine.Annotation{ClientId: client, Start: s, End: e, Description: text, BackgroundColor: "#e8f0ff"})
+	// An in-memory cache keeps its fences in the process: one restarted since the
+	// link was written has none for a Clear that returned before, so this set may
+	// prime the blob whatever storage holds (the model's Prime).
+	if err == nil && h.c.env.cache == "inmemory" && r.incarnation.Load() != incarnations[ri] {
+		h.add(client, s, e, Input{Key: k.i, Kind: Prime}, Output{}, text+" (unfenced: its process restarted since the link)")
+	}
 }
 
 // clear returns whether the Clear answered OK.

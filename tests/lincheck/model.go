@@ -15,7 +15,10 @@
 //     yet (they have not returned, or, when their outcome is unknown, the test has
 //     not yet let every process settle). While one is pending, the service may
 //     still answer what storage held before it: its second invalidation has not
-//     run. The blob is Answerable when it is Stored or some Clear holds it.
+//     run.
+//   - Primed: a SetDescriptor the service had no fence for wrote the blob (below).
+//
+// The blob is Answerable when it is Stored, some Clear holds it, or it is Primed.
 //
 // One Clear's return ends only its own hold: with two Clears overlapping, a push
 // landing between them and the second Clear deleting it, the first Clear's return
@@ -37,6 +40,14 @@
 //     on): its hold ends. A Clear whose process was killed has none: nothing is
 //     left to vouch for it, and its hold never ends.
 //   - ClearNotFound: a Clear answered BLOB_UNKNOWN: nothing changes.
+//   - Prime: a push's SetDescriptor sent to a process that lost the cache's state
+//     (an in-memory cache SIGKILLed and restarted) after the push wrote its link:
+//     the fences of the Clears before went with the process, and a SetDescriptor
+//     that starts after a Clear returned may prime the blob whatever storage holds
+//     (the guarantee allows it; while a fence stands the service checks it against
+//     storage, which is what the other pushes' SetDescriptors exercise). Primed
+//     becomes true; the next Clear's final ends it (its invalidation removes the
+//     entry).
 //   - Stat: answering the blob needs Answerable. Answering BLOB_UNKNOWN is always
 //     allowed: the guarantee is about answering a cleared blob, and a Stat may join
 //     a backend read that began before a push (a Stat that failed is left out of
@@ -66,6 +77,7 @@ const (
 	ClearNotFound
 	Stat
 	Read
+	Prime
 )
 
 // Input is an operation's input: the key it acts on, its kind, and for the two
@@ -84,10 +96,11 @@ type Output struct{ Present bool }
 type State struct {
 	Stored  bool   // the link is in storage
 	Holders string // the pending Clears that deleted the link: their numbers, sorted, comma-separated
+	Primed  bool   // an unfenced SetDescriptor wrote the blob, and no Clear has been final since
 }
 
 // Answerable says whether the service may answer the blob.
-func (s State) Answerable() bool { return s.Stored || s.Holders != "" }
+func (s State) Answerable() bool { return s.Stored || s.Holders != "" || s.Primed }
 
 // holders returns the Clear numbers of s.Holders.
 func (s State) holders() []int {
@@ -134,8 +147,12 @@ func Step(s State, in Input, out Output) []State {
 		}
 		return []State{deleted}
 	case ClearFinal:
+		s.Primed = false
 		return []State{s.withHolders(slices.DeleteFunc(s.holders(), func(n int) bool { return n == in.Clear }))}
 	case ClearNotFound:
+		return []State{s}
+	case Prime:
+		s.Primed = true
 		return []State{s}
 	case Stat:
 		if out.Present && !s.Answerable() {
@@ -187,7 +204,7 @@ func Model() porcupine.Model {
 		Hash: func(state any) uint64 {
 			s := state.(State)
 			h := fnv.New64a()
-			_, _ = fmt.Fprintf(h, "%t/%s", s.Stored, s.Holders)
+			_, _ = fmt.Fprintf(h, "%t/%s/%t", s.Stored, s.Holders, s.Primed)
 			return h.Sum64()
 		},
 		DescribeOperation: func(input, output any) string {
@@ -200,7 +217,7 @@ func Model() porcupine.Model {
 		},
 		DescribeState: func(state any) string {
 			s := state.(State)
-			return fmt.Sprintf("stored=%t answerable=%t held by clears [%s]", s.Stored, s.Answerable(), s.Holders)
+			return fmt.Sprintf("stored=%t answerable=%t held by clears [%s] primed=%t", s.Stored, s.Answerable(), s.Holders, s.Primed)
 		},
 		DescribeOperationMetadata: func(info any) string {
 			if info == nil {
@@ -236,6 +253,8 @@ func Describe(in Input, out Output) string {
 		return fmt.Sprintf("k%d stat -> %s", in.Key, present(out.Present))
 	case Read:
 		return fmt.Sprintf("k%d storage read -> %s", in.Key, present(out.Present))
+	case Prime:
+		return fmt.Sprintf("k%d set, unfenced (its process restarted since the link)", in.Key)
 	}
 	return fmt.Sprintf("k%d op %d", in.Key, in.Kind)
 }

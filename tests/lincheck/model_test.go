@@ -137,6 +137,21 @@ func TestModel(t *testing.T) {
 			clearOK(2, 55, 200, 2),
 			op(5, 101, 110, Input{Kind: Stat}, present),
 		), false},
+		{"a set the restarted process had no fence for may prime the blob", ops(
+			op(0, 0, 10, Input{Kind: Push}, Output{}),
+			clearOK(1, 20, 40, 1),
+			op(0, 50, 60, Input{Kind: Prime}, Output{}),
+			op(2, 70, 80, Input{Kind: Read}, absent),
+			op(3, 90, 100, Input{Kind: Stat}, present),
+		), true},
+		{"... until a clear of it returns", ops(
+			op(0, 0, 10, Input{Kind: Push}, Output{}),
+			clearOK(1, 20, 40, 1),
+			op(0, 50, 60, Input{Kind: Prime}, Output{}),
+			op(2, 70, 80, Input{Kind: ClearNotFound, Clear: 2}, Output{}),
+			clearOK(1, 90, 100, 3),
+			op(3, 110, 120, Input{Kind: Stat}, present),
+		), false},
 		{"a clear whose process was killed promises nothing after its delete", ops(
 			op(0, 0, 10, Input{Kind: Push}, Output{}),
 			op(1, 20, 99, Input{Kind: ClearDelete, Clear: 1, Maybe: true}, Output{}),

@@ -255,7 +255,9 @@ def test_health_not_serving_while_draining(started: list[ServerProcess], tmp_pat
         server.signal(signal.SIGTERM)
         wait_for(lambda: health_status(server.target, "") == NOT_SERVING)
         assert health_status(server.target, SERVICE) == NOT_SERVING
-        with DescriptorClient(server.target) as client, pytest.raises(ServerDrainingError):
+        # A client that does not watch health (ours leave a NOT_SERVING replica) is refused.
+        no_health = [("grpc.inhibit_health_checking", 1)]
+        with DescriptorClient(server.target, options=no_health) as client, pytest.raises(ServerDrainingError):
             client.stat(blob)
         released = release(fifo, blob)
         assert released

@@ -22,6 +22,7 @@ from collections.abc import Iterator, Mapping
 from pathlib import Path
 
 import pytest
+from helpers.fifo_support import make_fifo, open_writer
 from helpers.support import (
     A256,
     OCT,
@@ -271,6 +272,30 @@ def test_health(shared: tuple[ServerProcess, Layout], tmp_path: Path) -> None:
         assert done.returncode == 3
         assert json.loads(done.stdout) == {"service": SERVICE, "status": "NOT_SERVING"}
         assert ctl(broken.target, "health", "--service", "").returncode == 0
+
+
+def test_health_of_a_draining_server_is_not_serving(tmp_path: Path, layout: Layout) -> None:
+    """Asked of the server itself, not turned into UNAVAILABLE by the channel's health watch."""
+    digest = layout.put_blob(b"held across the drain")
+    fifo = make_fifo(layout.link(REPO, digest))
+    with running_server(base_config(layout.root, drain="30s"), tmp_path) as server:
+        held = subprocess.Popen(
+            [sys.executable, "-m", "descriptor_client.cli", "--target", server.target, "stat", digest, "-r", REPO],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        writer = open_writer(fifo, timeout=30)  # the held Stat keeps the drain going
+        try:
+            assert writer is not None, "the held call never reached the backend"
+            server.signal()
+            wait_for(lambda: "draining" in server.output, timeout=20)
+            done = ctl(server.target, "--json", "health", "--service", "")
+            assert (done.returncode, json.loads(done.stdout)) == (3, {"service": "", "status": "NOT_SERVING"})
+        finally:
+            if writer is not None:
+                os.write(writer, digest.encode())
+                os.close(writer)
+            held.wait(30)
 
 
 def test_denied_exit_code(tmp_path: Path, layout: Layout) -> None:

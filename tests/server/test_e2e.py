@@ -246,7 +246,10 @@ def test_sigterm_drains(tmp_path: Path, layout: Layout) -> None:
     writer: int | None = None
     pool = ThreadPoolExecutor(1)
     try:
-        with DescriptorClient(proc.target, timeout=30) as client:
+        # A client that does not watch health, so that its new calls reach the draining
+        # server (ours fail them UNAVAILABLE in the client once it turns NOT_SERVING).
+        no_health = [("grpc.inhibit_health_checking", 1)]
+        with DescriptorClient(proc.target, timeout=30, options=no_health) as client:
             held: Future[Descriptor] = pool.submit(client.stat, digest, REPO)
             # The server has the FIFO open for reading once a writer can open it; the
             # writer holds it open without writing, so the server's read blocks.

@@ -186,7 +186,9 @@ def test_a_draining_replica_is_retried_on_the_other(
             held.start()
             two.signal()  # SIGTERM: two drains, with the held call in flight
             wait_for(lambda: "draining" in two.output, timeout=15)
-            with DescriptorClient(two.target, timeout=10) as direct, pytest.raises(ServerDrainingError):
+            # A client that does not watch health (ours leave a NOT_SERVING replica) is refused.
+            direct = DescriptorClient(two.target, timeout=10, options=[("grpc.inhibit_health_checking", 1)])
+            with direct, pytest.raises(ServerDrainingError):
                 direct.stat(digest)
 
             before = requests_on(one)

@@ -97,6 +97,11 @@ def test_a_distribution_2x_config_warns_once_across_workers(tmp_path: Path, layo
         proc.stop()
 
 
+#: The bound of each step of an early-signal start (fork, start, exit): a --workers 2 start
+#: takes 1 to 7 s on a busy 2-core machine, and far longer when many suites share it.
+STEP = 60.0
+
+
 def _early_signal(tmp_path: Path, layout: Layout, sig: int, delay: float, name: str) -> tuple[int, str, bool]:
     """Start ``--workers 2``, send ``sig`` ``delay`` seconds after spawning, and stop it.
 
@@ -124,16 +129,19 @@ def _early_signal(tmp_path: Path, layout: Layout, sig: int, delay: float, name: 
                 wait_for(lambda: _holds_signals(pid), timeout=1, interval=0.001)
         else:
             # ``delay`` seconds after the workers were forked, while they start.
-            wait_for(lambda: bool(Path(f"/proc/{pid}/task/{pid}/children").read_text().split()), 30, 0.001)
+            wait_for(lambda: bool(Path(f"/proc/{pid}/task/{pid}/children").read_text().split()), STEP, 0.001)
             time.sleep(delay)  # the moment of start-up under test, not a wait for an event
         proc.proc.send_signal(sig)
         serving = False
         if sig == signal.SIGHUP:
-            wait_for(lambda: proc.output.count("listening on") == 2, timeout=30)
+            wait_for(lambda: proc.output.count("listening on") == 2, timeout=STEP)
             with DescriptorClient(f"127.0.0.1:{proc.port}", timeout=10) as client:
                 serving = client.health() == "SERVING"
             proc.proc.send_signal(signal.SIGTERM)
-        code = proc.proc.wait(60)
+        try:
+            code = proc.proc.wait(STEP)
+        except subprocess.TimeoutExpired:
+            raise AssertionError(f"no exit {STEP}s after the signal (delay {delay}):\n{proc.output}") from None
     finally:
         proc.stop()
     return code, proc.output, serving
@@ -154,6 +162,7 @@ def _holds_signals(pid: int) -> bool:
 
 
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGHUP, signal.SIGINT], ids=["TERM", "HUP", "INT"])
+@pytest.mark.timeout(8 * 3 * STEP)  # eight starts, each step bounded by STEP: a hang fails its step
 def test_a_signal_during_start_up_is_handled_as_once_running(tmp_path: Path, layout: Layout, sig: int) -> None:
     """At every moment of a --workers start-up: SIGTERM/SIGINT drain (exit 0), SIGHUP
     reloads and the server keeps serving. Unhandled, it killed the workers (exit 1)."""

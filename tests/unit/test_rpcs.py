@@ -85,3 +85,12 @@ def test_only_the_idempotent_rpcs_are_retried_by_grpc() -> None:
     retried = {entry["method"] for entry in config["methodConfig"][0]["name"]}
     assert retried == {"Stat", "BatchStat", "GetMetrics", "Revalidate"}
     assert config["methodConfig"][0]["retryPolicy"]["retryableStatusCodes"] == ["UNAVAILABLE"]
+
+
+def test_the_channel_watches_each_replicas_health() -> None:
+    """Round robin leaves a replica whose server ("") turns NOT_SERVING, as a draining one does."""
+    import json
+
+    config = json.loads(SERVICE_CONFIG)
+    assert config["healthCheckConfig"] == {"serviceName": ""}
+    assert config["loadBalancingConfig"] == [{"round_robin": {}}]

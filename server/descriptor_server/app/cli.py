@@ -15,8 +15,6 @@ import dataclasses
 import logging
 import os
 import sys
-import threading
-import time
 from collections.abc import Sequence
 
 import yaml
@@ -100,29 +98,8 @@ def _run(args: argparse.Namespace, config: Config) -> int:
     if config.grpc.workers > 1:
         return workers.run_workers(config, serve)
     with contextlib.suppress(KeyboardInterrupt):  # signal handlers catch SIGINT
-        asyncio.run(serve(config))
-    exit_past_stuck_threads()
+        asyncio.run(serve(config))  # ends the process once drained (server.end_process)
     return 0
 
 
-def exit_past_stuck_threads(timeout: float = 2.0) -> None:
-    """Exit 0 now if a worker thread is still blocked after the drain.
-
-    A backend call stuck in a thread for good (a hung NFS mount, a FIFO as a link
-    file) would otherwise keep the interpreter from exiting, which joins every
-    worker thread without a timeout: a drained server must still exit.
-    """
-    deadline = time.monotonic() + timeout
-    others = [t for t in threading.enumerate() if t is not threading.current_thread() and not t.daemon]
-    for thread in others:
-        thread.join(max(0.0, deadline - time.monotonic()))
-    stuck = [t.name for t in others if t.is_alive()]
-    if stuck:
-        log.warning("exiting with %d threads still blocked: %s", len(stuck), ", ".join(stuck))
-        logging.shutdown()
-        sys.stdout.flush()
-        sys.stderr.flush()
-        os._exit(0)
-
-
-__all__ = ["exit_past_stuck_threads", "main", "parse_args", "run"]
+__all__ = ["main", "parse_args", "run"]

@@ -9,14 +9,17 @@ calls in flight finish, exit 0.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import errno
 import functools
 import logging
 import os
 import signal
 import socket
+import sys
+import threading
 import time
-from typing import Any
+from typing import Any, NoReturn
 
 import grpc
 from descriptor_client.rpcs import SERVICE
@@ -52,6 +55,9 @@ STOP_RESERVE = 1.0
 
 #: Seconds without a new call after which a draining server stops (bounded by ``grpc.drain``).
 DRAIN_QUIET = 0.5
+
+#: Seconds the backend's threads get to finish once the process has drained.
+STUCK_THREADS = 2.0
 
 
 def check_bindable(addr: str, key: str, *, reuseport: bool = False) -> None:
@@ -264,14 +270,19 @@ class DescriptorServer:
     async def wait(self) -> None:
         await self._stopping.wait()
 
-    async def drain(self, grace: float | None = None) -> None:
+    async def drain(self, grace: float | None = None, *, stop: bool = True) -> None:
         """Refuse new calls, let the calls in flight finish, then stop.
 
-        No call the server received is lost: grpcio cancels the calls it has received
-        but not yet handed to a handler when the server stops, so the server keeps
-        answering ``SERVER_DRAINING`` (which clients retry on another replica) until
-        no call has arrived for :data:`DRAIN_QUIET` seconds and none is in flight,
-        within ``grpc.drain``; only then does it stop.
+        Health turns NOT_SERVING first (clients that watch health, as the project's
+        clients do, leave the rotation at once); calls still coming are answered
+        ``SERVER_DRAINING`` (sent again elsewhere); the drain ends when no call has
+        arrived for :data:`DRAIN_QUIET` seconds and none is in flight, within
+        ``grpc.drain``. Then, with ``stop``, grpcio's stop, which cancels (CANCELLED)
+        the calls the transport has accepted but not yet handed to a handler and those
+        arriving before the client reads the GOAWAY (grpc/grpc#41785): fine for a
+        server inside another program. The process (:func:`serve`) drains with
+        ``stop=False`` and then ends (:func:`end_process`), which closes every
+        connection instead, so such a call fails UNAVAILABLE in its client.
         """
         grace = self.config.grpc.drain if grace is None else grace
         quiet = min(DRAIN_QUIET, grace)
@@ -286,30 +297,35 @@ class DescriptorServer:
         await self.health.drain()
         began = time.monotonic()
         deadline = began + grace
-        # The end of grpc.drain is kept for the stop itself: grpcio's stop sends GOAWAY
-        # (later calls are refused by the transport, UNAVAILABLE, which clients retry)
-        # and cancels only the calls still in a handler when its grace runs out, so the
-        # calls being answered at that moment (SERVER_DRAINING to clients still sending)
-        # get this long to finish instead of none.
+        # The end of grpc.drain is kept for the calls being answered at that moment
+        # (SERVER_DRAINING to clients still sending): grpcio's stop gives them this
+        # long before it cancels them; without the stop (the process ends) they get
+        # this long to finish before their connection is closed.
         reserve = min(STOP_RESERVE, grace / 4)
-        while time.monotonic() < deadline - reserve:
+        end = deadline - reserve if stop else deadline
+        warned = False
+        while True:
             now = time.monotonic()
             if not self.servicer.inflight and now - max(self.servicer.last_arrival, began) >= quiet:
                 log.info("drained in %.1fs: nothing in flight, no call for %gs", now - began, quiet)
                 break
+            if now >= deadline - reserve and not warned:
+                warned = True
+                log.warning(
+                    "grpc.drain (%gs) is nearly over: stopping with %d calls in flight (given %gs more, then "
+                    "%s), the last call came %.1fs ago",
+                    grace,
+                    self.servicer.inflight,
+                    reserve,
+                    "cancelled" if stop else "their connections closed",
+                    now - self.servicer.last_arrival,
+                )
+            if now >= end or (warned and not self.servicer.inflight):
+                break
             await asyncio.sleep(0.01)
-        else:
-            log.warning(
-                "grpc.drain (%gs) is nearly over: stopping with %d calls in flight (given %gs more, then "
-                "cancelled), the last call came %.1fs ago",
-                grace,
-                self.servicer.inflight,
-                reserve,
-                time.monotonic() - self.servicer.last_arrival,
-            )
-        if self.server is not None:
+        if stop and self.server is not None:
             await self.server.stop(max(0.0, deadline - time.monotonic()))
-        if self.health_server is not None:
+        if stop and self.health_server is not None:
             await self.health_server.stop(0)
         await self.statter.close()
         if self.endpoint is not None:
@@ -331,7 +347,35 @@ async def serve(config: Config) -> None:
     signal.pthread_sigmask(signal.SIG_UNBLOCK, (signal.SIGTERM, signal.SIGINT, signal.SIGHUP))
     await server.start()
     await server.wait()
-    await server.drain()
+    await server.drain(stop=False)
+    await end_process()
 
 
-__all__ = ["DRAIN_QUIET", "DescriptorServer", "check_bindable", "serve"]
+async def end_process(timeout: float = STUCK_THREADS) -> NoReturn:
+    """End the drained process now (exit 0), without grpcio's stop and without unwinding.
+
+    grpcio's stop, and the interpreter's own exit with a server still running, end with
+    CANCELLED the calls the server has not yet handed to a handler: those the transport
+    accepted, and those arriving before the client reads the GOAWAY (grpc/grpc#41785).
+    Ending the process closes the connections instead, so such a call fails UNAVAILABLE
+    in its client, which a client may retry (it was never executed). The backend's
+    threads get ``timeout`` seconds to finish; one still blocked (a hung mount) is
+    logged and left behind rather than keeping the process from exiting.
+    """
+    loop = asyncio.get_running_loop()
+    with contextlib.suppress(TimeoutError):
+        await asyncio.wait_for(asyncio.shield(loop.shutdown_default_executor()), timeout)
+    stuck = [
+        t.name
+        for t in threading.enumerate()
+        if t is not threading.current_thread() and not t.daemon and t.is_alive() and "_do_shutdown" not in t.name
+    ]
+    if stuck:
+        log.warning("exiting with %d threads still blocked: %s", len(stuck), ", ".join(stuck))
+    logging.shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)
+
+
+__all__ = ["DRAIN_QUIET", "DescriptorServer", "check_bindable", "end_process", "serve"]
