@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import errno
+import functools
 import logging
 import os
 import signal
@@ -23,7 +24,7 @@ from typing import Any, NoReturn
 import grpc
 from descriptor_client.rpcs import SERVICE
 from grpc_health.v1 import health_pb2
-from grpc_reflection.v1alpha import reflection
+from grpc_reflection.v1alpha import reflection, reflection_pb2_grpc
 
 from .. import security
 from ..config import Config, ConfigError
@@ -36,9 +37,10 @@ from ..observability.tracing import Tracing, setup_tracing
 from ..observability.worker_metrics import SiblingListener, totals_registry
 from ..rpc.context import current_principal
 from ..rpc.health import Health
-from ..rpc.interceptor import ObservingInterceptor
+from ..rpc.interceptor import MeasuringRegistrar, ObservingInterceptor
 from ..rpc.limits import server_options
-from ..rpc.servicer import Context, DescriptorServicer
+from ..rpc.servicer import Context, DescriptorServicer, Observer
+from ..security.authorizer import AUDITED, Authorizer
 from ..wrappers.bounds import BoundedBackend
 from ..wrappers.traces import innermost
 from ..wrappers.watch import WatchedCache, check_cache_at_start, combined_probe
@@ -119,11 +121,12 @@ class DescriptorServer:
         self.servicer = DescriptorServicer(
             self.statter,
             authorizer=authorizer,
-            observer=security.audited(self.observe, authorizer),
+            observer=self._observer(authorizer),
             # Credentials are checked from the metadata before any request is read.
             authenticator=getattr(authorizer, "authenticate", None) if authorizer.enabled else None,
             request_timeout=g.requesttimeout,
             max_calls=g.maxconcurrentcalls,
+            started=self.metrics.rpcs.started_by_method(),
         )
         self.metrics.track_inflight(lambda: self.servicer.inflight)
         if isinstance(self.statter.backend, BoundedBackend):
@@ -170,9 +173,32 @@ class DescriptorServer:
     def observe(
         self, method: str, code: grpc.StatusCode, seconds: float, request: Any, *, context: Context, reason: str
     ) -> None:
-        """The servicer's ``observer`` hook: per-RPC metrics and the call log."""
+        """Per-RPC metrics and the call log of one call (the servicer's hook adds the audit)."""
         self.metrics.observe_call(method, code, seconds)
         self.call_logger(method, code, seconds, request, context=context, reason=reason)
+
+    def _observer(self, authorizer: Any) -> Observer:
+        """The servicer's ``observer`` hook: :meth:`observe`, then the authorizer's audit.
+
+        One function, run after every call: an OK call costs the metrics and one
+        level check of the call log (its line is built only when debug is on); the
+        audit is called only for the methods it audits.
+        """
+        observe_call, call_logger = self.metrics.observe_call, self.call_logger
+        debug_on = functools.partial(call_logger.logger.isEnabledFor, logging.DEBUG)
+        audit = authorizer.observe if isinstance(authorizer, Authorizer) else None
+        ok = grpc.StatusCode.OK
+
+        def observe(
+            method: str, code: grpc.StatusCode, seconds: float, request: Any, *, context: Context, reason: str
+        ) -> None:
+            observe_call(method, code, seconds)
+            if code is not ok or debug_on():  # an OK call's line is at debug (CallLogger)
+                call_logger(method, code, seconds, request, context=context, reason=reason)
+            if audit is not None and method in AUDITED:
+                audit(method, code, seconds, request)
+
+        return observe
 
     async def start(self) -> int:
         g = self.config.grpc
@@ -180,19 +206,23 @@ class DescriptorServer:
             # grpc.maxconcurrentcalls is the servicer's (calls it refuses are counted and
             # logged; grpcio's maximum_concurrent_rpcs would refuse them unseen).
             options=server_options(g),
+            # Spans and the token's metadata only: left out when neither is on.
             interceptors=(
-                ObservingInterceptor(
-                    self.metrics.rpcs,
-                    self.tracing.tracer,
-                    hand_metadata=self.reads_tokens,
-                ),
+                (ObservingInterceptor(self.metrics.rpcs, self.tracing.tracer, hand_metadata=self.reads_tokens),)
+                if ObservingInterceptor.needed(self.tracing.tracer, self.reads_tokens)
+                else ()
             ),
         )
         server.add_generic_rpc_handlers((self.servicer.generic_handler(),))
-        self.health.add_to(server)
-        reflection.enable_server_reflection(
-            (SERVICE, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME),
-            server,
+        # Health and reflection register through the registrar, which measures their calls
+        # (the service's own methods are measured by the servicer).
+        others = MeasuringRegistrar(server, self.metrics.rpcs)
+        self.health.add_to(others)
+        reflection_pb2_grpc.add_ServerReflectionServicer_to_server(
+            reflection.aio.ReflectionServicer(
+                (SERVICE, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME)
+            ),
+            others,
         )
         check_bindable(g.addr, "grpc.addr", reuseport=g.workers > 1)
         try:

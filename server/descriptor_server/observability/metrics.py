@@ -199,6 +199,10 @@ class CacheCollector(Collector):
 _BOUNDS = tuple(floatToGoString(b) for b in (*RPC_BUCKETS, float("inf")))  # type: ignore[no-untyped-call]
 
 
+_OK = grpc.StatusCode.OK
+_bisect = bisect.bisect_left
+
+
 class RpcCollector(Collector):
     """Per-RPC counters and latency histograms, kept as plain ints on the hot path.
 
@@ -216,12 +220,12 @@ class RpcCollector(Collector):
         self._labels: dict[str, tuple[str, str, str]] = {}
         self._started: dict[str, list[int]] = {}
         self._handled: dict[tuple[str, grpc.StatusCode], list[int]] = {}
-        #: key -> its OK counter (the same list as in ``_handled``): most calls end OK,
-        #: and a StatusCode hashes in Python, so the common case looks up a str.
-        self._ok: dict[str, list[int]] = {}
-        # key -> [bucket counts..., +Inf count], and the sum of seconds
+        # key -> [bucket counts..., +Inf count], and [the sum of seconds]
         self._buckets: dict[str, list[int]] = {}
-        self._sums: dict[str, float] = {}
+        self._sums: dict[str, list[float]] = {}
+        #: key -> (its OK counter, its buckets, its sum): the lists above, found with one
+        #: str lookup per call (most calls end OK, and a StatusCode hashes in Python).
+        self._hot: dict[str, tuple[list[int], list[int], list[float]]] = {}
         for method in RPCS:
             self._add(method, (SERVICE, method, "unary"))
 
@@ -230,13 +234,14 @@ class RpcCollector(Collector):
         self._started[key] = [0]
         for code in HANDLER_CODES:
             self._handled[key, code] = [0]
-        self._ok[key] = self._handled[key, grpc.StatusCode.OK]
         self._buckets[key] = [0] * (len(RPC_BUCKETS) + 1)
-        self._sums[key] = 0.0
+        self._sums[key] = [0.0]
+        self._hot[key] = (self._handled[key, grpc.StatusCode.OK], self._buckets[key], self._sums[key])
 
-    def started_by_path(self) -> dict[str, list[int]]:
-        """``/service/method`` -> the started counter of each of the service's own methods."""
-        return {f"/{SERVICE}/{method}": self._started[method] for method in RPCS}
+    def started_by_method(self) -> dict[str, list[int]]:
+        """Method name (``Stat``) -> the started counter of each of the service's own methods
+        (the servicer counts their calls: ``counter[0] += 1``)."""
+        return {method: self._started[method] for method in RPCS}
 
     def add_series(self, path: str, kind: str) -> None:
         """Declare the series of another service's method (``/service/method``) once."""
@@ -248,16 +253,20 @@ class RpcCollector(Collector):
         self._started[key][0] += 1
 
     def observe(self, method: str, code: grpc.StatusCode, seconds: float) -> None:
-        buckets = self._buckets.get(method)
-        if buckets is None:
+        hot = self._hot.get(method)
+        if hot is None:
             self._add(method, (SERVICE, method, "unary"))
-            buckets = self._buckets[method]
-        handled = self._ok[method] if code is grpc.StatusCode.OK else self._handled.get((method, code))
-        if handled is None:
-            handled = self._handled[method, code] = [0]
-        handled[0] += 1
-        buckets[bisect.bisect_left(RPC_BUCKETS, seconds)] += 1
-        self._sums[method] += seconds
+            hot = self._hot[method]
+        ok, buckets, total = hot
+        if code is _OK:
+            ok[0] += 1
+        else:
+            handled = self._handled.get((method, code))
+            if handled is None:
+                handled = self._handled[method, code] = [0]
+            handled[0] += 1
+        buckets[_bisect(RPC_BUCKETS, seconds)] += 1
+        total[0] += seconds
 
     def describe(self) -> Iterable[Metric]:
         return self.collect()
@@ -288,7 +297,7 @@ class RpcCollector(Collector):
             for bound, n in zip(_BOUNDS, counts, strict=True):
                 running += n
                 cumulative.append((bound, running))
-            handling.add_metric(labels[key], cumulative, self._sums[key])
+            handling.add_metric(labels[key], cumulative, self._sums[key][0])
         return [started, handled, handling]
 
 

@@ -23,6 +23,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
 from ..config import ConfigError
 from ..core import loggers
+from .interceptor import MeasuringRegistrar
 
 log = logging.getLogger(loggers.SERVER)
 
@@ -54,7 +55,7 @@ class Health:
         self.interval = interval
         self._task: asyncio.Task[None] | None = None
 
-    def add_to(self, server: grpc.aio.Server) -> None:
+    def add_to(self, server: grpc.aio.Server | MeasuringRegistrar) -> None:
         health_pb2_grpc.add_HealthServicer_to_server(self.servicer, server)
 
     def listener(self, addr: str) -> tuple[grpc.aio.Server, int]:

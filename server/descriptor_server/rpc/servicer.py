@@ -15,7 +15,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from typing import Any, Protocol, TypeAlias
 
 import grpc
@@ -43,6 +43,7 @@ Handler = Callable[[Any, Context], Awaitable[bytes]]
 
 #: Called once the request is decoded, before the handler: (method name, request,
 #: context); raises UnauthenticatedError / PermissionDeniedError to refuse the call.
+#: One with a ``needed(method) -> bool`` method is called only for the methods it needs.
 Authorizer = Callable[[str, Any, Context], None]
 
 #: Called when a call starts, before its request message is read: (method name,
@@ -83,8 +84,11 @@ async def read_request(context: Context, timeout: float) -> bytes:
     return _body(body)
 
 
+EOF = grpc.aio.EOF
+
+
 def _body(body: Any) -> bytes:
-    if body is grpc.aio.EOF:
+    if body is EOF:
         raise RequestInvalidError("the call ended without a request message")
     data: bytes = body
     return data
@@ -121,7 +125,7 @@ class RequestWait:
         assert task is not None
         self._waiting[task] = time.monotonic()
         if self._sweep_at is None:
-            self._sweep_at = asyncio.get_running_loop().call_later(self.period, self._sweep)
+            self.arm()
         try:
             body = await context.read()
         except asyncio.CancelledError:
@@ -132,6 +136,10 @@ class RequestWait:
             if self._waiting.pop(task, None) is None:
                 self._expired.discard(task)
         return _body(body)
+
+    def arm(self) -> None:
+        """Schedule the next sweep (none is scheduled)."""
+        self._sweep_at = asyncio.get_running_loop().call_later(self.period, self._sweep)
 
     def _sweep(self) -> None:
         self._sweep_at = None
@@ -190,10 +198,13 @@ class DescriptorServicer:
         authenticator: Authenticator | None = None,
         request_timeout: float = 0.0,
         max_calls: int = 0,
+        started: Mapping[str, list[int]] | None = None,
     ) -> None:
         self.statter = statter
         self.authorizer = authorizer
         self.observer = observer
+        #: Method name -> its ``grpc_server_started_total`` counter, counted as a call starts.
+        self.started: Mapping[str, list[int]] = started if started is not None else {}
         #: Refuses, from the metadata alone, calls without acceptable credentials.
         self.authenticator = authenticator
         #: grpc.requesttimeout: how long a call may wait for its request message.
@@ -258,24 +269,57 @@ class DescriptorServicer:
 
     def _wrap(self, rpc: Rpc) -> Handler:
         name, message, fn = rpc.name, rpc.request, self._handler_of(rpc)
+        # Stat (the hit path) calls the statter itself: one coroutine less than self.stat.
+        stat = self.statter.stat if rpc.verb == "stat" else None
+        encode = self.encoder.stat_response
         parse = message.FromString
+
+        wait = self._request
+        timeout, waiting, expired = wait.timeout, wait._waiting, wait._expired
+        observer, authenticator, authorizer = self.observer, self.authenticator, self.authorizer
+        needed = getattr(authorizer, "needed", None)
+        if needed is not None and not needed(name):
+            authorizer = None
+        ok, monotonic, current_task = grpc.StatusCode.OK, time.monotonic, asyncio.current_task
+        started = self.started.get(name, [0])
 
         async def handler(_requests: Any, context: Context) -> bytes:
             # Runs when the call's headers arrive: refusals that need no request
-            # (draining, credentials) answer before any message is read.
-            start = time.perf_counter()
-            code = grpc.StatusCode.OK
+            # (draining, credentials) answer before any message is read. Written out
+            # flat for the hit path (one clock read, RequestWait.read inlined): every
+            # call, attribute look-up and try block here is paid by every call.
+            start = self.last_arrival = monotonic()
+            started[0] += 1
+            code = ok
             reason = ""
             request: Any = None
             handling = False
             self.inflight += 1
-            self.last_arrival = time.monotonic()
             try:
                 if self.draining:
                     raise ServerDrainingError("server is draining; retry another replica")
-                if self.authenticator is not None:
-                    await self.authenticator(name, context)
-                body = await self._request.read(context)
+                if authenticator is not None:
+                    await authenticator(name, context)
+                if timeout > 0:  # RequestWait.read, inlined
+                    task = current_task()
+                    assert task is not None
+                    waiting[task] = start
+                    if wait._sweep_at is None:
+                        wait.arm()
+                    try:
+                        body = await context.read()
+                    except BaseException as exc:
+                        if waiting.pop(task, None) is None and task in expired:
+                            expired.discard(task)
+                            if isinstance(exc, asyncio.CancelledError):
+                                raise _no_request(timeout) from None
+                        raise
+                    if waiting.pop(task, None) is None:
+                        expired.discard(task)
+                    if body is EOF:
+                        raise RequestInvalidError("the call ended without a request message")
+                else:
+                    body = _body(await context.read())
                 if self.draining:  # began draining while the request was on its way
                     raise ServerDrainingError("server is draining; retry another replica")
                 if self.max_calls and self.handling >= self.max_calls:
@@ -290,8 +334,10 @@ class DescriptorServicer:
                     raise RequestInvalidError(
                         f"request body does not decode as {message.DESCRIPTOR.full_name}"
                     ) from None
-                if self.authorizer is not None:
-                    self.authorizer(name, request, context)
+                if authorizer is not None:
+                    authorizer(name, request, context)
+                if stat is not None:
+                    return encode(await stat(request.digest, request.repository))
                 return await fn(request)
             except DescriptorError as err:
                 code, reason = err.code, err.reason
@@ -307,8 +353,8 @@ class DescriptorServicer:
                 self.inflight -= 1
                 if handling:
                     self.handling -= 1
-                if self.observer is not None:
-                    self.observer(name, code, time.perf_counter() - start, request, context=context, reason=reason)
+                if observer is not None:
+                    observer(name, code, monotonic() - start, request, context=context, reason=reason)
             raise AssertionError("unreachable")  # pragma: no cover - abort raises
 
         return handler

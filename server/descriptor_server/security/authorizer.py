@@ -157,6 +157,11 @@ class Authorizer:
             return ("repository", repository, action)
         return (*self.global_resource, action)
 
+    def needed(self, method: str) -> bool:
+        """Whether calls of ``method`` need this authorizer called (the servicer skips the
+        call where not): with no token configured, only the audited methods do."""
+        return self.enabled or method in AUDITED
+
     def __call__(self, method: str, request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> None:
         if not self.enabled:
             if method in AUDITED:
