@@ -343,9 +343,9 @@ async def test_a_stat_after_a_clear_never_joins_a_read_from_before_without_a_cac
 
 
 async def test_without_a_cache_a_clear_by_another_worker_is_not_missed(layout: Layout) -> None:
-    """Workers that can clear (``grpc.workers > 1``, deletion on) share no epoch: the
-    none cache built for them shares no read, so a Stat that starts after another
-    worker's Clear returned asks the backend itself."""
+    """Processes that can clear (deletion on: workers, or replicas over one storage)
+    share no epoch: the none cache built for them shares no read, so a Stat that starts
+    after another process's Clear returned asks the backend itself."""
     gated = GatedBackend(FilesystemBackend(str(layout.root)))
     worker = CachedBlobStatter(build_cache(workers_config(2)), gated, delete_enabled=True)
     other = CachedBlobStatter(build_cache(workers_config(2)), FilesystemBackend(str(layout.root)), delete_enabled=True)
@@ -361,10 +361,13 @@ async def test_without_a_cache_a_clear_by_another_worker_is_not_missed(layout: L
     assert await asyncio.wait_for(before, 10) == Descriptor(OCT, digest, 6)
     with pytest.raises(BlobUnknownError):
         await asyncio.wait_for(after, 10)
-    # One worker (or deletion off) keeps sharing concurrent misses' reads.
-    for config in (workers_config(1), workers_config(2, delete=False)):
+    # Deletion off: concurrent misses share one read (any number of workers); on: never,
+    # even with one worker (a replica beside it may clear).
+    for config in (workers_config(1, delete=False), workers_config(2, delete=False)):
         cache = build_cache(config)
         assert await cache.token() == await cache.token()
+    alone = build_cache(workers_config(1))
+    assert await alone.token() != await alone.token()
     await worker.close()
     await other.close()
 

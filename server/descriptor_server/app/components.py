@@ -54,8 +54,9 @@ def _redis(config: Config, observe: RedisObserver | None) -> Cache:
 def _none(config: Config, observe: RedisObserver | None) -> Cache:
     from ..caches.none import NoneCache
 
-    # Workers that can clear see each other's Clears in no shared epoch: no read is shared.
-    return NoneCache(alone=config.grpc.workers <= 1 or not config.storage.delete.enabled)
+    # With deletion on, another worker or replica may clear the same storage, and no epoch
+    # is shared with it: no read is shared either.
+    return NoneCache(alone=not config.storage.delete.enabled)
 
 
 @dataclass(frozen=True, slots=True)

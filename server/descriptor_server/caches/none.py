@@ -8,10 +8,11 @@ token let it join one (a read of a link the Clear then deleted answered the Stat
 followed the Clear: the lincheck's chained ``inmemory/slow-delete`` history, whose back
 service runs this cache).
 
-The epoch is this process's: a Clear served by another worker of the server is not seen
-here. So with workers that can clear (``grpc.workers > 1``, deletion on) the cache is not
-``alone`` and every token is a new one: no Stat joins another's read, each asks the
-backend itself.
+The epoch is this process's: a Clear served by another worker of the server, or by
+another replica over the same storage, is not seen here. So with deletion on the cache
+is not ``alone`` and every token is a new one: no Stat joins another's read, each asks
+the backend itself (with deletion off, this service never clears, and concurrent misses
+share one read).
 """
 
 from __future__ import annotations
