@@ -55,7 +55,12 @@ async def test_unexpected_error_is_internal_and_the_server_keeps_serving(
         assert info.value.message == "internal error"  # no internals leak to the caller
         with pytest.raises(BlobUnknownError):
             await client.stat("sha256:" + "b" * 64)
-    assert servicer.inflight == 0
+
+    async def inflight() -> int:
+        return servicer.inflight
+
+    # The handlers' bookkeeping ends just after their answer is sent: no call stays counted.
+    assert await until(inflight, lambda n: n == 0, timeout=10) == 0
 
 
 async def test_draining_refuses_new_calls(served: tuple[DescriptorServicer, str]) -> None:
