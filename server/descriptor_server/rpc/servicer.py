@@ -226,8 +226,9 @@ class DescriptorServicer:
     # -- handlers (decoded request -> response bytes) -----------------------------
 
     async def stat(self, request: pb.StatRequest) -> bytes:
-        desc = await self.statter.stat(request.digest, request.repository)
-        return self.encoder.stat_response(desc)
+        digest, repository = request.digest, request.repository
+        desc = self.statter.peek(digest, repository)
+        return self.encoder.stat_response(desc if desc is not None else await self.statter.stat(digest, repository))
 
     async def set_descriptor(self, request: pb.SetDescriptorRequest) -> bytes:
         d = request.descriptor
@@ -269,8 +270,10 @@ class DescriptorServicer:
 
     def _wrap(self, rpc: Rpc) -> Handler:
         name, message, fn = rpc.name, rpc.request, self._handler_of(rpc)
-        # Stat (the hit path) calls the statter itself: one coroutine less than self.stat.
+        # Stat (the hit path) calls the statter itself: one coroutine less than self.stat,
+        # and none for a hit the statter answers synchronously (peek).
         stat = self.statter.stat if rpc.verb == "stat" else None
+        peek = self.statter.peek
         encode = self.encoder.stat_response
         parse = message.FromString
 
@@ -337,7 +340,9 @@ class DescriptorServicer:
                 if authorizer is not None:
                     authorizer(name, request, context)
                 if stat is not None:
-                    return encode(await stat(request.digest, request.repository))
+                    digest, repository = request.digest, request.repository
+                    desc = peek(digest, repository)
+                    return encode(desc if desc is not None else await stat(digest, repository))
                 return await fn(request)
             except DescriptorError as err:
                 code, reason = err.code, err.reason
