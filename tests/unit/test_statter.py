@@ -22,9 +22,13 @@ from descriptor_client import (
     RepositoryNameInvalidError,
     UnsupportedError,
 )
+from descriptor_server.app.components import build_cache
 from descriptor_server.backends.filesystem import FilesystemBackend
 from descriptor_server.caches import Taken
 from descriptor_server.caches.inmemory import InMemoryCache
+from descriptor_server.caches.none import NoneCache
+from descriptor_server.config import Config
+from descriptor_server.config.loading import load
 from descriptor_server.core.statter import CachedBlobStatter
 from helpers.support import A256, A384, OCT, REPO, Layout
 
@@ -311,6 +315,67 @@ async def test_clear_during_an_inflight_miss_is_not_undone(layout: Layout, cache
     with pytest.raises(BlobUnknownError):
         await statter.stat(digest, REPO)
     await statter.close()
+
+
+async def test_a_stat_after_a_clear_never_joins_a_read_from_before_without_a_cache(layout: Layout) -> None:
+    """``blobdescriptor: none`` (a chained service's back, say): nothing is cached, yet a
+    Stat that starts after a Clear returned must not share a backend read that began
+    before it (lincheck inmemory/slow-delete, chained: the front's SetDescriptor check
+    read the link, the front's Clear deleted it through the back, and the front's next
+    Stat joined that read at the back and answered present)."""
+    gated = GatedBackend(FilesystemBackend(str(layout.root)))
+    statter = CachedBlobStatter(NoneCache(), gated, delete_enabled=True)
+    gated.read_first = True
+    gated.gated_calls = 1  # only the read from before the Clear is held
+    digest = layout.push(REPO, b"racing")
+    before = asyncio.ensure_future(statter.stat(digest, REPO))
+    await asyncio.wait_for(gated.arrived.wait(), 10)  # the link is read, the answer held
+    await statter.clear(digest, REPO)
+    assert not layout.link(REPO, digest).exists()
+    after = asyncio.ensure_future(statter.stat(digest, REPO))
+    await asyncio.sleep(0)  # let it reach the flights
+    gated.gate.set()
+    assert await asyncio.wait_for(before, 10) == Descriptor(OCT, digest, 6)  # read before the Clear
+    with pytest.raises(BlobUnknownError):
+        await asyncio.wait_for(after, 10)  # started after the Clear returned: its own read
+    assert gated.stat_calls == 2
+    await statter.close()
+
+
+async def test_without_a_cache_a_clear_by_another_worker_is_not_missed(layout: Layout) -> None:
+    """Workers that can clear (``grpc.workers > 1``, deletion on) share no epoch: the
+    none cache built for them shares no read, so a Stat that starts after another
+    worker's Clear returned asks the backend itself."""
+    gated = GatedBackend(FilesystemBackend(str(layout.root)))
+    worker = CachedBlobStatter(build_cache(workers_config(2)), gated, delete_enabled=True)
+    other = CachedBlobStatter(build_cache(workers_config(2)), FilesystemBackend(str(layout.root)), delete_enabled=True)
+    gated.read_first = True
+    gated.gated_calls = 1
+    digest = layout.push(REPO, b"racing")
+    before = asyncio.ensure_future(worker.stat(digest, REPO))
+    await asyncio.wait_for(gated.arrived.wait(), 10)
+    await other.clear(digest, REPO)
+    after = asyncio.ensure_future(worker.stat(digest, REPO))
+    await asyncio.sleep(0)
+    gated.gate.set()
+    assert await asyncio.wait_for(before, 10) == Descriptor(OCT, digest, 6)
+    with pytest.raises(BlobUnknownError):
+        await asyncio.wait_for(after, 10)
+    # One worker (or deletion off) keeps sharing concurrent misses' reads.
+    for config in (workers_config(1), workers_config(2, delete=False)):
+        cache = build_cache(config)
+        assert await cache.token() == await cache.token()
+    await worker.close()
+    await other.close()
+
+
+def workers_config(workers: int, *, delete: bool = True) -> Config:
+    environ = {
+        "DESCRIPTOR_GRPC_WORKERS": str(workers),
+        "DESCRIPTOR_STORAGE_DELETE_ENABLED": str(delete).lower(),
+        "DESCRIPTOR_STORAGE_CACHE_BLOBDESCRIPTOR": "none",
+    }
+    return load(None, environ)
 
 
 async def test_global_clear_during_an_inflight_repository_miss_is_not_undone(

@@ -54,7 +54,8 @@ def _redis(config: Config, observe: RedisObserver | None) -> Cache:
 def _none(config: Config, observe: RedisObserver | None) -> Cache:
     from ..caches.none import NoneCache
 
-    return NoneCache()
+    # Workers that can clear see each other's Clears in no shared epoch: no read is shared.
+    return NoneCache(alone=config.grpc.workers <= 1 or not config.storage.delete.enabled)
 
 
 @dataclass(frozen=True, slots=True)
