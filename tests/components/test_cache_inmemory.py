@@ -240,6 +240,35 @@ async def test_repeated_hits_see_every_change() -> None:
         await cache.stat(d)
 
 
+async def test_peek_answers_what_stat_answers_and_nothing_an_invalidation_removed() -> None:
+    """The statter's synchronous Stat path: a peek is a memoised hit or None, never stale."""
+    cache = InMemoryCache(100)
+    await cache.set_descriptor(A384, Descriptor(OCT, A256, 10), REPO)  # alias under both
+    await cache.set_descriptor(A384, Descriptor(JSON, A256, 10), REPO)
+    assert cache.peek(A384) is None  # not memoised yet: the statter asks stat
+    for _ in range(5):
+        for scope in ("", REPO):
+            for d in (A384, A256):
+                answer = await cache.stat(d, scope)
+                assert cache.peek(d, scope) in (None, answer)
+    assert [cache.peek(d, s) for s in ("", REPO) for d in (A384, A256)] == [
+        Descriptor(OCT, A256, 10),
+        Descriptor(OCT, A256, 10),
+        Descriptor(JSON, A256, 10),
+        Descriptor(JSON, A256, 10),
+    ]
+    assert cache.peek(digest(3)) is None
+    assert cache.peek(A384, "other/repo") is None
+    await cache.invalidate(A384, REPO)  # the alias, in the repository (and its global entry)
+    assert (cache.peek(A384, REPO), cache.peek(A384)) == (None, None)
+    assert cache.peek(A256) == Descriptor(OCT, A256, 10)
+    await cache.invalidate(A256)  # the canonical blob: its aliases go with it
+    assert [cache.peek(d, s) for s in ("", REPO) for d in (A384, A256)] == [None] * 4
+    for d in (A384, A256):
+        with pytest.raises(BlobUnknownError):
+            await cache.stat(d)
+
+
 async def test_an_evicted_memoised_entry_is_unknown() -> None:
     cache = InMemoryCache(20)
     d = digest(0)

@@ -121,6 +121,35 @@ async def test_a_due_entry_whose_blob_is_gone_answers_blob_unknown_on_its_first_
     await statter.close()
 
 
+@pytest.mark.parametrize("scope", ["", REPO])
+async def test_a_memoised_hit_is_peeked_and_counted_until_it_is_due(layout: Layout, scope: str) -> None:
+    """The servicer's synchronous Stat path (peek) counts as stat does, and leaves a due
+    entry to stat, which checks it against the backend before answering."""
+    clock = Clock()
+    statter, cache, backend = revalidating(layout, clock)
+    digest = layout.push(REPO, b"memoised, then collected")
+    m = statter.metrics
+    assert statter.peek(digest, scope) is None  # not cached: nothing answered, nothing counted
+    assert (m.requests, m.hits, m.misses) == (0, 0, 0)
+    await statter.stat(digest, scope)  # a miss, written back
+    hits = 0
+    while cache.peek(digest, scope) is None:  # hit until memoised
+        assert hits < 5
+        await statter.stat(digest, scope)
+        hits += 1
+    assert statter.peek(digest, scope) == Descriptor(OCT, digest, 24)
+    assert (m.requests, m.hits, m.misses) == (hits + 2, hits + 1, 1)
+    collect_behind_the_cache(layout, digest)
+    clock.now += INTERVAL
+    assert statter.peek(digest, scope) is None  # due: stat answers it, after its check
+    assert (m.requests, m.hits, m.revalidations, backend.reads.arrived) == (hits + 2, hits + 1, 0, 1)
+    with pytest.raises(BlobUnknownError):
+        await statter.stat(digest, scope)
+    assert (m.requests, m.hits, m.revalidations, m.revalidation_removed) == (hits + 3, hits + 2, 1, 1)
+    assert statter.peek(digest, scope) is None
+    await statter.close()
+
+
 async def test_a_due_entry_still_stored_answers_present_and_is_confirmed(layout: Layout) -> None:
     clock = Clock()
     statter, cache, backend = revalidating(layout, clock)

@@ -84,6 +84,26 @@ def otel_env(port: int, **extra: str) -> dict[str, str]:
     }
 
 
+def test_every_hit_has_its_cache_span_memoised_or_not(
+    receiver: tuple[Receiver, int], tmp_path: Path, layout: Layout
+) -> None:
+    """The in-memory cache answers a memoised hit without a coroutine only where no span
+    is lost: with tracing on, every Stat still has its cache.stat child."""
+    spans, port = receiver
+    blob = layout.put_blob(b"hit again and again")
+    server = ServerProcess(base_config(layout.root), tmp_path, env=otel_env(port)).start()
+    try:
+        with DescriptorClient(server.target) as client:
+            for _ in range(6):  # a miss, then hits: memoised from the third
+                client.stat(blob)
+        # A child ends before its parent, so is exported with it or before it.
+        wait_for(lambda: len(spans.named(f"{SERVICE}/Stat")) == 6)
+    finally:
+        server.stop()
+    stats = sorted(s.span_id for s in spans.named(f"{SERVICE}/Stat"))
+    assert sorted(s.parent_span_id for s in spans.named("cache.stat") if s.parent_span_id in stats) == stats
+
+
 def test_spans_for_every_rpc_with_cache_and_backend_children(
     receiver: tuple[Receiver, int], tmp_path: Path, layout: Layout
 ) -> None:

@@ -19,6 +19,7 @@ import socket
 import sys
 import threading
 import time
+from collections.abc import Callable
 from typing import Any, NoReturn
 
 import grpc
@@ -39,7 +40,7 @@ from ..rpc.context import current_principal
 from ..rpc.health import Health
 from ..rpc.interceptor import MeasuringRegistrar, ObservingInterceptor
 from ..rpc.limits import server_options
-from ..rpc.servicer import Context, DescriptorServicer, Observer
+from ..rpc.servicer import BoundObserver, Context, DescriptorServicer, Observer
 from ..security.authorizer import AUDITED, Authorizer
 from ..wrappers.bounds import BoundedBackend
 from ..wrappers.traces import innermost
@@ -84,6 +85,41 @@ def check_bindable(addr: str, key: str, *, reuseport: bool = False) -> None:
             except OSError as err:
                 if err.errno == errno.EADDRINUSE:
                     raise ConfigError(key, f"cannot listen on {addr}: address already in use") from None
+
+
+class _CallObserver:
+    """The servicer's observer: the per-RPC metrics, the call log, the audit.
+
+    Bound once per method (:meth:`bind`), as the servicer builds its handlers: an OK
+    call then costs its method's counters (found once), one level check of the call
+    log (its line is built only when debug is on), and no audit unless the method is
+    audited.
+    """
+
+    def __init__(self, server: DescriptorServer, audit: Callable[[str, grpc.StatusCode, float, Any], None] | None):
+        self.server = server
+        self.audit = audit
+
+    def __call__(
+        self, method: str, code: grpc.StatusCode, seconds: float, request: Any, *, context: Context, reason: str
+    ) -> None:
+        self.bind(method)(code, seconds, request, context, reason)
+
+    def bind(self, method: str) -> BoundObserver:
+        record = self.server.metrics.rpcs.recorder(method)
+        call_logger = self.server.call_logger
+        debug_on = functools.partial(call_logger.logger.isEnabledFor, logging.DEBUG)
+        audit = self.audit if method in AUDITED else None
+        ok = grpc.StatusCode.OK
+
+        def observe(code: grpc.StatusCode, seconds: float, request: Any, context: Context, reason: str) -> None:
+            record(code, seconds)
+            if code is not ok or debug_on():  # an OK call's line is at debug (CallLogger)
+                call_logger(method, code, seconds, request, context=context, reason=reason)
+            if audit is not None:
+                audit(method, code, seconds, request)
+
+        return observe
 
 
 class DescriptorServer:
@@ -178,27 +214,8 @@ class DescriptorServer:
         self.call_logger(method, code, seconds, request, context=context, reason=reason)
 
     def _observer(self, authorizer: Any) -> Observer:
-        """The servicer's ``observer`` hook: :meth:`observe`, then the authorizer's audit.
-
-        One function, run after every call: an OK call costs the metrics and one
-        level check of the call log (its line is built only when debug is on); the
-        audit is called only for the methods it audits.
-        """
-        observe_call, call_logger = self.metrics.observe_call, self.call_logger
-        debug_on = functools.partial(call_logger.logger.isEnabledFor, logging.DEBUG)
-        audit = authorizer.observe if isinstance(authorizer, Authorizer) else None
-        ok = grpc.StatusCode.OK
-
-        def observe(
-            method: str, code: grpc.StatusCode, seconds: float, request: Any, *, context: Context, reason: str
-        ) -> None:
-            observe_call(method, code, seconds)
-            if code is not ok or debug_on():  # an OK call's line is at debug (CallLogger)
-                call_logger(method, code, seconds, request, context=context, reason=reason)
-            if audit is not None and method in AUDITED:
-                audit(method, code, seconds, request)
-
-        return observe
+        """The servicer's ``observer`` hook: :meth:`observe`, then the authorizer's audit."""
+        return _CallObserver(self, authorizer.observe if isinstance(authorizer, Authorizer) else None)
 
     async def start(self) -> int:
         g = self.config.grpc

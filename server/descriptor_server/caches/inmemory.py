@@ -153,6 +153,18 @@ class InMemoryCache:
             raise BlobUnknownError.of(digest, repository)
         return desc
 
+    def peek(self, digest: str, repository: str = "") -> Descriptor | None:
+        """The memoised answer for ``digest`` in this scope, or None: what :meth:`stat`
+        answers for it, found without a coroutine (the statter's Stat fast path).
+
+        Only memoised entries (saturated: a :meth:`stat` of one changes nothing, no
+        counter to bump), so a peek and a stat leave the cache the same. Synchronous, as
+        every change to an entry forgets its memo at once: a peek after an invalidation
+        returns never sees what it removed.
+        """
+        hot = self._hot_repo.get(repository) if repository else self._hot
+        return hot.get(digest) if hot is not None else None
+
     async def stat_many(self, digests: Sequence[str], repository: str = "") -> list[Descriptor | None]:
         """Look up many digests in one scope; ``None`` where unknown.
 

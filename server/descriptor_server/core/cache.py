@@ -33,6 +33,12 @@ class Cache(BlobDescriptorService, Protocol):
     ``set_descriptor`` writes unconditionally (a test's or an operator's write); the
     statter writes only through :meth:`fill`. ``clear`` is :meth:`invalidate` that
     raises BlobUnknownError when the scope held nothing.
+
+    Optional, found by name: ``peek(digest, repository) -> Descriptor | None``, a
+    synchronous lookup of what :meth:`stat` would answer (None: ask :meth:`stat`), with
+    no other effect than a stat of it would have, and consistent with
+    :meth:`invalidate` (no ``await`` between them in the cache). The in-memory cache
+    has it for its memoised hits; a wrapper (tracing) does not, so its spans stay.
     """
 
     async def stat_many(self, digests: Sequence[str], repository: str = "") -> list[Descriptor | None]:

@@ -38,7 +38,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Awaitable, Coroutine, Sequence
+from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -131,6 +131,8 @@ class CachedBlobStatter:
         self._valid_repositories: set[str] = set()  # the same for repository names
         self._cache_log = RateLimitedLog(log)
         self._background: set[asyncio.Future[None]] = set()
+        #: The cache's synchronous lookup, where it has one (see :meth:`peek`).
+        self._peek: Callable[[str, str], Descriptor | None] | None = getattr(cache, "peek", None)
 
     # -- Stat ------------------------------------------------------------------
 
@@ -155,6 +157,32 @@ class CachedBlobStatter:
         metrics.misses += 1
         token = await self._token() if cache_ok else None
         return await self._miss(digest, repository, token)
+
+    def peek(self, digest: str, repository: str = "") -> Descriptor | None:
+        """A Stat answered without a coroutine, or None: then :meth:`stat` answers it.
+
+        The answer where the cache can give it synchronously (``cache.peek``: the
+        in-memory cache's memoised hits) and the entry is not due for revalidation,
+        validated and counted as :meth:`stat` counts a hit. None (nothing counted, and
+        nothing changed that :meth:`stat` does not do again the same) for anything
+        else: a cache without ``peek``, an answer it does not hold ready, a due entry
+        (:meth:`stat` checks it against the backend first). An invalid digest or
+        repository raises as :meth:`stat` does.
+        """
+        peek = self._peek
+        if peek is None:
+            return None
+        self._validate(digest, repository)
+        desc = peek(digest, repository)
+        if desc is None:
+            return None
+        revalidator = self.revalidator
+        if revalidator is not None and revalidator.due((digest, repository)):
+            return None  # stat asks due() again: still due (it only grows due with time)
+        metrics = self.metrics
+        metrics.requests += 1
+        metrics.hits += 1
+        return desc
 
     async def _token(self) -> int | None:
         """The cache's epoch before a backend read; None (write nothing back) if the cache fails."""

@@ -268,6 +268,27 @@ class RpcCollector(Collector):
         buckets[_bisect(RPC_BUCKETS, seconds)] += 1
         total[0] += seconds
 
+    def recorder(self, method: str) -> Callable[[grpc.StatusCode, float], None]:
+        """:meth:`observe` for one method, its series found once (the servicer's
+        observer binds one per method as it builds the handlers)."""
+        if method not in self._hot:
+            self._add(method, (SERVICE, method, "unary"))
+        ok, buckets, total = self._hot[method]
+        handled_of = self._handled
+
+        def record(code: grpc.StatusCode, seconds: float) -> None:
+            if code is _OK:
+                ok[0] += 1
+            else:
+                handled = handled_of.get((method, code))
+                if handled is None:
+                    handled = handled_of[method, code] = [0]
+                handled[0] += 1
+            buckets[_bisect(RPC_BUCKETS, seconds)] += 1
+            total[0] += seconds
+
+        return record
+
     def describe(self) -> Iterable[Metric]:
         return self.collect()
 

@@ -94,12 +94,14 @@ class MeasuringRegistrar:
         self.server.add_generic_rpc_handlers(tuple(_MeasuredGeneric(h, self.rpcs) for h in handlers))
 
     def add_registered_method_handlers(self, service: str, handlers: dict[str, grpc.RpcMethodHandler]) -> None:
-        self.server.add_registered_method_handlers(
-            service, {method: self.measured(f"/{service}/{method}", h) for method, h in handlers.items()}
-        )
+        """Served as generic handlers instead (grpcio's generated code adds both anyway).
 
-    def measured(self, path: str, handler: grpc.RpcMethodHandler) -> grpc.RpcMethodHandler:
-        return wrap_handler(handler, path, None, self.rpcs, None, measure=True)
+        grpc.aio keeps a task waiting for each registered method, and its serving loop
+        waits on all of them with the one for any other call: with health's three
+        methods and reflection's one, every call of the service paid an ``asyncio.wait``
+        over five tasks instead of one (about 3% of a Stat hit's server CPU).
+        """
+        self.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(service, handlers),))
 
 
 class _MeasuredGeneric(grpc.GenericRpcHandler):  # type: ignore[misc]

@@ -165,6 +165,25 @@ class Observer(Protocol):
     ) -> None: ...
 
 
+#: An observer bound to one method: (status code, seconds, decoded request or None,
+#: context, ErrorInfo reason). An observer with ``bind(method) -> BoundObserver`` is
+#: bound once per method as the handlers are built, so a call passes no method name
+#: and no keywords.
+BoundObserver = Callable[[grpc.StatusCode, float, Any, Context, str], None]
+
+
+def bound_observer(observer: Observer, method: str) -> BoundObserver:
+    """``observer`` for the calls of ``method``: its own ``bind`` where it has one."""
+    bind: Callable[[str], BoundObserver] | None = getattr(observer, "bind", None)
+    if bind is not None:
+        return bind(method)
+
+    def observe(code: grpc.StatusCode, seconds: float, request: Any, context: Context, reason: str) -> None:
+        observer(method, code, seconds, request, context=context, reason=reason)
+
+    return observe
+
+
 #: gRPC's server pushback: a negative value tells a client's retry policy not to retry.
 NO_RETRY = ("grpc-retry-pushback-ms", "-1")
 
@@ -226,8 +245,9 @@ class DescriptorServicer:
     # -- handlers (decoded request -> response bytes) -----------------------------
 
     async def stat(self, request: pb.StatRequest) -> bytes:
-        desc = await self.statter.stat(request.digest, request.repository)
-        return self.encoder.stat_response(desc)
+        digest, repository = request.digest, request.repository
+        desc = self.statter.peek(digest, repository)
+        return self.encoder.stat_response(desc if desc is not None else await self.statter.stat(digest, repository))
 
     async def set_descriptor(self, request: pb.SetDescriptorRequest) -> bytes:
         d = request.descriptor
@@ -269,14 +289,17 @@ class DescriptorServicer:
 
     def _wrap(self, rpc: Rpc) -> Handler:
         name, message, fn = rpc.name, rpc.request, self._handler_of(rpc)
-        # Stat (the hit path) calls the statter itself: one coroutine less than self.stat.
+        # Stat (the hit path) calls the statter itself: one coroutine less than self.stat,
+        # and none for a hit the statter answers synchronously (peek).
         stat = self.statter.stat if rpc.verb == "stat" else None
+        peek = self.statter.peek
         encode = self.encoder.stat_response
         parse = message.FromString
 
         wait = self._request
         timeout, waiting, expired = wait.timeout, wait._waiting, wait._expired
-        observer, authenticator, authorizer = self.observer, self.authenticator, self.authorizer
+        authenticator, authorizer = self.authenticator, self.authorizer
+        observe = bound_observer(self.observer, name) if self.observer is not None else None
         needed = getattr(authorizer, "needed", None)
         if needed is not None and not needed(name):
             authorizer = None
@@ -337,7 +360,9 @@ class DescriptorServicer:
                 if authorizer is not None:
                     authorizer(name, request, context)
                 if stat is not None:
-                    return encode(await stat(request.digest, request.repository))
+                    digest, repository = request.digest, request.repository
+                    desc = peek(digest, repository)
+                    return encode(desc if desc is not None else await stat(digest, repository))
                 return await fn(request)
             except DescriptorError as err:
                 code, reason = err.code, err.reason
@@ -353,8 +378,8 @@ class DescriptorServicer:
                 self.inflight -= 1
                 if handling:
                     self.handling -= 1
-                if observer is not None:
-                    observer(name, code, monotonic() - start, request, context=context, reason=reason)
+                if observe is not None:
+                    observe(code, monotonic() - start, request, context, reason)
             raise AssertionError("unreachable")  # pragma: no cover - abort raises
 
         return handler

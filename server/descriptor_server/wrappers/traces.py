@@ -70,8 +70,12 @@ class _Spans:
 class TracedCache:
     """A :class:`Cache` around another, with a child span per call (tracing on only).
 
-    Other attributes (``client``, ``up``, ``capacity``...) are the inner cache's.
+    Other attributes (``client``, ``up``, ``capacity``...) are the inner cache's, but
+    ``peek``: a hit the statter found by the inner cache's peek would have no span.
     """
+
+    #: Not the inner cache's: every lookup goes through :meth:`stat` and its span.
+    peek = None
 
     def __init__(self, inner: Cache, kind: str, tracer: Tracer) -> None:
         self.inner = inner
