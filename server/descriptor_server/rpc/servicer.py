@@ -118,12 +118,13 @@ class RequestWait:
         self._expired: set[asyncio.Task[Any]] = set()
         self._sweep_at: asyncio.TimerHandle | None = None
 
-    async def read(self, context: Context) -> bytes:
+    async def read(self, context: Context, since: float | None = None) -> bytes:
+        """The call's request; ``since``: when the call began (``time.monotonic()``), now if None."""
         if self.timeout <= 0:
             return _body(await context.read())
         task = asyncio.current_task()
         assert task is not None
-        self._waiting[task] = time.monotonic()
+        self._waiting[task] = time.monotonic() if since is None else since
         if self._sweep_at is None:
             self.arm()
         try:
@@ -296,21 +297,20 @@ class DescriptorServicer:
         encode = self.encoder.stat_response
         parse = message.FromString
 
-        wait = self._request
-        timeout, waiting, expired = wait.timeout, wait._waiting, wait._expired
+        read = self._request.read
         authenticator, authorizer = self.authenticator, self.authorizer
         observe = bound_observer(self.observer, name) if self.observer is not None else None
         needed = getattr(authorizer, "needed", None)
         if needed is not None and not needed(name):
             authorizer = None
-        ok, monotonic, current_task = grpc.StatusCode.OK, time.monotonic, asyncio.current_task
+        ok, monotonic = grpc.StatusCode.OK, time.monotonic
         started = self.started.get(name, [0])
 
         async def handler(_requests: Any, context: Context) -> bytes:
             # Runs when the call's headers arrive: refusals that need no request
             # (draining, credentials) answer before any message is read. Written out
-            # flat for the hit path (one clock read, RequestWait.read inlined): every
-            # call, attribute look-up and try block here is paid by every call.
+            # flat for the hit path (one clock read): every call, attribute look-up and
+            # try block here is paid by every call.
             start = self.last_arrival = monotonic()
             started[0] += 1
             code = ok
@@ -323,26 +323,7 @@ class DescriptorServicer:
                     raise ServerDrainingError("server is draining; retry another replica")
                 if authenticator is not None:
                     await authenticator(name, context)
-                if timeout > 0:  # RequestWait.read, inlined
-                    task = current_task()
-                    assert task is not None
-                    waiting[task] = start
-                    if wait._sweep_at is None:
-                        wait.arm()
-                    try:
-                        body = await context.read()
-                    except BaseException as exc:
-                        if waiting.pop(task, None) is None and task in expired:
-                            expired.discard(task)
-                            if isinstance(exc, asyncio.CancelledError):
-                                raise _no_request(timeout) from None
-                        raise
-                    if waiting.pop(task, None) is None:
-                        expired.discard(task)
-                    if body is EOF:
-                        raise RequestInvalidError("the call ended without a request message")
-                else:
-                    body = _body(await context.read())
+                body = await read(context, start)
                 if self.draining:  # began draining while the request was on its way
                     raise ServerDrainingError("server is draining; retry another replica")
                 if self.max_calls and self.handling >= self.max_calls:
